@@ -1,0 +1,227 @@
+"""The command line: global options, then process, info, search or check.
+
+Heavy modules are imported inside the commands so that `occystrap --help` answers at once.
+"""
+
+import json
+import logging
+import sys
+
+import click
+
+from occystrap import __version__
+from occystrap.errors import OccystrapError, UsageError
+from occystrap.settings import DEFAULT_IMAGE_PARALLEL, DEFAULT_PARALLEL, DEFAULT_RETRIES, Settings
+
+LOG = logging.getLogger('occystrap')
+
+
+def _positive(ctx, param, value):
+    if value is not None and value < 1:
+        raise click.BadParameter('must be at least 1')
+    return value
+
+
+def _env(name):
+    return 'OCCYSTRAP_' + name
+
+
+@click.group(context_settings={'help_option_names': ['-h', '--help'], 'max_content_width': 110})
+@click.version_option(__version__, prog_name='occystrap')
+@click.option('-j', '--parallel', type=int, default=DEFAULT_PARALLEL, show_default=True, envvar=_env('PARALLEL'),
+              callback=_positive, help='Layer transfers in flight for one image.')
+@click.option('-J', '--image-parallel', type=int, default=DEFAULT_IMAGE_PARALLEL, show_default=True,
+              envvar=_env('IMAGE_PARALLEL'), callback=_positive, help='Images processed at once in a multi-image run.')
+@click.option('--rate-limit', type=float, default=None, envvar=_env('RATE_LIMIT'),
+              help='Cap on HTTP requests per second, shared by every thread and image of the run.')
+@click.option('--retries', type=click.IntRange(0, 20), default=DEFAULT_RETRIES, show_default=True,
+              envvar=_env('RETRIES'), help='Retries of a failed request (exponential backoff, Retry-After honoured).')
+@click.option('--username', envvar=_env('USERNAME'), help='Registry user name.')
+@click.option('--password', envvar=_env('PASSWORD'), help='Registry password (prefer OCCYSTRAP_PASSWORD).')
+@click.option('--insecure', is_flag=True, envvar=_env('INSECURE'), help='Plain HTTP to the registry.')
+@click.option('--ca-cert', type=click.Path(exists=True, dir_okay=False), envvar=_env('CA_CERT'),
+              help='Extra CA bundle (PEM) for TLS registries.')
+@click.option('--http2/--no-http2', default=True, show_default=True, envvar=_env('HTTP2'),
+              help='Use HTTP/2 where the server offers it.')
+@click.option('--compression', type=click.Choice(['gzip', 'zstd']), default='gzip', show_default=True,
+              envvar=_env('COMPRESSION'), help='Layer compression for registry output.')
+@click.option('--os', 'os_', default='linux', show_default=True, envvar=_env('OS'),
+              help='Platform OS picked from a manifest list / OCI index.')
+@click.option('--architecture', default='amd64', show_default=True, envvar=_env('ARCHITECTURE'),
+              help='Platform architecture picked from a manifest list / OCI index.')
+@click.option('--variant', default=None, envvar=_env('VARIANT'), help='Platform variant (e.g. v8 for arm64).')
+@click.option('--temp-dir', type=click.Path(file_okay=False), envvar=_env('TEMP_DIR'),
+              help='Where temporary layer files go (default: beside the destination, else the system temp dir).')
+@click.option('--layer-cache', type=click.Path(dir_okay=False), envvar=_env('LAYER_CACHE'),
+              help='JSON file remembering pushed layers across runs.')
+@click.option('-O', '--output-format', type=click.Choice(['text', 'json']), default='text', show_default=True,
+              envvar=_env('OUTPUT_FORMAT'), help='Format of info, check and the end-of-run summary.')
+@click.option('--verbose', is_flag=True, envvar=_env('VERBOSE'), help='Log what is being done.')
+@click.option('--debug', is_flag=True, envvar=_env('DEBUG'), help='Log everything; show tracebacks on errors.')
+@click.pass_context
+def cli(ctx, parallel, image_parallel, rate_limit, retries, username, password, insecure, ca_cert, http2,
+        compression, os_, architecture, variant, temp_dir, layer_cache, output_format, verbose, debug):
+    """Move and reshape container images without a container engine.
+
+    \b
+    SOURCE:      registry://HOST/NAME[:TAG|@DIGEST]  quay://ORG[/GLOB][:TAG]
+                 docker://NAME[:TAG]  tar:///PATH.tar
+    DESTINATION: tar:///PATH.tar  dir:///PATH[?unique_names=true&expand=true]
+                 oci:///PATH  mounts:///PATH  registry://HOST/NAME:TAG  docker://NAME:TAG
+    """
+    if rate_limit is not None and rate_limit <= 0:
+        raise click.BadParameter('must be greater than 0', param_hint='--rate-limit')
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING,
+                        format='%(levelname)s: %(message)s', stream=sys.stderr)
+    for noisy in ('httpx', 'httpcore', 'hpack', 'h2'):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    ctx.obj = Settings(parallel=parallel, image_parallel=image_parallel, rate_limit=rate_limit, retries=retries,
+                       username=username, password=password, insecure=insecure, ca_cert=ca_cert, http2=http2,
+                       compression=compression, os=os_, architecture=architecture, variant=variant,
+                       temp_dir=temp_dir, layer_cache=layer_cache, output_format=output_format, verbose=verbose,
+                       debug=debug, progress=sys.stderr.isatty())
+
+
+def _context(settings):
+    from occystrap.pipeline import RunContext
+    return RunContext(settings)
+
+
+def _summary(settings, stats, results=None):
+    """The one-line end-of-run summary on stderr (or a JSON object on stdout with -O json)."""
+    failed = [r for r in (results or []) if not r.ok]
+    if settings.output_format == 'json':
+        payload = {'images': stats.images, 'layers': stats.layers, 'bytes': stats.bytes,
+                   'seconds': round(stats.seconds, 3), 'failed': len(failed)}
+        if results is not None:
+            payload['results'] = [{'image': r.reference, 'ok': r.ok, 'error': r.error, 'layers': r.layers,
+                                   'seconds': round(r.seconds, 3)} for r in results]
+        click.echo(json.dumps(payload, indent=2))
+        return
+    if results is not None and len(results) > 1:
+        width = max(len(r.reference) for r in results)
+        for r in results:
+            state = 'ok' if r.ok else 'FAILED: %s' % r.error
+            click.echo('%-*s  %6.2fs  %s' % (width, r.reference, r.seconds, state), err=True)
+    click.echo('done: %d image%s, %d layer%s, %s in %.2f s%s'
+               % (stats.images, '' if stats.images == 1 else 's', stats.layers, '' if stats.layers == 1 else 's',
+                  human_bytes(stats.bytes), stats.seconds, ', %d failed' % len(failed) if failed else ''), err=True)
+
+
+def human_bytes(n):
+    for unit in ('B', 'KB', 'MB', 'GB'):
+        if n < 1000 or unit == 'GB':
+            return ('%d %s' % (n, unit)) if unit == 'B' else '%.1f %s' % (n, unit)
+        n /= 1000.0
+
+
+@cli.command()
+@click.argument('source')
+@click.argument('destination')
+@click.option('-f', '--filter', 'filters', multiple=True, metavar='FILTER',
+              help='Filter to apply, NAME or NAME:key=value,...; repeat to chain (applied in order).')
+@click.pass_obj
+def process(settings, source, destination, filters):
+    """Copy images from SOURCE to DESTINATION through optional filters."""
+    from occystrap import pipeline, uris
+    src = uris.parse_uri(source, 'input')
+    dst = uris.parse_uri(destination, 'output')
+    specs = [uris.parse_filter(f, pipeline.FILTERS) for f in filters]
+    ctx = _context(settings)
+    try:
+        results = pipeline.run_process(src, dst, specs, ctx)
+    finally:
+        ctx.close()
+    _summary(settings, ctx.stats, results)
+    if any(not r.ok for r in results):
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument('source')
+@click.pass_obj
+def info(settings, source):
+    """Describe the images SOURCE names: manifest, config and layers."""
+    from occystrap import reports, uris
+    ctx = _context(settings)
+    try:
+        ok = reports.info(uris.parse_uri(source, 'input'), ctx)
+    finally:
+        ctx.close()
+    if not ok:
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument('source')
+@click.argument('pattern')
+@click.option('--regex', is_flag=True, help='PATTERN is a regular expression, not a glob.')
+@click.option('--script-friendly', is_flag=True, help='Print IMAGE:TAG:LAYER:PATH lines only.')
+@click.pass_obj
+def search(settings, source, pattern, regex, script_friendly):
+    """List files in the layers of SOURCE whose path matches PATTERN."""
+    from occystrap import reports, uris
+    ctx = _context(settings)
+    try:
+        ok = reports.search(uris.parse_uri(source, 'input'), pattern, regex, script_friendly, ctx)
+    finally:
+        ctx.close()
+    if not ok:
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument('source')
+@click.option('--fast', is_flag=True, help='Check manifests and configs only, not layer data.')
+@click.pass_obj
+def check(settings, source, fast):
+    """Verify the images SOURCE names: digests, diffids and config consistency."""
+    from occystrap import reports, uris
+    ctx = _context(settings)
+    try:
+        ok = reports.check(uris.parse_uri(source, 'input'), fast, ctx)
+    finally:
+        ctx.close()
+    if not ok:
+        sys.exit(1)
+
+
+def main(argv=None):
+    """Entry point: runs the CLI, turning every known failure into one line on stderr and an exit status."""
+    args = sys.argv[1:] if argv is None else argv
+    debug = '--debug' in args or bool(__import__('os').environ.get('OCCYSTRAP_DEBUG'))
+    try:
+        cli.main(args=args, prog_name='occystrap', standalone_mode=False)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        click.echo('error: aborted', err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        click.echo('error: %s' % one_line(e.format_message()), err=True)
+        sys.exit(2)
+    except UsageError as e:
+        _fail(e, debug, 2)
+    except OccystrapError as e:
+        _fail(e, debug, e.exit_code)
+    except KeyboardInterrupt:
+        click.echo('error: interrupted', err=True)
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(1)
+    except Exception as e:  # a bug: say so in one line, traceback only when asked
+        _fail(e, debug, 1, prefix='internal error: %s: ' % type(e).__name__)
+    sys.exit(0)
+
+
+def one_line(text):
+    return ' '.join(str(text).split())
+
+
+def _fail(error, debug, code, prefix=''):
+    if debug:
+        import traceback
+        traceback.print_exc()
+    from occystrap.uris import redact
+    click.echo('error: %s%s' % (prefix, redact(one_line(error))), err=True)
+    sys.exit(code)

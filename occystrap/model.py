@@ -1,0 +1,267 @@
+"""The image data model that every input, filter and output shares.
+
+An Image is a config plus an ordered list of Layers (bottom first). A Layer answers its diffid, its uncompressed
+size and bytes, and, while no filter has changed it, the compressed Blob it came from. Keeping that origin is what
+lets a registry-to-registry copy send the original blob untouched (or mount it) and lets the directory output move
+a finished temporary file into place. Transformations return new values instead of editing in place.
+"""
+
+import dataclasses
+import json
+import os
+import tempfile
+import threading
+from typing import Callable, Optional
+
+from occystrap import streams
+from occystrap.errors import CorruptImageError
+
+MEDIA_DOCKER_MANIFEST = 'application/vnd.docker.distribution.manifest.v2+json'
+MEDIA_DOCKER_LIST = 'application/vnd.docker.distribution.manifest.list.v2+json'
+MEDIA_DOCKER_CONFIG = 'application/vnd.docker.container.image.v1+json'
+MEDIA_DOCKER_LAYER_GZIP = 'application/vnd.docker.image.rootfs.diff.tar.gzip'
+MEDIA_DOCKER_LAYER_TAR = 'application/vnd.docker.image.rootfs.diff.tar'
+MEDIA_OCI_MANIFEST = 'application/vnd.oci.image.manifest.v1+json'
+MEDIA_OCI_INDEX = 'application/vnd.oci.image.index.v1+json'
+MEDIA_OCI_CONFIG = 'application/vnd.oci.image.config.v1+json'
+MEDIA_OCI_LAYER_TAR = 'application/vnd.oci.image.layer.v1.tar'
+MEDIA_OCI_LAYER_GZIP = 'application/vnd.oci.image.layer.v1.tar+gzip'
+MEDIA_OCI_LAYER_ZSTD = 'application/vnd.oci.image.layer.v1.tar+zstd'
+
+MANIFEST_LIST_TYPES = (MEDIA_DOCKER_LIST, MEDIA_OCI_INDEX)
+
+
+def compression_of_media_type(media_type):
+    """'gzip', 'zstd' or 'none' as a layer media type says."""
+    if media_type.endswith('gzip'):
+        return 'gzip'
+    if media_type.endswith('zstd'):
+        return 'zstd'
+    return 'none'
+
+
+def layer_media_type(compression, oci=True):
+    """The layer media type for a compression, in the OCI or Docker vocabulary."""
+    if oci:
+        return {'gzip': MEDIA_OCI_LAYER_GZIP, 'zstd': MEDIA_OCI_LAYER_ZSTD, 'none': MEDIA_OCI_LAYER_TAR}[compression]
+    if compression == 'zstd':
+        return MEDIA_OCI_LAYER_ZSTD  # Docker's vocabulary has no zstd type; engines accept the OCI one
+    return {'gzip': MEDIA_DOCKER_LAYER_GZIP, 'none': MEDIA_DOCKER_LAYER_TAR}[compression]
+
+
+@dataclasses.dataclass(frozen=True)
+class BlobLocation:
+    """Where a blob lives in a registry, so a push to the same registry can mount it instead of uploading."""
+
+    registry: str      # host[:port] as used to reach it
+    repository: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Blob:
+    """A stored (usually compressed) blob: digest, media type, size and a way to read its raw bytes.
+
+    `opener()` returns an unverified stream of the raw bytes; use `open_verified()` to have the digest checked at
+    end of stream.
+    """
+
+    digest: str
+    media_type: str
+    size: Optional[int]
+    opener: Callable
+    location: Optional[BlobLocation] = None
+
+    @property
+    def compression(self):
+        return compression_of_media_type(self.media_type)
+
+    def open_verified(self):
+        return streams.HashingReader(self.opener(), expected=self.digest, what='blob %s' % self.digest,
+                                     expected_size=self.size)
+
+
+class Layer:
+    """A filesystem changeset (a tar stream) in an image.
+
+    `diffid` is the digest of the uncompressed tar; for layers from a source it is the value the image config
+    promises and is verified when the data is read. `origin` is the compressed Blob the layer came from, or None once
+    a filter has rewritten it. `created_by` is the history command, for display.
+    """
+
+    def __init__(self, diffid=None, origin=None, created_by=None, size=None, path=None):
+        self._diffid = diffid
+        self.origin = origin
+        self.created_by = created_by
+        self._size = size
+        self._path = path            # an uncompressed, verified tar file on disk, once we have one
+        self._owns_path = False
+        self._lock = threading.Lock()
+
+    def __repr__(self):
+        return '<Layer %s>' % (self._diffid or (self.origin.digest if self.origin else '?'))
+
+    @property
+    def diffid(self):
+        """The digest of the uncompressed tar (computed by materializing when no one told us)."""
+        if self._diffid is None:
+            self.materialize()
+        return self._diffid
+
+    @property
+    def size(self):
+        """The uncompressed size in bytes (materializes the layer when not known)."""
+        if self._size is None:
+            self.materialize()
+        return self._size
+
+    @property
+    def path(self):
+        """The verified uncompressed tar file, if this layer has been materialized."""
+        return self._path
+
+    def open(self):
+        """A stream of the uncompressed tar. Digests are verified at end of stream when streaming from the origin."""
+        if self._path is not None:
+            return open(self._path, 'rb')
+        if self.origin is None:
+            raise CorruptImageError('layer %s has no data' % self._diffid)
+        return streams.HashingReader(streams.decompressing_reader(self.origin.open_verified()),
+                                     expected=self._diffid, what='layer %s' % (self._diffid or self.origin.digest))
+
+    def materialize(self, workdir=None):
+        """Make sure the uncompressed tar is in a verified file on disk and return its path.
+
+        Thread safe and done once: concurrent callers wait for the first. The file goes into `workdir` (default: the
+        system temporary directory) under a temporary name.
+        """
+        with self._lock:
+            if self._path is not None:
+                return self._path
+            if self.origin is None:
+                raise CorruptImageError('layer %s has no data' % self._diffid)
+            fd, tmp = tempfile.mkstemp(prefix='layer-', suffix='.tar', dir=workdir)
+            try:
+                with os.fdopen(fd, 'wb') as out:
+                    reader = self.open()
+                    try:
+                        size = streams.read_all_to(reader, out)
+                        reader.read(1)  # reaches EOF handling in every wrapper so digests get checked
+                        reader.check()
+                    finally:
+                        reader.close()
+            except BaseException:
+                os.unlink(tmp)
+                raise
+            self._diffid = reader.digest
+            self._size = size
+            self._path = tmp
+            self._owns_path = True
+            return tmp
+
+    def place(self, dest):
+        """Move the materialized file to `dest` (rename when possible) and keep reading from there.
+
+        Returns True when the placement was a zero-copy rename.
+        """
+        with self._lock:
+            if self._path is None:
+                raise RuntimeError('layer must be materialized before it is placed')
+            if self._owns_path:
+                renamed = streams.move_file(self._path, dest)
+            else:
+                streams.copy_file(self._path, dest)
+                renamed = False
+            self._path = dest
+            self._owns_path = False
+            return renamed
+
+    def release(self):
+        """Delete a temporary materialized file we own."""
+        with self._lock:
+            if self._owns_path and self._path and os.path.exists(self._path):
+                os.unlink(self._path)
+            if self._owns_path:
+                self._path = None
+                self._owns_path = False
+
+    @classmethod
+    def from_file(cls, path, diffid=None, created_by=None, owned=False):
+        """A layer whose uncompressed tar is already in a file; the diffid is computed when not given."""
+        if diffid is None:
+            diffid = streams.sha256_file(path)
+        layer = cls(diffid=diffid, created_by=created_by, size=os.path.getsize(path), path=path)
+        layer._owns_path = owned
+        return layer
+
+
+@dataclasses.dataclass
+class Image:
+    """One image in the pipeline: where it came from, its config and its layers (bottom first).
+
+    `config_bytes` are the exact bytes the source had, so that an unchanged image keeps its config digest.
+    """
+
+    name: str                         # repository name, e.g. 'library/ubuntu'
+    tag: Optional[str]
+    config_bytes: bytes
+    layers: list
+    source: str = ''                  # human description of where it came from
+    manifest_digest: Optional[str] = None
+    manifest_media_type: Optional[str] = None
+    config_media_type: str = MEDIA_OCI_CONFIG
+    annotations: dict = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        try:
+            self.config = json.loads(self.config_bytes)
+        except ValueError as e:
+            raise CorruptImageError('image config of %s is not JSON: %s' % (self.reference, e))
+        if not isinstance(self.config, dict):
+            raise CorruptImageError('image config of %s is not a JSON object' % self.reference)
+
+    @property
+    def reference(self):
+        return '%s:%s' % (self.name, self.tag) if self.tag else self.name
+
+    @property
+    def config_digest(self):
+        return streams.sha256_bytes(self.config_bytes)
+
+    @property
+    def diffids(self):
+        return list(self.config.get('rootfs', {}).get('diff_ids', []))
+
+    @property
+    def history(self):
+        return self.config.get('history', [])
+
+    @property
+    def platform(self):
+        parts = [self.config.get('os', ''), self.config.get('architecture', '')]
+        if self.config.get('variant'):
+            parts.append(self.config['variant'])
+        return '/'.join(parts)
+
+    def replace(self, layers=None, config=None):
+        """A new Image with other layers and/or config; rootfs.diff_ids follow the layers.
+
+        The config bytes are re-serialized only when something changed, so unchanged images keep their digest.
+        """
+        layers = list(self.layers if layers is None else layers)
+        new_config = json.loads(json.dumps(config if config is not None else self.config))
+        new_diffids = [layer.diffid for layer in layers]
+        new_config.setdefault('rootfs', {'type': 'layers'})['diff_ids'] = new_diffids
+        if new_config == self.config:
+            config_bytes = self.config_bytes
+        else:
+            config_bytes = json.dumps(new_config, separators=(',', ':'), sort_keys=True).encode()
+        return dataclasses.replace(self, layers=layers, config_bytes=config_bytes, manifest_digest=None,
+                                   manifest_media_type=None) if config_bytes != self.config_bytes or \
+            layers != self.layers else dataclasses.replace(self, layers=layers)
+
+    def created_by(self, index):
+        """The history command that made layer `index` (history entries with empty_layer are skipped)."""
+        real = [h for h in self.history if not h.get('empty_layer')]
+        if index < len(real):
+            return real[index].get('created_by')
+        return None

@@ -1,0 +1,308 @@
+"""The pipeline: an input yields images, filters wrap the output, the output consumes and finalizes.
+
+```
+ImageInput.references() -> [ImageRef...]            which images (one, or many for quay:// and catalog globs)
+ImageInput.open(ref)     -> Image                   config + lazy layers
+Filter(Filter(Output))   .write(image)              each filter returns a new Image and passes it on
+ImageOutput.finalize()                              indexes, catalogs, atomic renames
+```
+
+Images of a multi-image run are processed `-J` at a time; layers of one image `-j` at a time (RunContext.map).
+"""
+
+import abc
+import concurrent.futures
+import dataclasses
+import importlib
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from typing import Optional
+
+from occystrap.errors import OccystrapError, UsageError
+from occystrap.settings import Settings
+
+LOG = logging.getLogger(__name__)
+
+INPUTS = {
+    'registry': 'occystrap.inputs.registry:RegistryInput',
+    'quay': 'occystrap.inputs.quay:QuayInput',
+    'docker': 'occystrap.inputs.docker:DockerInput',
+    'tar': 'occystrap.inputs.tarball:TarballInput',
+    'file': 'occystrap.inputs.tarball:TarballInput',
+}
+
+OUTPUTS = {
+    'tar': 'occystrap.outputs.tarball:TarballOutput',
+    'file': 'occystrap.outputs.tarball:TarballOutput',
+    'dir': 'occystrap.outputs.directory:DirectoryOutput',
+    'oci': 'occystrap.outputs.ocibundle:OCIBundleOutput',
+    'mounts': 'occystrap.outputs.mounts:MountsOutput',
+    'registry': 'occystrap.outputs.registry:RegistryOutput',
+    'docker': 'occystrap.outputs.docker:DockerOutput',
+}
+
+FILTERS = {
+    'normalize-timestamps': 'occystrap.filters.timestamps:NormalizeTimestamps',
+    'exclude': 'occystrap.filters.exclude:Exclude',
+    'search': 'occystrap.filters.search:Search',
+    'inspect': 'occystrap.filters.inspect:Inspect',
+}
+
+
+def load(table, key):
+    """Import the class a scheme or filter name maps to (imports stay lazy so --help is instant)."""
+    module_name, class_name = table[key].split(':')
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageRef:
+    """One image an input can open: a repository name plus a tag or digest."""
+
+    name: str
+    tag: Optional[str] = None
+    digest: Optional[str] = None
+
+    def __str__(self):
+        if self.digest:
+            return '%s@%s' % (self.name, self.digest)
+        return '%s:%s' % (self.name, self.tag) if self.tag else self.name
+
+
+class Stats:
+    """Counters for the end-of-run summary, safe to update from any thread."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.images = 0
+        self.layers = 0
+        self.bytes = 0
+        self.started = time.monotonic()
+
+    def add(self, images=0, layers=0, nbytes=0):
+        with self._lock:
+            self.images += images
+            self.layers += layers
+            self.bytes += nbytes
+
+    @property
+    def seconds(self):
+        return time.monotonic() - self.started
+
+
+class RunContext:
+    """What every component of one run shares: settings, counters, the HTTP client, a temporary workspace."""
+
+    def __init__(self, settings=None):
+        self.settings = settings or Settings()
+        self.stats = Stats()
+        self._lock = threading.Lock()
+        self._http = None
+        self._workdir = None
+        self._workdir_parent = None
+        self.warnings = []
+
+    def warn(self, message):
+        """Record and log something the user should know (a refused path, a skipped device)."""
+        with self._lock:
+            self.warnings.append(message)
+        LOG.warning(message)
+
+    @property
+    def http(self):
+        """The run's one HTTP client (pooled connections, auth cache, rate limiter, retries)."""
+        with self._lock:
+            if self._http is None:
+                from occystrap.registry.http import HttpClient
+                self._http = HttpClient(self.settings)
+            return self._http
+
+    def prefer_workdir_parent(self, path):
+        """An output asks for temporary files on its own filesystem (so finished files can be renamed in place)."""
+        if self.settings.temp_dir is None and self._workdir is None:
+            self._workdir_parent = path
+
+    @property
+    def workdir(self):
+        """A private temporary directory for this run, removed by close()."""
+        with self._lock:
+            if self._workdir is None:
+                parent = self.settings.temp_dir or self._workdir_parent
+                if parent:
+                    os.makedirs(parent, exist_ok=True)
+                self._workdir = tempfile.mkdtemp(prefix='.occystrap-tmp-', dir=parent)
+            return self._workdir
+
+    def map(self, fn, items, workers=None):
+        """Run fn over items with up to -j in flight, returning results in order; the first error is raised."""
+        items = list(items)
+        workers = max(1, min(workers or self.settings.parallel, len(items) or 1))
+        if workers == 1:
+            return [fn(item) for item in items]
+        with concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix='layer') as pool:
+            futures = [pool.submit(fn, item) for item in items]
+            try:
+                return [f.result() for f in futures]
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise
+
+    def close(self):
+        if self._http is not None:
+            self._http.close()
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
+
+
+class ImageInput(abc.ABC):
+    """Where images come from. Subclasses are built from a parsed Uri and the RunContext."""
+
+    def __init__(self, uri, ctx):
+        self.uri = uri
+        self.ctx = ctx
+
+    @abc.abstractmethod
+    def references(self):
+        """The images this source names: a list of ImageRef (one for a plain reference, many for a glob)."""
+
+    @abc.abstractmethod
+    def open(self, ref):
+        """Resolve one reference to an Image whose layers read lazily."""
+
+    @property
+    def multi(self):
+        """True when this source can name many images (quay:// or a catalog glob)."""
+        return False
+
+    def close(self):
+        pass
+
+
+class ImageOutput(abc.ABC):
+    """Where images go. write() may be called from several threads at once (one image each) under -J."""
+
+    def __init__(self, uri, ctx):
+        self.uri = uri
+        self.ctx = ctx
+
+    @abc.abstractmethod
+    def write(self, image):
+        """Consume one image completely."""
+
+    def finalize(self):
+        """Called once after every image was written: make results visible atomically."""
+
+    def abort(self):
+        """Called instead of finalize() when the run failed: remove partial results."""
+
+
+class Filter(ImageOutput):
+    """Wraps an output (decorator): transforms each image and passes the result on."""
+
+    def __init__(self, inner, options, ctx):
+        super().__init__(getattr(inner, 'uri', None), ctx)
+        self.inner = inner
+        self.options = options
+
+    def apply(self, image):
+        """Return the image to pass on (a new Image when anything changed)."""
+        return image
+
+    def write(self, image):
+        self.inner.write(self.apply(image))
+
+    def finalize(self):
+        self.inner.finalize()
+
+    def abort(self):
+        self.inner.abort()
+
+    @classmethod
+    def option_names(cls):
+        """Options this filter accepts; anything else is a usage error."""
+        return ()
+
+
+@dataclasses.dataclass
+class ImageResult:
+    """How one image of a run ended."""
+
+    reference: str
+    ok: bool
+    error: Optional[str] = None
+    layers: int = 0
+    seconds: float = 0.0
+
+
+def build_input(uri, ctx):
+    return load(INPUTS, uri.scheme)(uri, ctx)
+
+
+def build_output(uri, ctx, filters=()):
+    """The output for a URI wrapped in the filters (first filter sees the image first)."""
+    output = load(OUTPUTS, uri.scheme)(uri, ctx)
+    for spec in reversed(list(filters)):
+        cls = load(FILTERS, spec.name)
+        allowed = cls.option_names()
+        for key in spec.options:
+            if key not in allowed:
+                raise UsageError('filter %s does not take option %r (it takes: %s)'
+                                 % (spec.name, key, ', '.join(allowed) or 'none'))
+        output = cls(output, spec.options, ctx)
+    return output
+
+
+def for_each_image(source, fn, ctx, refs=None):
+    """Run fn(ref) for every image of the source, -J at a time; one image's failure does not stop the others.
+
+    Returns a list of ImageResult in reference order. A single-image source re-raises its error instead.
+    """
+    refs = source.references() if refs is None else refs
+    if not refs:
+        raise OccystrapError('%s names no images' % source.uri)
+
+    def one(ref):
+        started = time.monotonic()
+        try:
+            layers = fn(ref)
+            return ImageResult(str(ref), True, layers=layers or 0, seconds=time.monotonic() - started)
+        except OccystrapError as e:
+            if not source.multi:
+                raise
+            LOG.error('%s: %s', ref, e)
+            return ImageResult(str(ref), False, error=str(e), seconds=time.monotonic() - started)
+
+    workers = max(1, min(ctx.settings.image_parallel, len(refs)))
+    if workers == 1:
+        return [one(ref) for ref in refs]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix='image') as pool:
+        return list(pool.map(one, refs))
+
+
+def run_process(source_uri, dest_uri, filters, ctx):
+    """Copy every image of source_uri through the filters into dest_uri. Returns the list of ImageResult."""
+    source = build_input(source_uri, ctx)
+    output = build_output(dest_uri, ctx, filters)
+    finished = False
+    try:
+        def copy_one(ref):
+            image = source.open(ref)
+            output.write(image)
+            ctx.stats.add(images=1, layers=len(image.layers))
+            return len(image.layers)
+
+        results = for_each_image(source, copy_one, ctx)
+        if any(r.ok for r in results):
+            output.finalize()
+            finished = True
+        return results
+    finally:
+        if not finished:
+            output.abort()
+        source.close()

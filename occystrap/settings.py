@@ -1,0 +1,33 @@
+"""Global options of a run, as one value passed everywhere instead of scattered constants."""
+
+import dataclasses
+from typing import Optional
+
+DEFAULT_PARALLEL = 4
+DEFAULT_IMAGE_PARALLEL = 3
+DEFAULT_RETRIES = 3
+
+
+@dataclasses.dataclass
+class Settings:
+    """Everything the global command line options say; every field has a safe default."""
+
+    parallel: int = DEFAULT_PARALLEL
+    image_parallel: int = DEFAULT_IMAGE_PARALLEL
+    rate_limit: Optional[float] = None
+    retries: int = DEFAULT_RETRIES
+    username: Optional[str] = None
+    password: Optional[str] = None
+    insecure: bool = False
+    ca_cert: Optional[str] = None
+    http2: bool = True
+    compression: str = 'gzip'
+    os: str = 'linux'
+    architecture: str = 'amd64'
+    variant: Optional[str] = None
+    temp_dir: Optional[str] = None
+    layer_cache: Optional[str] = None
+    output_format: str = 'text'
+    verbose: bool = False
+    debug: bool = False
+    progress: bool = False

@@ -1,0 +1,298 @@
+"""Byte streams: hashing, digest verification, and (de)compression.
+
+Everything that moves layer bytes goes through these few classes so that hashing happens while reading and
+compression uses the fastest library present (isal, which releases the GIL, falling back to zlib).
+"""
+
+import hashlib
+import io
+import os
+import shutil
+import zlib
+
+from occystrap.errors import CorruptImageError, DigestMismatchError
+
+try:
+    from isal import isal_zlib as fast_zlib
+except ImportError:  # pragma: no cover - isal is a dependency, zlib keeps us working without it
+    fast_zlib = zlib
+
+CHUNK = 1024 * 1024
+GZIP_MAGIC = b'\x1f\x8b'
+ZSTD_MAGIC = b'\x28\xb5\x2f\xfd'
+
+
+def sha256_file(path):
+    """Return the 'sha256:...' digest of a file."""
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        while True:
+            chunk = f.read(CHUNK)
+            if not chunk:
+                break
+            h.update(chunk)
+    return 'sha256:' + h.hexdigest()
+
+
+def sha256_bytes(data):
+    """Return the 'sha256:...' digest of bytes."""
+    return 'sha256:' + hashlib.sha256(data).hexdigest()
+
+
+def new_hasher(digest):
+    """A hashlib object for the algorithm a digest names."""
+    algorithm = digest.split(':', 1)[0] if digest and ':' in digest else 'sha256'
+    if algorithm not in ('sha256', 'sha512'):
+        raise CorruptImageError('unsupported digest algorithm %r' % algorithm)
+    return hashlib.new(algorithm)
+
+
+class HashingReader(io.RawIOBase):
+    """Wraps a readable stream, hashing every byte read and counting them.
+
+    If `expected` is given the digest is checked when the stream reaches its end, and a mismatch raises
+    DigestMismatchError naming `what`.
+    """
+
+    def __init__(self, raw, expected=None, what='blob', expected_size=None):
+        self.raw = raw
+        self.expected = expected
+        self.what = what
+        self.expected_size = expected_size
+        self.hasher = new_hasher(expected)
+        self.count = 0
+        self.verified = False
+
+    def readable(self):
+        return True
+
+    def read(self, size=-1):
+        data = self.raw.read(size if size is not None and size >= 0 else CHUNK * 4)
+        if data:
+            self.hasher.update(data)
+            self.count += len(data)
+        elif size != 0:
+            self.check()
+        return data
+
+    def readinto(self, buffer):
+        data = self.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+    @property
+    def digest(self):
+        return '%s:%s' % (self.hasher.name, self.hasher.hexdigest())
+
+    def check(self):
+        """Verify the digest and size of what was read so far (called at EOF)."""
+        if self.verified:
+            return
+        if self.expected_size is not None and self.count != self.expected_size:
+            raise CorruptImageError('%s is %d bytes, expected %d' % (self.what, self.count, self.expected_size))
+        if self.expected is not None and self.digest != self.expected:
+            raise DigestMismatchError(self.what, self.expected, self.digest)
+        self.verified = True
+
+    def close(self):
+        try:
+            self.raw.close()
+        finally:
+            super().close()
+
+
+def sniff_compression(head):
+    """Name the compression of a blob from its first bytes: 'gzip', 'zstd' or 'none'."""
+    if head.startswith(GZIP_MAGIC):
+        return 'gzip'
+    if head.startswith(ZSTD_MAGIC):
+        return 'zstd'
+    return 'none'
+
+
+class _GzipReader(io.RawIOBase):
+    """Streaming gzip decompression that handles concatenated members."""
+
+    def __init__(self, raw, first=b''):
+        self.raw = raw
+        self.pending = first
+        self.decomp = fast_zlib.decompressobj(31)
+        self.buffer = b''
+        self.eof = False
+
+    def readable(self):
+        return True
+
+    def read(self, size=-1):
+        if size is None or size < 0:
+            size = CHUNK * 4
+        while not self.buffer and not self.eof:
+            data = self.pending or self.raw.read(CHUNK)
+            self.pending = b''
+            if not data:
+                if not self.decomp.eof and (self.decomp.unconsumed_tail or self._started):
+                    raise CorruptImageError('gzip stream is truncated')
+                self.eof = True
+                break
+            self._started = True
+            self.buffer = self.decomp.decompress(data)
+            if self.decomp.eof:
+                rest = self.decomp.unused_data
+                self.decomp = fast_zlib.decompressobj(31)
+                self._started = False
+                # Trailing zero padding after the last member is legal in some writers.
+                if rest.strip(b'\x00'):
+                    self.pending = rest
+        out, self.buffer = self.buffer[:size], self.buffer[size:]
+        return out
+
+    _started = False
+
+    def close(self):
+        try:
+            self.raw.close()
+        finally:
+            super().close()
+
+
+class _ZstdReader(io.RawIOBase):
+    def __init__(self, raw, first=b''):
+        import zstandard
+        self.raw = raw
+        self.reader = zstandard.ZstdDecompressor().stream_reader(_Prefixed(raw, first), read_across_frames=True)
+
+    def readable(self):
+        return True
+
+    def read(self, size=-1):
+        if size is None or size < 0:
+            size = CHUNK * 4
+        try:
+            return self.reader.read(size)
+        except Exception as e:
+            raise CorruptImageError('zstd stream is corrupt: %s' % e)
+
+    def close(self):
+        try:
+            self.raw.close()
+        finally:
+            super().close()
+
+
+class _Prefixed(io.RawIOBase):
+    """A stream that returns some already-read bytes before the rest of `raw`."""
+
+    def __init__(self, raw, first):
+        self.raw = raw
+        self.first = first
+
+    def readable(self):
+        return True
+
+    def read(self, size=-1):
+        if self.first:
+            if size is None or size < 0:
+                out, self.first = self.first, b''
+                return out
+            out, self.first = self.first[:size], self.first[size:]
+            return out
+        return self.raw.read(size)
+
+    def close(self):
+        try:
+            self.raw.close()
+        finally:
+            super().close()
+
+
+def decompressing_reader(raw):
+    """Wrap a raw blob stream so that reading yields uncompressed bytes, whatever the blob's compression."""
+    head = raw.read(4)
+    kind = sniff_compression(head)
+    if kind == 'gzip':
+        try:
+            return _GzipReader(raw, head)
+        except zlib.error as e:  # pragma: no cover
+            raise CorruptImageError('gzip stream is corrupt: %s' % e)
+    if kind == 'zstd':
+        return _ZstdReader(raw, head)
+    return _Prefixed(raw, head)
+
+
+def read_all_to(reader, writer, chunk=CHUNK):
+    """Copy a stream to a writer in chunks, returning the byte count."""
+    total = 0
+    while True:
+        try:
+            data = reader.read(chunk)
+        except (zlib.error, fast_zlib.error) as e:
+            raise CorruptImageError('compressed stream is corrupt: %s' % e)
+        if not data:
+            return total
+        writer.write(data)
+        total += len(data)
+
+
+class Compressor:
+    """A deterministic streaming compressor: same input and level, same output bytes."""
+
+    def __init__(self, kind='gzip', level=None):
+        self.kind = kind
+        if kind == 'gzip':
+            # Raw deflate with our own fixed header (mtime 0, no name) keeps output reproducible.
+            lvl = level if level is not None else (2 if fast_zlib is not zlib else 6)
+            self._obj = fast_zlib.compressobj(lvl, zlib.DEFLATED, -15)
+            self._crc = 0
+            self._size = 0
+            self._header = b'\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff'
+        elif kind == 'zstd':
+            import zstandard
+            self._obj = zstandard.ZstdCompressor(level=level or 3).compressobj()
+            self._header = b''
+        elif kind == 'none':
+            self._obj = None
+            self._header = b''
+        else:
+            raise ValueError('unknown compression %r' % kind)
+
+    def compress(self, data):
+        head, self._header = self._header, b''
+        if self.kind == 'none':
+            return head + data
+        if self.kind == 'gzip':
+            self._crc = fast_zlib.crc32(data, self._crc)
+            self._size += len(data)
+        return head + self._obj.compress(data)
+
+    def flush(self):
+        head, self._header = self._header, b''
+        if self.kind == 'none':
+            return head
+        out = head + self._obj.flush()
+        if self.kind == 'gzip':
+            out += self._crc.to_bytes(4, 'little') + (self._size & 0xffffffff).to_bytes(4, 'little')
+        return out
+
+
+def copy_file(src, dst):
+    """Copy a file's bytes (used when a rename would cross filesystems)."""
+    with open(src, 'rb') as fin, open(dst, 'wb') as fout:
+        shutil.copyfileobj(fin, fout, CHUNK)
+
+
+def move_file(src, dst):
+    """Place src at dst: os.rename when on one filesystem (zero copy), a copy and unlink otherwise.
+
+    Returns True when the rename applied.
+    """
+    try:
+        os.rename(src, dst)
+        return True
+    except OSError as e:
+        if e.errno != 18:  # EXDEV: different filesystems
+            raise
+    tmp = dst + '.partial'
+    copy_file(src, tmp)
+    os.rename(tmp, dst)
+    os.unlink(src)
+    return False
