@@ -128,8 +128,8 @@ def parse_uri(text, role):
     if canonical in PATH_SCHEMES:
         path = urllib.parse.unquote(rest)
         if not path:
-            raise UsageError('%s needs a path, e.g. %s:///tmp/image%s' % (shown, scheme, '.tar' if
-                                                                          canonical == 'tar' else ''))
+            example = '.tar' if canonical == 'tar' else ''
+            raise UsageError('%s needs a path, e.g. %s:///tmp/image%s' % (shown, scheme, example))
         uri.path = path
     elif canonical == 'registry':
         _parse_registry(uri, rest, shown)
@@ -160,8 +160,8 @@ def _split_reference(uri, ref, shown, allow_glob):
     if not name:
         raise UsageError('%r names no repository' % shown)
     for component in name.split('/'):
-        ok = COMPONENT_RE.match(component) or (allow_glob and GLOB_COMPONENT_RE.match(component)
-                                              and any(c in GLOB_CHARS for c in component))
+        is_glob = allow_glob and GLOB_COMPONENT_RE.match(component) and any(c in GLOB_CHARS for c in component)
+        ok = COMPONENT_RE.match(component) or is_glob
         if not ok:
             raise UsageError('bad repository name component %r in %r: use lowercase letters, digits and . _ -%s'
                              % (component, shown, ' (or a glob)' if allow_glob else ''))
