@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Install everything occystrap's tests and benchmark need on a Debian machine, then print the venv path.
+# Idempotent: a second run only checks. Runs as root (or with sudo available for apt-get).
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+venv=${OCCYSTRAP_VENV:-$root/.venv}
+debs=(docker-registry skopeo podman hyperfine jq shellcheck umoci runc uidmap git)
+cmds=(docker-registry skopeo podman hyperfine jq shellcheck umoci runc newuidmap git)
+
+missing=()
+for i in "${!cmds[@]}"; do
+  command -v "${cmds[$i]}" >/dev/null 2>&1 || missing+=("${debs[$i]}")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  sudo=()
+  [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+  echo "bootstrap: installing Debian packages: ${missing[*]}" >&2
+  "${sudo[@]}" apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${missing[@]}" >&2
+fi
+
+python=${PYTHON:-python3}
+if [ ! -x "$venv/bin/python" ]; then
+  echo "bootstrap: creating $venv" >&2
+  "$python" -m venv "$venv"
+fi
+stamp=$venv/.occystrap-installed
+if [ ! -f "$stamp" ] || [ "$root/setup.cfg" -nt "$stamp" ]; then
+  echo 'bootstrap: installing occystrap and its test/bench dependencies into the venv' >&2
+  "$venv/bin/python" -m pip install -q --upgrade pip >&2
+  "$venv/bin/python" -m pip install -q -e "${root}[test,bench]" >&2
+  touch "$stamp"
+fi
+echo "$venv"
