@@ -105,6 +105,8 @@ class RunContext:
         self._workdir = None
         self._workdir_parent = None
         self.warnings = []
+        self.filter_fingerprint = ()   # the run's filter chain as strings, for caches keyed on what filters did
+        self.multi_image = False       # the source can name many images (outputs derive destination names)
 
     def warn(self, message):
         """Record and log something the user should know (a refused path, a skipped device)."""
@@ -246,6 +248,8 @@ def build_input(uri, ctx):
 
 def build_output(uri, ctx, filters=()):
     """The output for a URI wrapped in the filters (first filter sees the image first)."""
+    filters = list(filters)
+    ctx.filter_fingerprint = tuple(str(spec) for spec in filters)
     output = load(OUTPUTS, uri.scheme)(uri, ctx)
     for spec in reversed(list(filters)):
         cls = load(FILTERS, spec.name)
@@ -288,6 +292,7 @@ def for_each_image(source, fn, ctx, refs=None):
 def run_process(source_uri, dest_uri, filters, ctx):
     """Copy every image of source_uri through the filters into dest_uri. Returns the list of ImageResult."""
     source = build_input(source_uri, ctx)
+    ctx.multi_image = source.multi
     output = build_output(dest_uri, ctx, filters)
     finished = False
     try:
