@@ -1,0 +1,236 @@
+"""Write images into one tarball that `docker load`, `podman load` and `skopeo copy docker-archive:` accept.
+
+Layout: the combined one Docker 25+ `docker save` writes, which is at once a docker-archive and an OCI image
+layout (so `skopeo copy oci-archive:` reads it too):
+
+```
+blobs/sha256/<diffid-hex>        each layer once, an uncompressed tar (so its blob digest is its diffid)
+blobs/sha256/<config-hex>        the image config, exactly the source's bytes
+blobs/sha256/<manifest-hex>      an OCI manifest per image
+index.json, oci-layout           the OCI layout view (ref.name and io.containerd.image.name annotations)
+manifest.json                    [{Config, RepoTags, Layers}] with paths into blobs/, the docker-archive view
+repositories                     {name: {tag: <top layer hex>}} for old docker load versions
+```
+
+Chosen over the legacy `<id>/layer.tar` layout because skopeo 1.9.3 accepts it both as `docker-archive:` and as
+`oci-archive:` (checked by tests/test_tarball_output.py), and Docker's loader only follows manifest.json paths.
+
+Layers are materialized in parallel (-j) outside the tarball lock, then appended in image order while holding it,
+streamed from their verified temporary files. Several images (and several threads under -J) share one tarball and
+each layer is stored once. Every member has fixed metadata (mtime 0, uid/gid 0, no user names), so the same
+images give a byte-identical tarball. The tarball is written to `<path>.partial-<random>` beside the destination
+and renamed into place by finalize(); abort() deletes it.
+"""
+
+import io
+import json
+import os
+import tarfile
+import tempfile
+import threading
+
+from occystrap import streams
+from occystrap.errors import OccystrapError
+from occystrap.model import MEDIA_OCI_CONFIG, MEDIA_OCI_INDEX, MEDIA_OCI_LAYER_TAR, MEDIA_OCI_MANIFEST
+from occystrap.pipeline import ImageOutput
+
+FIXED_MTIME = 0
+COPY_BUFFER = streams.CHUNK
+REF_NAME = 'org.opencontainers.image.ref.name'
+CONTAINERD_NAME = 'io.containerd.image.name'
+
+
+def blob_member(digest):
+    """Where a blob with this digest lives in the tarball."""
+    algorithm, _, hexpart = digest.partition(':')
+    return 'blobs/%s/%s' % (algorithm, hexpart)
+
+
+def canonical_json(value):
+    """Compact JSON with a fixed key order, so the same content always gives the same bytes (and digests)."""
+    return json.dumps(value, separators=(',', ':'), sort_keys=True).encode()
+
+
+def fully_qualified(name):
+    """The name as containerd records it: 'busybox' -> 'docker.io/library/busybox'."""
+    first = name.split('/', 1)[0]
+    if '/' in name and ('.' in first or ':' in first or first == 'localhost'):
+        return name
+    if '/' not in name:
+        return 'docker.io/library/' + name
+    return 'docker.io/' + name
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+class TarballOutput(ImageOutput):
+    """Images into one tarball file (`tar:///path.tar`)."""
+
+    def __init__(self, uri, ctx):
+        super().__init__(uri, ctx)
+        self.path = os.path.abspath(uri.path)
+        self.directory = os.path.dirname(self.path)
+        if not os.path.isdir(self.directory):
+            raise OccystrapError('cannot write %s: directory %s does not exist' % (uri.path, self.directory))
+        if os.path.isdir(self.path):
+            raise OccystrapError('cannot write %s: it is a directory, tar:// needs a file path' % uri.path)
+        # Big temporary layer files go beside the destination, where the user expects the space to be used.
+        ctx.prefer_workdir_parent(self.directory)
+        self._mode = 0o666 & ~_umask()
+        self._lock = threading.Lock()
+        self._file = None
+        self._tar = None
+        self._partial = None
+        self._broken = None
+        self._dirs = set()
+        self._blobs = {}           # digest -> size of every blob already in the tarball
+        self._entries = []         # manifest.json entries, in the order images were written
+        self._descriptors = []     # index.json entries
+        self._repositories = {}
+
+    # --- writing members (callers hold the lock) ----------------------------------------------------------
+
+    def _check(self):
+        if self._broken:
+            raise OccystrapError('cannot write %s: an earlier image failed while being written (%s)'
+                                 % (self.path, self._broken))
+
+    def _open(self):
+        self._check()
+        if self._tar is None:
+            fd, self._partial = tempfile.mkstemp(prefix=os.path.basename(self.path) + '.partial-',
+                                                 dir=self.directory)
+            os.fchmod(fd, self._mode)
+            self._file = os.fdopen(fd, 'wb')
+            self._tar = tarfile.open(fileobj=self._file, mode='w', format=tarfile.PAX_FORMAT)
+            self._tar.copybufsize = COPY_BUFFER
+        return self._tar
+
+    def _info(self, name, size=0, directory=False):
+        info = tarfile.TarInfo(name)
+        info.mtime = FIXED_MTIME
+        info.uid = info.gid = 0
+        info.uname = info.gname = ''
+        if directory:
+            info.type = tarfile.DIRTYPE
+            info.mode = 0o755
+        else:
+            info.size = size
+            info.mode = 0o644
+        return info
+
+    def _add_dirs(self, name):
+        parts = name.split('/')[:-1]
+        for depth in range(1, len(parts) + 1):
+            directory = '/'.join(parts[:depth])
+            if directory not in self._dirs:
+                self._tar.addfile(self._info(directory, directory=True))
+                self._dirs.add(directory)
+
+    def _add_bytes(self, name, data):
+        self._add_dirs(name)
+        self._tar.addfile(self._info(name, len(data)), io.BytesIO(data))
+
+    def _add_blob_bytes(self, digest, data):
+        if digest not in self._blobs:
+            self._add_bytes(blob_member(digest), data)
+            self._blobs[digest] = len(data)
+            self.ctx.stats.add(nbytes=len(data))
+
+    def _add_layer(self, layer):
+        name = blob_member(layer.diffid)
+        self._add_dirs(name)
+        with layer.open() as data:
+            size = os.fstat(data.fileno()).st_size
+            self._tar.addfile(self._info(name, size), data)
+        self._blobs[layer.diffid] = size
+        self.ctx.stats.add(nbytes=size)
+
+    # --- ImageOutput --------------------------------------------------------------------------------------
+
+    def write(self, image):
+        with self._lock:
+            self._check()
+            stored = set(self._blobs)
+        # Materialize (download, decompress, verify) in parallel without holding the lock, so other images keep
+        # appending meanwhile; layers another image already stored are not fetched again.
+        needed, seen = [], set()
+        for layer in image.layers:
+            if layer.diffid not in stored and layer.diffid not in seen:
+                needed.append(layer)
+                seen.add(layer.diffid)
+        try:
+            self.ctx.map(lambda layer: layer.materialize(self.ctx.workdir), needed)
+            with self._lock:
+                self._open()
+                try:
+                    self._append(image, needed)
+                except BaseException as e:
+                    self._broken = str(e) or type(e).__name__
+                    raise
+        finally:
+            for layer in needed:
+                layer.release()
+
+    def _append(self, image, needed):
+        for layer in needed:
+            if layer.diffid not in self._blobs:
+                self._add_layer(layer)
+        config_digest = image.config_digest
+        self._add_blob_bytes(config_digest, image.config_bytes)
+        layer_paths = [blob_member(layer.diffid) for layer in image.layers]
+        manifest = {
+            'schemaVersion': 2,
+            'mediaType': MEDIA_OCI_MANIFEST,
+            'config': {'mediaType': MEDIA_OCI_CONFIG, 'digest': config_digest, 'size': len(image.config_bytes)},
+            'layers': [{'mediaType': MEDIA_OCI_LAYER_TAR, 'digest': layer.diffid, 'size': self._blobs[layer.diffid]}
+                       for layer in image.layers],
+        }
+        manifest_bytes = canonical_json(manifest)
+        manifest_digest = streams.sha256_bytes(manifest_bytes)
+        self._add_blob_bytes(manifest_digest, manifest_bytes)
+
+        repo_tag = '%s:%s' % (image.name, image.tag) if image.tag else None
+        entry = next((e for e in self._entries
+                      if e['Config'] == blob_member(config_digest) and e['Layers'] == layer_paths), None)
+        if entry is None:
+            entry = {'Config': blob_member(config_digest), 'RepoTags': None, 'Layers': layer_paths}
+            self._entries.append(entry)
+        descriptor = {'mediaType': MEDIA_OCI_MANIFEST, 'digest': manifest_digest, 'size': len(manifest_bytes)}
+        if repo_tag:
+            if repo_tag not in (entry['RepoTags'] or []):
+                entry['RepoTags'] = (entry['RepoTags'] or []) + [repo_tag]
+                descriptor['annotations'] = {CONTAINERD_NAME: '%s:%s' % (fully_qualified(image.name), image.tag),
+                                             REF_NAME: image.tag}
+                self._descriptors.append(descriptor)
+            if image.layers:
+                self._repositories.setdefault(image.name, {})[image.tag] = image.layers[-1].diffid.partition(':')[2]
+        elif not any(d['digest'] == manifest_digest for d in self._descriptors):
+            self._descriptors.append(descriptor)
+
+    def finalize(self):
+        with self._lock:
+            self._open()
+            index = {'schemaVersion': 2, 'mediaType': MEDIA_OCI_INDEX, 'manifests': self._descriptors}
+            self._add_bytes('index.json', canonical_json(index))
+            self._add_bytes('manifest.json', canonical_json(self._entries))
+            self._add_bytes('oci-layout', canonical_json({'imageLayoutVersion': '1.0.0'}))
+            self._add_bytes('repositories', canonical_json(self._repositories))
+            self._tar.close()
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            os.rename(self._partial, self.path)
+            self._tar = self._file = self._partial = None
+
+    def abort(self):
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+            if self._partial and os.path.exists(self._partial):
+                os.unlink(self._partial)
+            self._tar = self._file = self._partial = None
