@@ -9,11 +9,11 @@ debs=(docker-registry skopeo podman hyperfine jq shellcheck umoci runc uidmap gi
 cmds=(docker-registry skopeo podman hyperfine jq shellcheck umoci runc newuidmap git)
 
 missing=()
+sudo=()
 for i in "${!cmds[@]}"; do
   command -v "${cmds[$i]}" >/dev/null 2>&1 || missing+=("${debs[$i]}")
 done
 if [ "${#missing[@]}" -gt 0 ]; then
-  sudo=()
   [ "$(id -u)" -eq 0 ] || sudo=(sudo)
   echo "bootstrap: installing Debian packages: ${missing[*]}" >&2
   "${sudo[@]}" apt-get update -qq >&2
@@ -21,6 +21,11 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 python=${PYTHON:-python3}
+if ! "$python" -c 'import venv, ensurepip' >/dev/null 2>&1; then
+  echo 'bootstrap: installing python3-venv' >&2
+  [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq python3-venv python3-pip >&2
+fi
 if [ ! -x "$venv/bin/python" ]; then
   echo "bootstrap: creating $venv" >&2
   "$python" -m venv "$venv"
