@@ -1,0 +1,694 @@
+"""The OCI distribution protocol for one registry host: manifests, blobs, uploads, tags and the catalog.
+
+Everything goes through the run's HttpClient (pooled connections, retries, rate limit) and the host's shared
+Authenticator. This module knows nothing about tarballs or directories: it moves manifests and blob bytes.
+"""
+
+import io
+import json
+import logging
+import os
+import re
+import threading
+import urllib.parse
+
+import httpx
+
+from occystrap import model, streams
+from occystrap.errors import CorruptImageError, DigestMismatchError, RegistryError
+from occystrap.registry import auth
+from occystrap.registry.http import REDIRECT_STATUSES, ConnectionFailed, RetryPolicy, host_of
+
+LOG = logging.getLogger(__name__)
+
+ALL_MANIFEST_TYPES = (model.MEDIA_OCI_INDEX, model.MEDIA_DOCKER_LIST, model.MEDIA_OCI_MANIFEST,
+                      model.MEDIA_DOCKER_MANIFEST)
+IMAGE_MANIFEST_TYPES = (model.MEDIA_OCI_MANIFEST, model.MEDIA_DOCKER_MANIFEST)
+SCHEMA1_TYPES = ('application/vnd.docker.distribution.manifest.v1+json',
+                 'application/vnd.docker.distribution.manifest.v1+prettyjws')
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+MAX_CONFIG_BYTES = 64 * 1024 * 1024
+MAX_REDIRECTS = 5
+MONOLITHIC_MAX = 128 * 1024 * 1024    # blobs up to this size go up in one PUT; larger ones in PATCH chunks
+UPLOAD_CHUNK = 32 * 1024 * 1024
+CATALOG_SCOPE = 'registry:catalog:*'
+_RANGE_RE = re.compile(r'^(?:bytes=)?(\d+)-(-?\d+)$')
+
+
+def describe_reference(name, reference):
+    """'name:tag' or 'name@sha256:...' as users write it."""
+    if reference and ':' in reference:
+        return '%s@%s' % (name, reference)
+    return '%s:%s' % (name, reference)
+
+
+def is_digest(reference):
+    return bool(reference) and reference.startswith(('sha256:', 'sha512:'))
+
+
+def digest_of(data, algorithm='sha256'):
+    hasher = streams.new_hasher(algorithm + ':')
+    hasher.update(data)
+    return '%s:%s' % (algorithm, hasher.hexdigest())
+
+
+def platform_string(platform):
+    parts = [platform.get('os', ''), platform.get('architecture', '')]
+    if platform.get('variant'):
+        parts.append(platform['variant'])
+    return '/'.join(parts)
+
+
+def _default_variant(architecture):
+    return {'arm64': 'v8', 'arm': 'v7'}.get(architecture, '')
+
+
+def select_platform(index, os_name, architecture, variant=None):
+    """The descriptor of a manifest list / OCI index for a platform, or None.
+
+    With no variant asked for, an entry without variant (or with the architecture's usual one) is preferred.
+    """
+    candidates = []
+    for entry in index.get('manifests') or []:
+        platform = entry.get('platform') or {}
+        if platform.get('os') != os_name or platform.get('architecture') != architecture:
+            continue
+        candidates.append(entry)
+    if variant:
+        for entry in candidates:
+            have = entry['platform'].get('variant') or _default_variant(architecture)
+            if have == variant:
+                return entry
+        return None
+    for entry in candidates:
+        if (entry['platform'].get('variant') or '') in ('', _default_variant(architecture)):
+            return entry
+    return candidates[0] if candidates else None
+
+
+def _error_detail(response):
+    """'CODE: message' from a registry's JSON error body, or ''."""
+    try:
+        response.read()
+        body = response.json()
+    except (ValueError, httpx.HTTPError, UnicodeDecodeError):
+        return ''
+    errors = body.get('errors') if isinstance(body, dict) else None
+    if not errors or not isinstance(errors, list) or not isinstance(errors[0], dict):
+        return ''
+    first = errors[0]
+    text = ': '.join(str(first[k]) for k in ('code', 'message') if first.get(k))
+    return ' '.join(text.split())[:300]
+
+
+def _with_query(url, **params):
+    """Add query parameters to a URL that may already carry some (upload locations keep state there)."""
+    parts = urllib.parse.urlsplit(url)
+    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True) + list(params.items())
+    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
+
+
+def _read_exactly(stream, size):
+    """Read up to `size` bytes, fewer only at end of stream."""
+    parts = []
+    remaining = size
+    while remaining > 0:
+        data = stream.read(min(remaining, streams.CHUNK))
+        if not data:
+            break
+        parts.append(data)
+        remaining -= len(data)
+    return b''.join(parts)
+
+
+class _Source:
+    """What upload_blob reads from: a path, bytes, a callable returning a fresh stream, or a stream."""
+
+    def __init__(self, source):
+        self.source = source
+        self.start = None
+        if hasattr(source, 'read') and hasattr(source, 'seek'):
+            try:
+                self.start = source.tell()
+            except (OSError, ValueError):
+                self.start = None
+
+    @property
+    def repeatable(self):
+        return not hasattr(self.source, 'read') or self.start is not None
+
+    def size(self):
+        if isinstance(self.source, (str, os.PathLike)):
+            return os.path.getsize(self.source)
+        if isinstance(self.source, (bytes, bytearray, memoryview)):
+            return len(self.source)
+        return None
+
+    def open(self):
+        if isinstance(self.source, (str, os.PathLike)):
+            return open(self.source, 'rb')
+        if isinstance(self.source, (bytes, bytearray, memoryview)):
+            return io.BytesIO(self.source)
+        if callable(self.source):
+            return self.source()
+        if self.start is not None:
+            self.source.seek(self.start)
+        return _Unclosed(self.source)
+
+
+class _Unclosed:
+    """A caller's stream that our upload reads but must not close."""
+
+    def __init__(self, raw):
+        self.raw = raw
+
+    def read(self, size=-1):
+        return self.raw.read(size)
+
+    def close(self):
+        pass
+
+
+class _Retryable(Exception):
+    """An upload step failed in a way that a fresh attempt may cure."""
+
+
+class RegistryClient:
+    """The distribution API of one registry host (`host[:port]`), shared safely between threads."""
+
+    def __init__(self, http, host, insecure=False, username=None, password=None, monolithic_max=MONOLITHIC_MAX,
+                 chunk_size=UPLOAD_CHUNK):
+        self.http = http
+        self.host = host
+        self.base = '%s://%s' % (http.scheme(insecure), host)
+        user, secret = auth.find_credentials(host, username, password, http.settings)
+        self.auth = http.authenticator(host, user, secret)
+        self.monolithic_max = monolithic_max
+        self.chunk_size = chunk_size
+        self._lock = threading.Lock()
+        self._pending_uploads = {}    # (name, digest) -> upload location left open by a mount that did not happen
+        self.resumes = 0              # blob downloads resumed with a Range request, for tests and --verbose
+
+    def __repr__(self):
+        return '<RegistryClient %s>' % self.base
+
+    # --- plumbing
+
+    def _url(self, path):
+        return self.base + path
+
+    def _own(self, url):
+        return host_of(url) == host_of(self.base)
+
+    def _send(self, method, url, scopes, what, headers=None, content=None, stream=False, retry=True, follow=False,
+              params=None):
+        """An authenticated request; 401s are answered by authenticating, redirects followed when `follow`.
+
+        Authorization goes only to this registry's own host, never to a host a redirect leads to. Returns the
+        response whatever its status (except an unresolvable 401, which raises AuthenticationError).
+        """
+        challenges = 0
+        redirects = 0
+        while True:
+            sent = dict(headers or {})
+            own = self._own(url)
+            if own:
+                sent.update(self.auth.headers(scopes))
+            response = self.http.request(method, url, headers=sent, content=content, stream=stream, retry=retry,
+                                         params=params)
+            if response.status_code == 401 and own and challenges < 2:
+                response.close()
+                challenges += 1
+                self.auth.challenged(response, scopes, sent)
+                continue
+            if follow and response.status_code in REDIRECT_STATUSES and response.headers.get('Location'):
+                response.close()
+                redirects += 1
+                if redirects > MAX_REDIRECTS:
+                    raise RegistryError('registry %s redirected %s more than %d times'
+                                        % (self.host, what, MAX_REDIRECTS))
+                url = urllib.parse.urljoin(str(response.request.url), response.headers['Location'])
+                params = None
+                LOG.debug('%s redirected to %s', what, host_of(url))
+                continue
+            return response
+
+    def _error(self, response, what):
+        """The exception for an unexpected answer, naming the registry, the status and the registry's own reason."""
+        detail = _error_detail(response)
+        response.close()
+        suffix = ' (%s)' % detail if detail else ''
+        status = response.status_code
+        if status == 401:
+            if self.auth.has_credentials:
+                return auth.AuthenticationError('registry %s refused the credentials for %s%s'
+                                                % (self.host, what, suffix), status=status)
+            return auth.AuthenticationError('registry %s requires credentials for %s (use --username/--password '
+                                            'or docker login)%s' % (self.host, what, suffix), status=status)
+        if status == 403:
+            return auth.AuthenticationError('registry %s denied access to %s%s' % (self.host, what, suffix),
+                                            status=status)
+        return RegistryError('registry %s answered %d for %s%s' % (self.host, status, what, suffix), status=status)
+
+    @staticmethod
+    def _pull(name):
+        return (auth.repository_scope(name, 'pull'),)
+
+    @staticmethod
+    def _push(name):
+        return (auth.repository_scope(name, 'pull,push'),)
+
+    # --- reading
+
+    def ping(self):
+        """GET /v2/ (authenticating if asked to); True when the registry speaks the v2 API."""
+        response = self._send('GET', self._url('/v2/'), (), 'the API root')
+        if response.status_code != 200:
+            raise self._error(response, 'the API root')
+        response.close()
+        return True
+
+    def _get_manifest(self, name, reference, accept):
+        what = describe_reference(name, reference)
+        url = self._url('/v2/%s/manifests/%s' % (name, reference))
+        response = self._send('GET', url, self._pull(name), what, headers={'Accept': ', '.join(accept)})
+        if response.status_code != 200:
+            raise self._error(response, what)
+        data = response.content
+        response.close()
+        if len(data) > MAX_MANIFEST_BYTES:
+            raise RegistryError('registry %s answered a %d byte manifest for %s (limit %d)'
+                                % (self.host, len(data), what, MAX_MANIFEST_BYTES))
+        digest = digest_of(data)
+        if is_digest(reference):
+            algorithm = reference.split(':', 1)[0]
+            actual = digest_of(data, algorithm)
+            if actual != reference:
+                raise DigestMismatchError('manifest %s' % what, reference, actual)
+        header = response.headers.get('Docker-Content-Digest')
+        if header and header.split(':', 1)[0] in ('sha256', 'sha512'):
+            actual = digest_of(data, header.split(':', 1)[0])
+            if actual != header:
+                raise DigestMismatchError('manifest %s (Docker-Content-Digest)' % what, header, actual)
+        try:
+            document = json.loads(data)
+        except ValueError:
+            raise CorruptImageError('registry %s answered a manifest for %s that is not JSON' % (self.host, what))
+        if not isinstance(document, dict):
+            raise CorruptImageError('registry %s answered a manifest for %s that is not a JSON object'
+                                    % (self.host, what))
+        media_type = response.headers.get('Content-Type', '').split(';', 1)[0].strip()
+        if media_type not in ALL_MANIFEST_TYPES:
+            media_type = document.get('mediaType') or media_type
+        if document.get('schemaVersion') == 1 or media_type in SCHEMA1_TYPES:
+            raise RegistryError('%s on registry %s is a schema 1 manifest, which is not supported'
+                                % (what, self.host))
+        if media_type not in ALL_MANIFEST_TYPES:
+            # An OCI manifest may omit mediaType; its shape tells which it is.
+            media_type = model.MEDIA_OCI_INDEX if 'manifests' in document else model.MEDIA_OCI_MANIFEST
+        return data, media_type, digest, document
+
+    def get_manifest(self, name, reference, accept=ALL_MANIFEST_TYPES):
+        """(bytes, media type, digest) of a manifest; the digest is verified when `reference` is one.
+
+        The Docker-Content-Digest header is checked too when the registry sends it.
+        """
+        data, media_type, digest, _ = self._get_manifest(name, reference, accept)
+        return data, media_type, digest
+
+    def resolve_image(self, name, reference, platform=None):
+        """The image manifest for a reference: (bytes, media type, digest, parsed manifest).
+
+        A manifest list or OCI index is followed to the entry for `platform` ((os, architecture, variant), default
+        from the settings); when none matches, the error lists the platforms there are.
+        """
+        if platform is None:
+            settings = self.http.settings
+            platform = (settings.os, settings.architecture, settings.variant)
+        os_name, architecture, variant = platform
+        data, media_type, digest, document = self._get_manifest(name, reference, ALL_MANIFEST_TYPES)
+        if media_type not in model.MANIFEST_LIST_TYPES:
+            return data, media_type, digest, document
+        entry = select_platform(document, os_name, architecture, variant)
+        if entry is None:
+            available = [platform_string(e.get('platform') or {}) for e in document.get('manifests') or []
+                         if (e.get('platform') or {}).get('os') not in (None, 'unknown')]
+            wanted = '/'.join(p for p in (os_name, architecture, variant) if p)
+            raise RegistryError('%s on registry %s has no %s image; available: %s'
+                                % (describe_reference(name, reference), self.host, wanted,
+                                   ', '.join(available) or 'none'))
+        data, media_type, digest, document = self._get_manifest(name, entry['digest'], IMAGE_MANIFEST_TYPES)
+        if media_type in model.MANIFEST_LIST_TYPES:
+            raise CorruptImageError('%s on registry %s nests one index in another'
+                                    % (describe_reference(name, reference), self.host))
+        return data, media_type, digest, document
+
+    def _blob_response(self, name, digest, offset=0, method='GET'):
+        what = 'blob %s in %s' % (digest, name)
+        headers = {'Range': 'bytes=%d-' % offset} if offset else None
+        response = self._send(method, self._url('/v2/%s/blobs/%s' % (name, digest)), self._pull(name), what,
+                              headers=headers, stream=True, follow=True)
+        return response, what
+
+    def get_blob_bytes(self, name, digest, max_size=MAX_CONFIG_BYTES):
+        """A small blob (an image config) in memory, verified against its digest."""
+        response, what = self._blob_response(name, digest)
+        try:
+            if response.status_code != 200:
+                raise self._error(response, what)
+            parts, total = [], 0
+            for chunk in response.iter_raw(streams.CHUNK):
+                total += len(chunk)
+                if total > max_size:
+                    raise RegistryError('%s on registry %s is larger than %d bytes' % (what, self.host, max_size))
+                parts.append(chunk)
+        except httpx.TransportError as e:
+            raise ConnectionFailed('download of %s from %s broke off: %s' % (what, self.host, e))
+        finally:
+            response.close()
+        data = b''.join(parts)
+        actual = digest_of(data, digest.split(':', 1)[0])
+        if actual != digest:
+            raise DigestMismatchError(what, digest, actual)
+        return data
+
+    def open_blob(self, name, digest, size=None, on_bytes=None):
+        """A stream of a blob's raw bytes that resumes with a Range request when the connection breaks.
+
+        Nothing is verified here (wrap it in a HashingReader); `on_bytes(n)` is called for every chunk received.
+        """
+        return BlobReader(self, name, digest, size, on_bytes)
+
+    def blob_exists(self, name, digest):
+        """The blob's size when the repository has it, else None (a HEAD request)."""
+        response, what = self._blob_response(name, digest, method='HEAD')
+        response.close()
+        if response.status_code == 404:
+            return None
+        if response.status_code != 200:
+            raise self._error(response, what)
+        return int(response.headers.get('Content-Length') or 0)
+
+    def list_tags(self, name, page_size=None):
+        """Every tag of a repository, following Link pagination."""
+        return self._paginate('/v2/%s/tags/list' % name, self._pull(name), 'tags', 'the tags of %s' % name,
+                              page_size)
+
+    def catalog(self, page_size=None):
+        """Every repository the registry lists in /v2/_catalog, following Link pagination."""
+        return self._paginate('/v2/_catalog', (CATALOG_SCOPE,), 'repositories', 'the catalog', page_size)
+
+    def _paginate(self, path, scopes, key, what, page_size):
+        url = self._url(path)
+        params = {'n': str(page_size)} if page_size else None
+        found = []
+        seen = set()
+        while url:
+            response = self._send('GET', url, scopes, what, params=params)
+            if response.status_code != 200:
+                raise self._error(response, what)
+            try:
+                found.extend(response.json().get(key) or [])
+            except (ValueError, AttributeError):
+                raise RegistryError('registry %s answered %s with something that is not JSON' % (self.host, what))
+            following = response.links.get('next', {}).get('url')
+            url = urllib.parse.urljoin(str(response.request.url), following) if following else None
+            params = None
+            if url in seen:
+                raise RegistryError('registry %s paginates %s in a loop' % (self.host, what))
+            seen.add(url)
+        return found
+
+    # --- writing
+
+    def mount_blob(self, name, digest, from_name):
+        """Ask the registry to link a blob from another repository; True when it did (no upload needed)."""
+        what = 'blob %s in %s' % (digest, name)
+        scopes = self._push(name) + self._pull(from_name)
+        url = _with_query(self._url('/v2/%s/blobs/uploads/' % name), mount=digest, **{'from': from_name})
+        response = self._send('POST', url, scopes, what)
+        response.close()
+        if response.status_code == 201:
+            return True
+        if response.status_code == 202 and response.headers.get('Location'):
+            # The registry opened an ordinary upload instead; keep it for upload_blob rather than waste it.
+            with self._lock:
+                self._pending_uploads[(name, digest)] = urllib.parse.urljoin(url, response.headers['Location'])
+            return False
+        raise self._error(response, what)
+
+    def _start_upload(self, name, what):
+        url = self._url('/v2/%s/blobs/uploads/' % name)
+        response = self._send('POST', url, self._push(name), what)
+        response.close()
+        if response.status_code != 202 or not response.headers.get('Location'):
+            raise self._error(response, what)
+        return urllib.parse.urljoin(url, response.headers['Location'])
+
+    def upload_blob(self, name, digest, source, size=None, on_bytes=None):
+        """Upload a blob unless told otherwise; returns its digest as the registry confirmed it.
+
+        `source` is a path, bytes, a callable returning a fresh readable stream, or a readable stream (seekable
+        ones can be retried). Blobs of known size up to `monolithic_max` go in one PUT; others in PATCH chunks of
+        `chunk_size` with Content-Range, resumed from the registry's upload status after a failure.
+        """
+        what = 'blob %s in %s' % (digest, name)
+        source = _Source(source)
+        if size is None:
+            size = source.size()
+        failures = 0
+        while True:
+            with self._lock:
+                location = self._pending_uploads.pop((name, digest), None)
+            if location is None:
+                location = self._start_upload(name, what)
+            try:
+                if size is not None and size <= self.monolithic_max:
+                    return self._put_monolithic(name, location, digest, source, size, what, on_bytes)
+                return self._put_chunked(name, location, digest, source, what, on_bytes)
+            except (_Retryable, ConnectionFailed) as e:
+                failures += 1
+                if failures > self.http.retry.retries or not source.repeatable:
+                    raise ConnectionFailed('upload of %s to %s failed: %s' % (what, self.host, e))
+                waited = self.http.retry.wait(failures - 1)
+                LOG.info('upload of %s failed (%s); starting again in %.2fs', what, e, waited)
+
+    def _body(self, source, on_bytes):
+        def produce():
+            stream = source.open()
+            try:
+                while True:
+                    data = stream.read(streams.CHUNK)
+                    if not data:
+                        return
+                    if on_bytes:
+                        on_bytes(len(data))
+                    yield data
+            finally:
+                stream.close()
+        return produce
+
+    def _finish(self, response, digest, what):
+        response.close()
+        if response.status_code == 201:
+            confirmed = response.headers.get('Docker-Content-Digest') or digest
+            if confirmed != digest:
+                raise DigestMismatchError('uploaded %s' % what, digest, confirmed)
+            return digest
+        if RetryPolicy.retryable_status(response.status_code):
+            raise _Retryable('registry answered %d' % response.status_code)
+        raise self._error(response, what)
+
+    def _put_monolithic(self, name, location, digest, source, size, what, on_bytes):
+        headers = {'Content-Type': 'application/octet-stream', 'Content-Length': str(size)}
+        response = self._send('PUT', _with_query(location, digest=digest), self._push(name), what, headers=headers,
+                              content=self._body(source, on_bytes), retry=False)
+        return self._finish(response, digest, what)
+
+    def _put_chunked(self, name, location, digest, source, what, on_bytes):
+        stream = source.open()
+        offset = 0
+        try:
+            while True:
+                chunk = _read_exactly(stream, self.chunk_size)
+                if not chunk:
+                    break
+                location = self._patch(name, location, chunk, offset, what)
+                offset += len(chunk)
+                if on_bytes:
+                    on_bytes(len(chunk))
+        finally:
+            stream.close()
+        response = self._send('PUT', _with_query(location, digest=digest), self._push(name), what,
+                              headers={'Content-Length': '0'}, retry=False)
+        return self._finish(response, digest, what)
+
+    def _patch(self, name, location, chunk, offset, what):
+        """Send one chunk at `offset`; after a failure ask the registry how much arrived and send the rest."""
+        done = 0
+        failures = 0
+        while done < len(chunk):
+            data = chunk[done:]
+            headers = {'Content-Type': 'application/octet-stream', 'Content-Length': str(len(data)),
+                       'Content-Range': '%d-%d' % (offset + done, offset + len(chunk) - 1)}
+            try:
+                response = self._send('PATCH', location, self._push(name), what, headers=headers, content=data,
+                                      retry=False)
+            except ConnectionFailed as e:
+                response, reason = None, str(e)
+            if response is not None:
+                response.close()
+                if response.status_code == 202 and response.headers.get('Location'):
+                    return urllib.parse.urljoin(location, response.headers['Location'])
+                if not (RetryPolicy.retryable_status(response.status_code) or response.status_code == 416):
+                    raise self._error(response, what)
+                reason = 'registry answered %d' % response.status_code
+            failures += 1
+            if failures > self.http.retry.retries:
+                raise _Retryable(reason)
+            self.http.retry.wait(failures - 1)
+            location, have = self._upload_status(name, location, what)
+            if not offset <= have <= offset + len(chunk):
+                raise _Retryable('registry holds %d bytes of the upload, expected %d to %d'
+                                 % (have, offset, offset + len(chunk)))
+            done = have - offset
+        return location
+
+    def _upload_status(self, name, location, what):
+        """(location, bytes received) of an upload session."""
+        response = self._send('GET', location, self._push(name), what)
+        response.close()
+        if response.status_code not in (202, 204):
+            raise self._error(response, what)
+        match = _RANGE_RE.match(response.headers.get('Range', '').strip())
+        have = int(match.group(2)) + 1 if match else 0
+        if response.headers.get('Location'):
+            location = urllib.parse.urljoin(location, response.headers['Location'])
+        return location, max(0, have)
+
+    def put_manifest(self, name, reference, data, media_type):
+        """Store a manifest under a tag (or its digest); returns the manifest's digest."""
+        what = describe_reference(name, reference)
+        digest = digest_of(data)
+        response = self._send('PUT', self._url('/v2/%s/manifests/%s' % (name, reference)), self._push(name), what,
+                              headers={'Content-Type': media_type}, content=data)
+        if response.status_code not in (200, 201):
+            raise self._error(response, what)
+        response.close()
+        confirmed = response.headers.get('Docker-Content-Digest')
+        if confirmed and confirmed.startswith('sha256:') and confirmed != digest:
+            raise DigestMismatchError('pushed manifest %s' % what, digest, confirmed)
+        return digest
+
+
+class BlobReader(io.RawIOBase):
+    """A blob download that resumes where it broke off (Range: bytes=N-), memory bounded to one chunk."""
+
+    def __init__(self, client, name, digest, size, on_bytes):
+        self.client = client
+        self.name = name
+        self.digest = digest
+        self.size = size
+        self.on_bytes = on_bytes
+        self.received = 0
+        self._response = None
+        self._chunks = None
+        self._buffer = b''
+        self._skip = 0
+        self._eof = False
+        self._failures = 0
+        self._received_at_failure = 0
+        self._connect()
+
+    def readable(self):
+        return True
+
+    def _connect(self):
+        response, what = self.client._blob_response(self.name, self.digest, self.received)
+        if response.status_code == 206 and self.received:
+            expected = 'bytes %d-' % self.received
+            if not response.headers.get('Content-Range', '').startswith(expected):
+                response.close()
+                raise RegistryError('registry %s resumed %s at the wrong place (%s)'
+                                    % (self.client.host, what, response.headers.get('Content-Range')))
+            self._skip = 0
+        elif response.status_code == 200:
+            self._skip = self.received   # the server ignored Range: drop what we already have
+        else:
+            raise self.client._error(response, what)
+        self._response = response
+        self._chunks = response.iter_raw(streams.CHUNK)
+
+    def _resume(self, reason):
+        self._close_response()
+        if self.received > self._received_at_failure:
+            self._failures = 0   # progress since the last break: this is a new problem, not the same one again
+        self._received_at_failure = self.received
+        self._failures += 1
+        retries = self.client.http.retry.retries
+        if self._failures > retries:
+            raise ConnectionFailed('download of blob %s from %s broke off at byte %d: %s (after %d retries)'
+                                   % (self.digest, self.client.host, self.received, reason, retries))
+        waited = self.client.http.retry.wait(self._failures - 1)
+        LOG.info('download of blob %s broke off at byte %d (%s); resuming in %.2fs', self.digest, self.received,
+                 reason, waited)
+        with self.client._lock:
+            self.client.resumes += 1
+        self._connect()
+
+    def _fill(self):
+        while not self._buffer and not self._eof:
+            try:
+                chunk = next(self._chunks)
+            except StopIteration:
+                if self.size is not None and self.received < self.size:
+                    self._resume('connection closed early')
+                    continue
+                self._eof = True
+                self._close_response()
+                return
+            except httpx.TransportError as e:
+                self._resume('%s: %s' % (type(e).__name__, ' '.join(str(e).split())))
+                continue
+            if self._skip:
+                dropped = min(self._skip, len(chunk))
+                chunk = chunk[dropped:]
+                self._skip -= dropped
+            if chunk:
+                self.received += len(chunk)
+                if self.on_bytes:
+                    self.on_bytes(len(chunk))
+                self._buffer = chunk
+
+    def read(self, size=-1):
+        if size is None or size < 0:
+            return self.readall()
+        self._fill()
+        if size >= len(self._buffer):
+            out, self._buffer = self._buffer, b''
+        else:
+            out, self._buffer = self._buffer[:size], self._buffer[size:]
+        return out
+
+    def readall(self):
+        parts = []
+        while True:
+            self._fill()
+            if not self._buffer:
+                return b''.join(parts)
+            parts.append(self._buffer)
+            self._buffer = b''
+
+    def readinto(self, buffer):
+        data = self.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+    def _close_response(self):
+        if self._response is not None:
+            self._response.close()
+            self._response = None
+
+    def close(self):
+        self._close_response()
+        super().close()

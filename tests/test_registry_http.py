@@ -1,0 +1,202 @@
+"""The shared HTTP client: retries with backoff and Retry-After, the rate limiter, TLS with HTTP/2."""
+
+import email.utils
+import http.server
+import threading
+import time
+
+import pytest
+
+from occystrap.registry.client import RegistryClient
+from occystrap.registry.http import ConnectionFailed, HttpClient, RetryPolicy, parse_retry_after
+from occystrap.registry.ratelimit import TokenBucket
+from occystrap.settings import Settings
+from tests.services import free_port
+
+
+class ScriptedServer:
+    """A loopback HTTP/1.1 server answering each request with the next (status, headers, body) of a script."""
+
+    def __init__(self, script):
+        self.script = list(script)
+        self.seen = []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = 'HTTP/1.1'
+
+            def log_message(self, *args):
+                pass
+
+            def _answer(self):
+                server.seen.append((self.command, self.path, dict(self.headers)))
+                status, headers, body = server.script.pop(0) if server.script else (200, {}, b'{}')
+                self.send_response(status)
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                self.send_header('Content-Length', str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_HEAD = do_POST = do_PUT = _answer
+
+        self.httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def host(self):
+        return '127.0.0.1:%d' % self.httpd.server_address[1]
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_retry_after_accepts_seconds_and_http_dates():
+    now = time.time()
+    assert parse_retry_after('7') == 7.0
+    assert parse_retry_after(email.utils.formatdate(now + 30, usegmt=True), now=now) == pytest.approx(30, abs=1)
+    assert parse_retry_after(email.utils.formatdate(now - 30, usegmt=True), now=now) == 0.0
+    assert parse_retry_after('soon') is None
+    assert parse_retry_after(None) is None
+
+
+def test_backoff_is_exponential_with_full_jitter_and_capped():
+    policy = RetryPolicy(5, base=0.5, cap=4.0, rand=lambda: 1.0)
+    assert [policy.delay(n) for n in range(5)] == [0.5, 1.0, 2.0, 4.0, 4.0]
+    assert RetryPolicy(5, base=0.5, rand=lambda: 0.25).delay(2) == 0.5
+    assert policy.delay(0, retry_after='3') == 3.0
+    assert policy.retryable_status(429) and policy.retryable_status(503)
+    assert not policy.retryable_status(404) and not policy.retryable_status(501)
+
+
+def test_token_bucket_spaces_requests_at_the_rate():
+    clock = [0.0]
+    slept = []
+
+    def sleep(seconds):
+        slept.append(seconds)
+        clock[0] += seconds
+
+    bucket = TokenBucket(4, burst=1, clock=lambda: clock[0], sleep=sleep)
+    waits = [bucket.acquire() for _ in range(5)]
+    assert waits[0] == 0
+    assert waits[1:] == pytest.approx([0.25] * 4)
+    assert clock[0] == pytest.approx(1.0)
+
+
+def test_token_bucket_is_shared_between_threads():
+    bucket = TokenBucket(50, burst=1)
+    started = time.monotonic()
+    threads = [threading.Thread(target=lambda: [bucket.acquire() for _ in range(5)]) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # 20 acquisitions at 50/s with a burst of one take at least 19 intervals of 20 ms.
+    assert time.monotonic() - started >= 0.37
+
+
+def _client(retries=3, **kwargs):
+    http = HttpClient(Settings(retries=retries, insecure=True, **kwargs))
+    http.retry._sleep = lambda seconds: http.slept.append(seconds)
+    http.slept = []
+    return http
+
+
+def test_5xx_answers_are_retried_until_success():
+    with ScriptedServer([(503, {}, b''), (502, {}, b''), (200, {}, b'ok')]) as server:
+        http = _client(retries=3)
+        response = http.request('GET', 'http://%s/v2/' % server.host)
+        assert response.status_code == 200 and response.content == b'ok'
+        assert len(server.seen) == 3 and http.retried == 2 and len(http.slept) == 2
+        http.close()
+
+
+def test_retries_stop_at_the_limit_and_return_the_last_answer():
+    with ScriptedServer([(503, {}, b'')] * 5) as server:
+        http = _client(retries=1)
+        assert http.request('GET', 'http://%s/v2/' % server.host).status_code == 503
+        assert len(server.seen) == 2
+        http.close()
+
+
+def test_429_waits_as_retry_after_says():
+    with ScriptedServer([(429, {'Retry-After': '2'}, b''), (200, {}, b'')]) as server:
+        http = _client()
+        assert http.request('GET', 'http://%s/v2/' % server.host).status_code == 200
+        assert http.slept == [2.0]
+        http.close()
+
+
+def test_no_retry_when_asked_not_to():
+    with ScriptedServer([(500, {}, b''), (200, {}, b'')]) as server:
+        http = _client()
+        assert http.request('PUT', 'http://%s/x' % server.host, content=b'data', retry=False).status_code == 500
+        assert len(server.seen) == 1
+        http.close()
+
+
+def test_unreachable_server_fails_after_retries_with_a_one_line_error():
+    port = free_port()
+    http = _client(retries=2)
+    with pytest.raises(ConnectionFailed) as raised:
+        http.request('GET', 'http://127.0.0.1:%d/v2/' % port)
+    assert str(raised.value).startswith('cannot reach 127.0.0.1:%d: ' % port)
+    assert '(after 2 retries)' in str(raised.value) and len(http.slept) == 2
+    http.close()
+
+
+def test_rate_limit_caps_requests_of_the_run(registry):
+    http = HttpClient(Settings(insecure=True, rate_limit=20))
+    client = RegistryClient(http, registry.host)
+    started = time.monotonic()
+    for _ in range(41):
+        client.ping()
+    # A burst of 20 goes at once; the other 21 requests are spaced 50 ms apart.
+    assert time.monotonic() - started >= 1.0
+    assert http.limiter.waited > 0.5
+    http.close()
+
+
+@pytest.mark.integration
+def test_tls_registry_negotiates_http2(tls_registry):
+    http = HttpClient(Settings(ca_cert=str(tls_registry.ca_path)))
+    client = RegistryClient(http, tls_registry.host)
+    assert client.ping()
+    assert http.http_version(tls_registry.host) == 'HTTP/2'
+    assert http.last_http_version == 'HTTP/2'
+    assert tls_registry.access_log()[-1].protocol == 'HTTP/2.0'
+    http.close()
+
+
+@pytest.mark.integration
+def test_no_http2_keeps_http1(tls_registry):
+    http = HttpClient(Settings(ca_cert=str(tls_registry.ca_path), http2=False))
+    assert RegistryClient(http, tls_registry.host).ping()
+    assert http.http_version(tls_registry.host) == 'HTTP/1.1'
+    http.close()
+
+
+@pytest.mark.integration
+def test_untrusted_certificate_is_reported_without_retries(tls_registry):
+    http = HttpClient(Settings(retries=3))
+    with pytest.raises(ConnectionFailed) as raised:
+        RegistryClient(http, tls_registry.host).ping()
+    assert 'TLS certificate not trusted' in str(raised.value) and '--ca-cert' in str(raised.value)
+    assert http.retried == 0
+    http.close()
+
+
+@pytest.mark.integration
+def test_https_to_a_plain_registry_suggests_insecure(registry):
+    http = HttpClient(Settings(retries=0))
+    with pytest.raises(ConnectionFailed) as raised:
+        RegistryClient(http, registry.host).ping()
+    assert '--insecure' in str(raised.value)
+    http.close()
