@@ -1,0 +1,81 @@
+"""registry://[user:pass@]host[:port]/name[:tag|@digest][?os=&arch=&variant=&insecure=true]: pull from a registry.
+
+open() fetches the manifest (following a manifest list / OCI index to the wanted platform) and the config; layers
+stay lazy and stream from the registry when read, with their digests verified by the model's readers.
+"""
+
+import functools
+import json
+
+from occystrap import model
+from occystrap.errors import CorruptImageError, UsageError
+from occystrap.pipeline import ImageInput, ImageRef
+from occystrap.registry.client import RegistryClient, describe_reference
+
+
+class RegistryInput(ImageInput):
+    """Images from a registry speaking the OCI distribution API."""
+
+    def __init__(self, uri, ctx):
+        super().__init__(uri, ctx)
+        settings = ctx.settings
+        self.client = RegistryClient(ctx.http, uri.host, insecure=settings.insecure or uri.flag('insecure'),
+                                     username=uri.username, password=uri.password)
+        options = uri.options
+        self.platform = (options.get('os') or settings.os,
+                         options.get('arch') or options.get('architecture') or settings.architecture,
+                         options.get('variant') or settings.variant)
+
+    @property
+    def multi(self):
+        return self.uri.is_glob
+
+    def references(self):
+        """The one image the URI names (catalog globs are expanded by references_for_glob)."""
+        if self.uri.is_glob:
+            return self.references_for_glob()
+        return [ImageRef(self.uri.name, self.uri.tag, self.uri.digest)]
+
+    def references_for_glob(self):
+        raise UsageError('repository globs in %s are not supported yet' % self.uri)
+
+    def _count_bytes(self, nbytes):
+        self.ctx.stats.add(nbytes=nbytes)
+
+    def open(self, ref):
+        """The Image a reference names, with lazy layers that stream (and resume) from the registry."""
+        reference = ref.digest or ref.tag or 'latest'
+        what = describe_reference(ref.name, reference)
+        manifest_bytes, media_type, digest, manifest = self.client.resolve_image(ref.name, reference, self.platform)
+        config_desc = manifest.get('config')
+        if not isinstance(config_desc, dict) or not config_desc.get('digest'):
+            raise CorruptImageError('manifest of %s on %s has no config' % (what, self.client.host))
+        config_bytes = self.client.get_blob_bytes(ref.name, config_desc['digest'])
+        if config_desc.get('size') is not None and config_desc['size'] != len(config_bytes):
+            raise CorruptImageError('config of %s is %d bytes, the manifest says %s'
+                                    % (what, len(config_bytes), config_desc['size']))
+        try:
+            config = json.loads(config_bytes)
+            diff_ids = list(config['rootfs']['diff_ids'])
+        except (ValueError, KeyError, TypeError):
+            raise CorruptImageError('config of %s on %s has no rootfs.diff_ids' % (what, self.client.host))
+        descriptors = manifest.get('layers') or []
+        if len(descriptors) != len(diff_ids):
+            raise CorruptImageError('%s has %d layers but its config lists %d diff_ids'
+                                    % (what, len(descriptors), len(diff_ids)))
+        history = [h for h in config.get('history') or [] if isinstance(h, dict) and not h.get('empty_layer')]
+        location = model.BlobLocation(self.client.host, ref.name)
+        layers = []
+        for index, (descriptor, diffid) in enumerate(zip(descriptors, diff_ids)):
+            media = descriptor.get('mediaType') or model.MEDIA_OCI_LAYER_GZIP
+            blob = model.Blob(digest=descriptor['digest'], media_type=media, size=descriptor.get('size'),
+                              opener=functools.partial(self.client.open_blob, ref.name, descriptor['digest'],
+                                                       descriptor.get('size'), self._count_bytes),
+                              location=location)
+            created_by = history[index].get('created_by') if index < len(history) else None
+            layers.append(model.Layer(diffid=diffid, origin=blob, created_by=created_by))
+        return model.Image(name=ref.name, tag=ref.tag, config_bytes=config_bytes, layers=layers,
+                           source='registry://%s/%s' % (self.client.host, what), manifest_digest=digest,
+                           manifest_media_type=media_type,
+                           config_media_type=config_desc.get('mediaType') or model.MEDIA_OCI_CONFIG,
+                           annotations=dict(manifest.get('annotations') or {}))
