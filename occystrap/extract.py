@@ -178,6 +178,7 @@ class _LayerApplier:
         self.summary = ExtractSummary()
         self.ours = set()              # path tuples this layer created or wrote: whiteouts never hide them
         self.dir_meta = {}             # path tuple -> member, applied at the end so file writes keep mtimes right
+        self.old_mtimes = {}           # path tuple -> (atime_ns, mtime_ns) of lower directories this layer changed
 
     # -- the member loop --------------------------------------------------------------------------------------------
 
@@ -223,6 +224,7 @@ class _LayerApplier:
             raise _Refused('unsupported tar entry type %r' % m.type)
         dfd = self.tree.open_dir(parent, create=True, on_create=self.ours.add)
         try:
+            self.remember_mtime(parent, dfd)
             self.clear(dfd, base, keep_directory=m.isdir())
             if m.isdir():
                 if _lstat(base, dfd) is None:
@@ -291,6 +293,7 @@ class _LayerApplier:
                 raise _Refused('hard link target %r is a directory' % m.linkname)
             dfd = self.tree.open_dir(parent, create=True, on_create=self.ours.add)
             try:
+                self.remember_mtime(parent, dfd)
                 self.clear(dfd, base, keep_directory=False)
                 os.link(target[-1], base, src_dir_fd=tfd, dst_dir_fd=dfd, follow_symlinks=False)
             finally:
@@ -329,6 +332,7 @@ class _LayerApplier:
         except _Missing:
             return
         try:
+            self.remember_mtime(parent, dfd)
             st = _lstat(name, dfd)
             if st is not None and stat.S_ISDIR(st.st_mode):
                 shutil.rmtree(name, dir_fd=dfd)
@@ -351,6 +355,7 @@ class _LayerApplier:
         except _Missing:
             return
         try:
+            self.remember_mtime(parent, dfd)
             self.prune(dfd, tuple(parent))
         finally:
             os.close(dfd)
@@ -413,8 +418,26 @@ class _LayerApplier:
         except OSError as e:
             LOG.debug('%s: cannot set xattr %s on %s: %s', self.what, key, name, e)
 
+    def remember_mtime(self, parts, dfd):
+        """Note a directory's times before this layer changes it, so a lower layer's mtime survives."""
+        key = tuple(parts)
+        if key not in self.old_mtimes and key not in self.ours:
+            st = os.fstat(dfd)
+            self.old_mtimes[key] = (st.st_atime_ns, st.st_mtime_ns)
+
     def finish_directories(self):
         """Apply directory modes and mtimes deepest first, after everything inside them was written."""
+        for parts in sorted(self.old_mtimes, key=len, reverse=True):
+            if parts in self.dir_meta or not parts:
+                continue               # the layer says what this directory's metadata is; the root is the caller's
+            try:
+                fd = self.tree.open_dir(parts)
+            except (_Missing, _Refused):
+                continue
+            try:
+                os.utime(fd, ns=self.old_mtimes[parts])
+            finally:
+                os.close(fd)
         for parts in sorted(self.dir_meta, key=len, reverse=True):
             m = self.dir_meta[parts]
             try:

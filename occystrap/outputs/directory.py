@@ -1,0 +1,253 @@
+"""Write images into a directory (`dir:///PATH[?unique_names=true&expand=true]`).
+
+Layout without unique_names (the images of one run; an expanded `docker save`, so `tar -C PATH -cf x.tar .` gives
+a tarball that `docker load` and `skopeo copy docker-archive:` accept):
+
+```
+PATH/manifest.json                  [{Config, RepoTags, Layers}] for this run's images, written last
+PATH/<config-hex>.json              each image config, the source's exact bytes
+PATH/<diffid-hex>/layer.tar         each layer once, uncompressed
+PATH/rootfs/                        with expand=true: the layers applied bottom first, whiteouts honoured
+```
+
+With unique_names=true many images, over many runs, share one directory:
+
+```
+PATH/<diffid-hex>/layer.tar         shared by every image that has the layer; present layers are not fetched again
+PATH/<config-hex>.json
+PATH/manifest-<name>@<tag>.json     [{Config, RepoTags, Layers}] for one image ('/' in the name becomes '+')
+PATH/catalog.json                   {"name:tag": "manifest-<name>@<tag>.json", ...}, merged with earlier runs
+PATH/rootfs-<name>@<tag>/           with expand=true
+```
+
+Layers are materialized -j at a time into the run's temporary directory, which is created inside PATH unless
+--temp-dir says otherwise, and then renamed into place (zero copy; a copy when --temp-dir is on another
+filesystem). A layer another thread is already fetching for another image is waited for, not fetched twice.
+Nothing appears under its final name before it is complete: layer files and configs are renamed into place,
+root filesystems are built in a hidden temporary directory and renamed, manifests and catalog.json come last.
+catalog.json is updated under an in-process lock and an flock, re-read and merged, and replaced by rename.
+"""
+
+import concurrent.futures
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+
+from occystrap import extract
+from occystrap.errors import CorruptImageError, OccystrapError
+from occystrap.pipeline import ImageOutput
+
+LOG = logging.getLogger(__name__)
+
+CATALOG = 'catalog.json'
+MANIFEST = 'manifest.json'
+LOCK_FILE = '.catalog.lock'
+
+
+def digest_hex(digest):
+    return digest.split(':', 1)[1]
+
+
+def image_reference(image):
+    """The reference an image is recorded under: name:tag, else name@digest."""
+    if image.tag:
+        return '%s:%s' % (image.name, image.tag)
+    return '%s@%s' % (image.name, image.manifest_digest or image.config_digest)
+
+
+def unique_stem(image):
+    """A file name part unique to an image reference: '/' cannot appear, '+' and '@' are in no name or tag."""
+    suffix = image.tag or digest_hex(image.manifest_digest or image.config_digest)
+    return '%s@%s' % (image.name.replace('/', '+'), suffix)
+
+
+def write_atomically(path, data):
+    """Write bytes to a temporary name beside path and rename it into place."""
+    fd, tmp = tempfile.mkstemp(prefix='.%s.' % os.path.basename(path), suffix='.partial', dir=os.path.dirname(path))
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)
+        os.rename(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def replace_directory(new, final):
+    """Rename directory `new` to `final`, replacing an existing one (moved aside first, then deleted)."""
+    old = None
+    if os.path.lexists(final):
+        old = tempfile.mkdtemp(prefix='.old-', dir=os.path.dirname(final))
+        os.rename(final, os.path.join(old, 'x'))
+    os.rename(new, final)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+class DirectoryOutput(ImageOutput):
+    """Images into a directory as an expanded docker save, optionally sharing layers between many images."""
+
+    def __init__(self, uri, ctx):
+        super().__init__(uri, ctx)
+        self.path = os.path.abspath(uri.path)
+        self.unique_names = uri.flag('unique_names')
+        self.expand = uri.flag('expand')
+        if os.path.lexists(self.path) and not os.path.isdir(self.path):
+            raise OccystrapError('cannot write %s: %s exists and is not a directory' % (uri, self.path))
+        try:
+            os.makedirs(self.path, exist_ok=True)
+        except OSError as e:
+            raise OccystrapError('cannot create %s: %s' % (self.path, e.strerror))
+        ctx.prefer_workdir_parent(self.path)
+        self._lock = threading.Lock()
+        self._inflight = {}            # diffid -> Future of the thread fetching it
+        self._entries = []             # manifest.json entries of this run (without unique_names)
+        self._expanding = set()         # root filesystems this run is building or built
+        self.renames = 0
+        self.copies = 0
+        self.reused = 0
+
+    # -- layers -----------------------------------------------------------------------------------------------------
+
+    def layer_file(self, diffid):
+        return os.path.join(self.path, digest_hex(diffid), 'layer.tar')
+
+    def store_layer(self, layer):
+        """Make PATH/<diffid-hex>/layer.tar exist for this layer, fetching it only if no one has or is."""
+        diffid = layer.diffid
+        final = self.layer_file(diffid)
+        with self._lock:
+            future = self._inflight.get(diffid)
+            if future is None:
+                if os.path.exists(final):
+                    self.reused += 1
+                    return final
+                future = self._inflight[diffid] = concurrent.futures.Future()
+                mine = True
+            else:
+                mine = False
+        if not mine:
+            return future.result()
+        try:
+            layer.materialize(self.ctx.workdir)
+            os.makedirs(os.path.dirname(final), exist_ok=True)
+            renamed = layer.place(final)
+            with self._lock:
+                if renamed:
+                    self.renames += 1
+                else:
+                    self.copies += 1
+            self.ctx.stats.add(nbytes=layer.size)
+            future.set_result(final)
+            return final
+        except BaseException as e:
+            future.set_exception(e)
+            raise
+        finally:
+            with self._lock:
+                self._inflight.pop(diffid, None)
+
+    # -- images -----------------------------------------------------------------------------------------------------
+
+    def write(self, image):
+        diffids = image.diffids
+        if len(diffids) != len(image.layers):
+            raise CorruptImageError('%s: config lists %d layers, the image has %d'
+                                    % (image.reference, len(diffids), len(image.layers)))
+        files = self.ctx.map(self.store_layer, image.layers)
+        config_name = digest_hex(image.config_digest) + '.json'
+        config_path = os.path.join(self.path, config_name)
+        if not os.path.exists(config_path):
+            write_atomically(config_path, image.config_bytes)
+        if self.expand:
+            self.expand_image(image, files)
+        entry = {'Config': config_name, 'RepoTags': [image_reference(image)] if image.tag else [],
+                 'Layers': [os.path.relpath(f, self.path) for f in files]}
+        if self.unique_names:
+            manifest_name = 'manifest-%s.json' % unique_stem(image)
+            write_atomically(os.path.join(self.path, manifest_name), json.dumps([entry], indent=2).encode())
+            self.record_in_catalog(image_reference(image), manifest_name)
+        else:
+            with self._lock:
+                self._entries.append(entry)
+        LOG.debug('dir output %s: %d layers renamed into place, %d copied, %d already present',
+                  self.path, self.renames, self.copies, self.reused)
+
+    def rootfs_path(self, image):
+        if self.unique_names:
+            return os.path.join(self.path, 'rootfs-%s' % unique_stem(image))
+        return os.path.join(self.path, 'rootfs')
+
+    def expand_image(self, image, files):
+        """Apply the placed layers bottom first into a hidden directory, then rename it to the rootfs name."""
+        final = self.rootfs_path(image)
+        with self._lock:
+            if final in self._expanding or (not self.unique_names and self._entries):
+                raise OccystrapError('%s: dir:// without unique_names=true expands one image only; %s already '
+                                     'has one from this run' % (image.reference, final))
+            self._expanding.add(final)
+        work = tempfile.mkdtemp(prefix='.rootfs-', suffix='.partial', dir=self.path)
+        try:
+            os.chmod(work, 0o755)
+            for index, path in enumerate(files):
+                with open(path, 'rb') as stream:
+                    extract.extract_layer(stream, work, whiteouts=extract.APPLY, warn=self.ctx.warn,
+                                          allow_devices=getattr(self.ctx.settings, 'allow_devices', False),
+                                          what='%s layer %d' % (image.reference, index))
+            replace_directory(work, final)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+
+    # -- the catalog ------------------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def catalog_lock(self):
+        """In-process lock plus an flock, so concurrent runs writing the same directory merge their entries."""
+        with self._lock:
+            with open(os.path.join(self.path, LOCK_FILE), 'a') as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                try:
+                    yield
+                finally:
+                    fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def read_catalog(self):
+        path = os.path.join(self.path, CATALOG)
+        try:
+            with open(path) as f:
+                catalog = json.load(f)
+        except FileNotFoundError:
+            return {}
+        except ValueError as e:
+            raise OccystrapError('%s is not valid JSON (%s); move it away to start a new catalog' % (path, e))
+        if not isinstance(catalog, dict):
+            raise OccystrapError('%s is not a JSON object; move it away to start a new catalog' % path)
+        return catalog
+
+    def record_in_catalog(self, reference, manifest_name):
+        with self.catalog_lock():
+            catalog = self.read_catalog()
+            catalog[reference] = manifest_name
+            write_atomically(os.path.join(self.path, CATALOG),
+                             (json.dumps(catalog, indent=2, sort_keys=True) + '\n').encode())
+
+    # -- end of run -------------------------------------------------------------------------------------------------
+
+    def finalize(self):
+        if not self.unique_names and self._entries:
+            write_atomically(os.path.join(self.path, MANIFEST), json.dumps(self._entries, indent=2).encode())
+        LOG.debug('dir output %s: %d layers renamed into place, %d copied, %d already present',
+                  self.path, self.renames, self.copies, self.reused)
+
+    def abort(self):
+        # Placed layers and configs are complete, content-addressed files and stay; temporary root filesystems
+        # were removed where they failed, and the run's temporary directory goes with the RunContext.
+        pass
