@@ -1,0 +1,279 @@
+"""The read-only commands: info, search and check.
+
+Each builds the input for a SOURCE URI and runs over every image it names with `pipeline.for_each_image`, so a
+multi-image source is handled -J images at a time and one failing image does not stop the others. Each returns
+True when every image succeeded. Results go to stdout in reference order once every image is done, so output is
+the same from run to run whatever -J: text for people, or with -O json one JSON document that `jq` reads (failed
+images appear in it with an error). Errors and logs go to stderr.
+"""
+
+import json
+import sys
+import threading
+
+from occystrap import pipeline, streams
+from occystrap.errors import OccystrapError
+from occystrap.filters import rewrite, search as search_filter
+from occystrap.filters.inspect import known_size
+
+CREATED_BY_WIDTH = 60
+
+
+def _json(settings):
+    return settings.output_format == 'json'
+
+
+def _emit(text):
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def _run(uri, ctx, one):
+    """Run one(source, ref) -> payload for every image; returns (results, {reference: payload})."""
+    source = pipeline.build_input(uri, ctx)
+    payloads = {}
+    lock = threading.Lock()
+    try:
+        def each(ref):
+            payload, layers = one(source, ref)
+            with lock:
+                payloads[str(ref)] = payload
+            return layers
+
+        results = pipeline.for_each_image(source, each, ctx)
+    finally:
+        source.close()
+    return results, payloads
+
+
+# --- info -------------------------------------------------------------------------------------------------------
+
+def describe(image):
+    """Everything info reports about an image, as a JSON-ready dict."""
+    config = image.config
+    runtime = config.get('config') if isinstance(config.get('config'), dict) else {}
+    layers = []
+    for index, layer in enumerate(image.layers):
+        origin = layer.origin
+        layers.append({
+            'index': index,
+            'diffid': layer.diffid,
+            'digest': origin.digest if origin is not None else None,
+            'media_type': origin.media_type if origin is not None else None,
+            'compressed_size': origin.size if origin is not None else None,
+            'size': known_size(layer),
+            'created_by': layer.created_by,
+        })
+    return {
+        'image': image.name,
+        'tag': image.tag,
+        'reference': image.reference,
+        'source': image.source,
+        'manifest_digest': image.manifest_digest,
+        'manifest_media_type': image.manifest_media_type,
+        'config_digest': image.config_digest,
+        'config_media_type': image.config_media_type,
+        'platform': image.platform,
+        'os': config.get('os'),
+        'architecture': config.get('architecture'),
+        'variant': config.get('variant'),
+        'created': config.get('created'),
+        'author': config.get('author'),
+        'entrypoint': runtime.get('Entrypoint'),
+        'cmd': runtime.get('Cmd'),
+        'env': runtime.get('Env'),
+        'working_dir': runtime.get('WorkingDir'),
+        'user': runtime.get('User'),
+        'labels': runtime.get('Labels'),
+        'annotations': image.annotations or None,
+        'layers': layers,
+    }
+
+
+def _short(digest):
+    if not digest:
+        return '-'
+    algorithm, _, hexpart = digest.partition(':')
+    return '%s:%s' % (algorithm, hexpart[:12]) if hexpart else digest[:19]
+
+
+def _size(n):
+    from occystrap.cli import human_bytes
+    return human_bytes(n) if n is not None else '-'
+
+
+def _truncate(text, width=CREATED_BY_WIDTH):
+    text = ' '.join((text or '').split())
+    return text if len(text) <= width else text[:width - 3] + '...'
+
+
+def format_info(info):
+    """The text form of describe()'s dict."""
+    lines = [info['reference']]
+    fields = [
+        ('source', info['source']),
+        ('manifest', '%s (%s)' % (info['manifest_digest'], info['manifest_media_type'])
+         if info['manifest_digest'] else '-'),
+        ('config', '%s (%s)' % (info['config_digest'], info['config_media_type'])),
+        ('platform', info['platform'] or '-'),
+        ('created', info['created'] or '-'),
+    ]
+    for key in ('entrypoint', 'cmd'):
+        if info[key]:
+            fields.append((key, json.dumps(info[key])))
+    layers = info['layers']
+    compressed = [layer['compressed_size'] for layer in layers]
+    sizes = [layer['size'] for layer in layers]
+    totals = '%d' % len(layers)
+    if layers and None not in compressed:
+        totals += ', %s compressed' % _size(sum(compressed))
+    if layers and None not in sizes:
+        totals += ', %s uncompressed' % _size(sum(sizes))
+    fields.append(('layers', totals))
+    lines.extend('  %-9s %s' % (key + ':', value) for key, value in fields)
+    if layers:
+        rows = [('#', 'DIFFID', 'BLOB', 'COMPRESSED', 'SIZE', 'CREATED BY')]
+        for layer in layers:
+            rows.append((str(layer['index']), _short(layer['diffid']), _short(layer['digest']),
+                         _size(layer['compressed_size']), _size(layer['size']), _truncate(layer['created_by'])))
+        widths = [max(len(row[i]) for row in rows) for i in range(5)]
+        right = (False, False, False, True, True)   # sizes right-aligned, the rest left
+        for row in rows:
+            cells = [cell.rjust(w) if r else cell.ljust(w) for cell, w, r in zip(row, widths, right)]
+            lines.append('  ' + '  '.join(cells + [row[5]]))
+    return '\n'.join(line.rstrip() for line in lines) + '\n'
+
+
+def info(uri, ctx):
+    """Describe every image the source names (manifest, config, platform, layers). True when all succeeded."""
+    as_json = _json(ctx.settings)
+
+    def one(source, ref):
+        image = source.open(ref)
+        return describe(image), len(image.layers)
+
+    results, payloads = _run(uri, ctx, one)
+    if as_json:
+        _emit(json.dumps([payloads.get(r.reference) or {'image': r.reference, 'error': r.error}
+                          for r in results], indent=2) + '\n')
+    else:
+        _emit('\n'.join(format_info(payloads[r.reference]) for r in results if r.reference in payloads))
+    return all(r.ok for r in results)
+
+
+# --- search -----------------------------------------------------------------------------------------------------
+
+def search(uri, pattern, regex, script_friendly, ctx):
+    """List every layer member of every image whose path matches. True when every image could be searched."""
+    matcher = search_filter.PathMatcher([pattern], regex=regex)
+    as_json = _json(ctx.settings)
+
+    def one(source, ref):
+        image = source.open(ref)
+        per_layer = ctx.map(lambda layer: search_filter.find_matches(layer, matcher), image.layers)
+        records = []
+        for layer, matches in zip(image.layers, per_layer):
+            for match in matches:
+                records.append(search_filter.match_record(image, layer.diffid, match))
+        return records, len(image.layers)
+
+    results, payloads = _run(uri, ctx, one)
+    records = [record for r in results for record in payloads.get(r.reference) or []]
+    if as_json:
+        _emit(json.dumps(records, indent=2) + '\n')
+    else:
+        search_filter.print_lines([search_filter.format_match(r['image'], r['tag'], r['diffid'], r['path'],
+                                                              script_friendly) for r in records])
+    return all(r.ok for r in results)
+
+
+# --- check ------------------------------------------------------------------------------------------------------
+
+def config_errors(image):
+    """What is wrong with an image's config and its agreement with the layers (empty list when nothing)."""
+    config = image.config
+    errors = []
+    for key in ('os', 'architecture'):
+        if not isinstance(config.get(key), str) or not config.get(key):
+            errors.append('config has no %s' % key)
+    rootfs = config.get('rootfs')
+    if not isinstance(rootfs, dict):
+        errors.append('config has no rootfs')
+        return errors
+    if rootfs.get('type') != 'layers':
+        errors.append('config rootfs.type is %r, not \'layers\'' % rootfs.get('type'))
+    diffids = rootfs.get('diff_ids')
+    if not isinstance(diffids, list):
+        errors.append('config has no rootfs.diff_ids list')
+        return errors
+    if len(diffids) != len(image.layers):
+        errors.append('image has %d layers but config lists %d diff_ids' % (len(image.layers), len(diffids)))
+    else:
+        for index, (layer, diffid) in enumerate(zip(image.layers, diffids)):
+            if layer.diffid != diffid:
+                errors.append('layer %d has diffid %s but config lists %s' % (index, layer.diffid, diffid))
+    history = config.get('history')
+    if isinstance(history, list) and history:
+        real = [h for h in history if isinstance(h, dict) and not h.get('empty_layer')]
+        if len(real) != len(image.layers):
+            errors.append('config history has %d non-empty entries for %d layers' % (len(real), len(image.layers)))
+    return errors
+
+
+def verify_layer(layer, ctx):
+    """Read a layer to its end, verifying its blob digest and diffid; returns an error message or None."""
+    try:
+        if layer.path is not None:
+            actual = streams.sha256_file(layer.path)
+            if actual != layer.diffid:
+                return 'layer %s: file hashes to %s' % (layer.diffid, actual)
+            return None
+        reader = layer.open()
+        try:
+            count = 0
+            while True:
+                data = reader.read(streams.CHUNK)
+                if not data:
+                    break
+                count += len(data)
+            reader.check()
+        finally:
+            reader.close()
+        ctx.stats.add(nbytes=count)
+        return None
+    except OccystrapError as e:
+        return str(e)
+    except rewrite.DECOMPRESS_ERRORS as e:
+        return 'layer %s is corrupt: %s' % (layer.diffid, e)
+
+
+def check_image(source, ref, fast, ctx):
+    """Every problem found with one image (empty list when it is sound)."""
+    try:
+        image = source.open(ref)
+    except OccystrapError as e:
+        return [str(e)], 0
+    errors = config_errors(image)
+    if ref.digest and image.manifest_digest and image.manifest_digest != ref.digest:
+        errors.append('manifest digest is %s, expected %s' % (image.manifest_digest, ref.digest))
+    if not fast:
+        errors.extend(e for e in ctx.map(lambda layer: verify_layer(layer, ctx), image.layers) if e)
+    ctx.stats.add(images=1, layers=len(image.layers))
+    return errors, len(image.layers)
+
+
+def check(uri, fast, ctx):
+    """Verify every image the source names; with `fast`, everything but the layer data. True when all are sound."""
+    as_json = _json(ctx.settings)
+
+    results, payloads = _run(uri, ctx, lambda source, ref: check_image(source, ref, fast, ctx))
+    report = []
+    for r in results:
+        errors = payloads.get(r.reference, [r.error] if not r.ok else [])
+        report.append({'image': r.reference, 'ok': r.ok and not errors, 'errors': errors})
+    if as_json:
+        _emit(json.dumps(report, indent=2) + '\n')
+    else:
+        _emit(''.join('%s %s\n' % (item['image'], 'ok' if item['ok'] else 'FAILED: %s' % '; '.join(item['errors']))
+                      for item in report))
+    return all(item['ok'] for item in report)
