@@ -26,6 +26,7 @@ filesystem). A layer another thread is already fetching for another image is wai
 Nothing appears under its final name before it is complete: layer files and configs are renamed into place,
 root filesystems are built in a hidden temporary directory and renamed, manifests and catalog.json come last.
 catalog.json is updated under an in-process lock and an flock, re-read and merged, and replaced by rename.
+Expanded root filesystems are mode 0700 when extracted as root, so host users cannot run the image's set-id files.
 """
 
 import concurrent.futures
@@ -195,7 +196,9 @@ class DirectoryOutput(ImageOutput):
             self._expanding.add(final)
         work = tempfile.mkdtemp(prefix='.rootfs-', suffix='.partial', dir=self.path)
         try:
-            os.chmod(work, 0o755)
+            # Extracted as root, set-id binaries of the image keep their owner; a private rootfs keeps host users
+            # from running them (umoci keeps its bundles private for the same reason).
+            os.chmod(work, 0o700 if extract.is_root() else 0o755)
             for index, path in enumerate(files):
                 with open(path, 'rb') as stream:
                     extract.extract_layer(stream, work, whiteouts=extract.APPLY, warn=self.ctx.warn,
@@ -251,3 +254,43 @@ class DirectoryOutput(ImageOutput):
         # Placed layers and configs are complete, content-addressed files and stay; temporary root filesystems
         # were removed where they failed, and the run's temporary directory goes with the RunContext.
         pass
+
+
+class StagedDirectory:
+    """A directory built under a hidden temporary name beside its destination and renamed into place when done.
+
+    The destination must not exist or be an empty directory (never overwritten). `path` is where to build;
+    commit() renames it into place, discard() removes it.
+    """
+
+    def __init__(self, destination, what):
+        self.destination = os.path.abspath(destination)
+        self.what = what
+        parent = os.path.dirname(self.destination)
+        check_empty_destination(self.destination, what)
+        if not os.path.isdir(parent):
+            raise OccystrapError('cannot write %s: directory %s does not exist' % (what, parent))
+        self.path = tempfile.mkdtemp(prefix='.%s.' % os.path.basename(self.destination), suffix='.partial',
+                                     dir=parent)
+
+    @staticmethod
+    def check(destination, what):
+        """Fail early (before any work) when the destination is not absent or an empty directory."""
+        check_empty_destination(os.path.abspath(destination), what)
+
+    def commit(self):
+        check_empty_destination(self.destination, self.what)
+        if os.path.isdir(self.destination):
+            os.rmdir(self.destination)
+        os.rename(self.path, self.destination)
+        self.path = None
+
+    def discard(self):
+        if self.path:
+            shutil.rmtree(self.path, ignore_errors=True)
+            self.path = None
+
+
+def check_empty_destination(path, what):
+    if os.path.lexists(path) and not (os.path.isdir(path) and not os.path.islink(path) and not os.listdir(path)):
+        raise OccystrapError('cannot write %s: %s exists and is not an empty directory' % (what, path))
