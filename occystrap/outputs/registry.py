@@ -1,0 +1,374 @@
+"""registry:// output: push images to a registry that speaks the distribution (Docker Registry v2 / OCI) API.
+
+Where images go
+---------------
+- A single-image source goes to exactly `registry://HOST/NAME:TAG` (`TAG` defaults to `latest`). With
+  `registry://HOST/NAME@sha256:...` the image is pushed by digest and the run fails unless the manifest we write
+  has that digest.
+- A multi-image source (quay://ORG, a registry catalog glob, a tarball holding several images) treats `NAME` as a
+  prefix: the source image `org/app:v1` is pushed to `HOST/NAME/app:v1` (the last component of the source name,
+  the source's tag; an image known only by digest is pushed by digest). The tag of the destination URI is then
+  not used.
+
+What is sent, per image
+-----------------------
+Layers go in parallel (-j). A layer still carrying the compressed blob it came from, in the compression asked for
+(--compression, default gzip), is sent untouched: streamed from its source and verified on the way. Anything else
+(a layer a filter rewrote, an uncompressed layer from a `docker save` tarball, a gzip layer pushed as zstd) is
+compressed deterministically into a temporary file while hashing, which gives its new digest.
+
+For every blob the destination is asked first (HEAD): a blob already there is not sent. A blob that another
+repository of the same registry holds (the source repository, a repository pushed to earlier in the run, or one
+the layer cache remembers) is mounted across repositories instead of uploaded. Only then is it uploaded.
+
+The config blob follows the layers, and the manifest comes last, so a failed blob means no manifest and no tag.
+The manifest is an OCI image manifest when the source was OCI or the layers are zstd, a Docker schema 2 manifest
+otherwise; when nothing changed and the input kept the source manifest's bytes, those exact bytes are pushed, so
+the image keeps its digest.
+
+--layer-cache PATH remembers the blobs that compressing produced (see occystrap.layercache), so that a second
+identical push neither compresses nor uploads them. Counts of uploaded, mounted and already present blobs are
+logged at INFO (--verbose).
+"""
+
+import dataclasses
+import json
+import logging
+import os
+import tempfile
+import threading
+
+from occystrap import model, streams
+from occystrap.errors import OccystrapError
+from occystrap.layercache import LayerCache
+from occystrap.pipeline import ImageOutput
+
+LOG = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class PushCounters:
+    """What a push did with its blobs (layers and configs); manifests are counted apart."""
+
+    uploaded: int = 0
+    uploaded_bytes: int = 0
+    mounted: int = 0
+    present: int = 0          # already in the destination repository
+    compressed: int = 0       # layers we (re)compressed
+    cache_hits: int = 0       # layers whose blob the layer cache named (no compression needed)
+    manifests: int = 0
+
+    def add(self, other):
+        for field in dataclasses.fields(self):
+            setattr(self, field.name, getattr(self, field.name) + getattr(other, field.name))
+
+    def describe(self):
+        text = '%d blob%s uploaded (%s), %d mounted, %d already present, %d compressed' % (
+            self.uploaded, '' if self.uploaded == 1 else 's', _human(self.uploaded_bytes), self.mounted,
+            self.present, self.compressed)
+        if self.cache_hits:
+            text += ', %d from the layer cache' % self.cache_hits
+        return text
+
+
+@dataclasses.dataclass(frozen=True)
+class Descriptor:
+    """A pushed blob as a manifest lists it."""
+
+    digest: str
+    size: int
+    compression: str
+
+
+class _Job:
+    """One image being pushed: its destination repository and its own counters."""
+
+    def __init__(self, repository):
+        self.repository = repository
+        self.counters = PushCounters()
+        self.lock = threading.Lock()
+
+    def count(self, **amounts):
+        with self.lock:
+            for key, value in amounts.items():
+                setattr(self.counters, key, getattr(self.counters, key) + value)
+
+
+class RegistryOutput(ImageOutput):
+    """Pushes each image it is given; see the module docstring for naming and what is sent."""
+
+    def __init__(self, uri, ctx):
+        super().__init__(uri, ctx)
+        from occystrap.registry.client import RegistryClient
+        settings = ctx.settings
+        self.host = uri.host
+        self.compression = settings.compression
+        # Credentials: the URI's, else --username/--password, else ~/.docker/config.json (the client decides).
+        self.client = RegistryClient(ctx.http, uri.host, insecure=uri.flag('insecure'), username=uri.username,
+                                     password=uri.password)
+        self.cache = LayerCache(settings.layer_cache, warn=ctx.warn)
+        self.filters = tuple(getattr(ctx, 'filter_fingerprint', ()) or ())
+        self.counters = PushCounters()
+        self.pushed = []                  # (destination reference, manifest digest), in completion order
+        self._lock = threading.Lock()
+        self._key_locks = {}
+        self._present = {}                # blob digest -> (size, set of repositories holding it), this run
+
+    # --- the image
+
+    def destination(self, image):
+        """(repository, tag or None) an image is pushed to; None means push by digest."""
+        if not getattr(self.ctx, 'multi_image', False):
+            return self.uri.name, None if self.uri.digest else self.uri.tag
+        leaf = (image.name or '').rstrip('/').rsplit('/', 1)[-1]
+        if not leaf:
+            raise OccystrapError('image from %s has no name to push under %s' % (image.source or '?', self.uri))
+        return '%s/%s' % (self.uri.name, leaf), image.tag
+
+    def write(self, image):
+        repository, tag = self.destination(image)
+        job = _Job(repository)
+        oci = self._oci(image)
+        LOG.info('pushing %s to %s/%s:%s (%s manifest, %s layers)', image.reference, self.host, repository,
+                 tag or '<digest>', 'OCI' if oci else 'Docker', self.compression)
+        descriptors = self.ctx.map(lambda layer: self._push_layer(job, layer), image.layers)
+        # The config usually sits beside the layers in the source repository: mount it from there too.
+        sources = [(layer.origin.location.registry, layer.origin.location.repository) for layer in image.layers
+                   if layer.origin is not None and layer.origin.location is not None]
+        config_bytes = image.config_bytes
+        self._send_blob(job, image.config_digest, len(config_bytes), config_bytes, list(dict.fromkeys(sources)))
+        manifest_bytes, media_type = self._manifest(image, descriptors, oci)
+        digest = streams.sha256_bytes(manifest_bytes)
+        if tag is None and self.uri.digest and not getattr(self.ctx, 'multi_image', False) \
+                and digest != self.uri.digest:
+            raise OccystrapError('pushing %s would give manifest digest %s, not the %s that %s asks for'
+                                 % (image.reference, digest, self.uri.digest, self.uri))
+        answered = self.client.put_manifest(repository, tag or digest, manifest_bytes, media_type)
+        if answered and answered != digest:
+            LOG.warning('registry %s reports manifest digest %s for %s, we computed %s', self.host, answered,
+                        repository, digest)
+        job.count(manifests=1)
+        with self._lock:
+            self.counters.add(job.counters)
+            self.pushed.append(('%s/%s%s' % (self.host, repository, ':' + tag if tag else '@' + digest), digest))
+        LOG.info('pushed %s/%s%s (%s): %s', self.host, repository, ':' + tag if tag else '', digest,
+                 job.counters.describe())
+        return digest
+
+    def finalize(self):
+        LOG.info('registry %s: %d manifest%s pushed; %s', self.host, self.counters.manifests,
+                 '' if self.counters.manifests == 1 else 's', self.counters.describe())
+        self.cache.save()
+
+    def abort(self):
+        # Blobs already uploaded are unreferenced without a manifest and harmless; what a completed push of
+        # another image taught the cache is still true, so keep it.
+        try:
+            self.cache.save()
+        except OSError as e:
+            LOG.warning('cannot write layer cache %s: %s', self.cache.path, e)
+
+    def _oci(self, image):
+        if self.compression == 'zstd':
+            return True
+        if image.manifest_media_type:
+            return image.manifest_media_type == model.MEDIA_OCI_MANIFEST
+        return image.config_media_type == model.MEDIA_OCI_CONFIG
+
+    def _manifest(self, image, descriptors, oci):
+        """The manifest bytes and media type: the source's own bytes when they still describe this push."""
+        reused = _reusable_manifest(image, descriptors, oci)
+        if reused is not None:
+            return reused
+        if oci:
+            manifest = {
+                'schemaVersion': 2,
+                'mediaType': model.MEDIA_OCI_MANIFEST,
+                'config': {'mediaType': model.MEDIA_OCI_CONFIG, 'digest': image.config_digest,
+                           'size': len(image.config_bytes)},
+                'layers': [{'mediaType': model.layer_media_type(d.compression, oci=True), 'digest': d.digest,
+                            'size': d.size} for d in descriptors],
+            }
+            if image.annotations:
+                manifest['annotations'] = dict(image.annotations)
+            media_type = model.MEDIA_OCI_MANIFEST
+        else:
+            manifest = {
+                'schemaVersion': 2,
+                'mediaType': model.MEDIA_DOCKER_MANIFEST,
+                'config': {'mediaType': model.MEDIA_DOCKER_CONFIG, 'size': len(image.config_bytes),
+                           'digest': image.config_digest},
+                'layers': [{'mediaType': model.layer_media_type(d.compression, oci=False), 'size': d.size,
+                            'digest': d.digest} for d in descriptors],
+            }
+            media_type = model.MEDIA_DOCKER_MANIFEST
+        # Field order follows what containers/image writes, so a re-push of its images often matches byte for byte.
+        return json.dumps(manifest, separators=(',', ':')).encode(), media_type
+
+    # --- layers
+
+    def _push_layer(self, job, layer):
+        origin = layer.origin
+        if origin is not None and origin.compression == self.compression:
+            locations = [(origin.location.registry, origin.location.repository)] if origin.location else []
+            size = self._send_blob(job, origin.digest, origin.size, origin.open_verified, locations)
+            return Descriptor(origin.digest, size, origin.compression)
+        diffid = layer.diffid
+        media_type = model.layer_media_type(self.compression)
+        # One thread per uncompressed layer: two images sharing it under -J compress it once.
+        with self._key_lock(('layer', diffid)):
+            hit = self.cache.lookup(diffid, self.compression, self.filters)
+            if hit is not None:
+                size = self._make_present(job, hit.digest, hit.size, hit.locations)
+                if size is not None and size == hit.size:
+                    job.count(cache_hits=1)
+                    self.cache.record(diffid, self.compression, self.filters, hit.digest, hit.size, media_type,
+                                      self.host, job.repository)
+                    return Descriptor(hit.digest, hit.size, self.compression)
+                LOG.info('layer cache entry for %s is stale (blob %s not in %s); compressing again', diffid,
+                         hit.digest, self.host)
+            path, digest, size = self._compress(layer)
+            job.count(compressed=1)
+            try:
+                self._send_blob(job, digest, size, path, ())
+            finally:
+                os.unlink(path)
+            self.cache.record(diffid, self.compression, self.filters, digest, size, media_type, self.host,
+                              job.repository)
+        return Descriptor(digest, size, self.compression)
+
+    def _compress(self, layer):
+        """Compress the layer's uncompressed stream into a temporary file; returns (path, digest, size)."""
+        fd, path = tempfile.mkstemp(prefix='push-', suffix='.' + self.compression, dir=self.ctx.workdir)
+        try:
+            with os.fdopen(fd, 'wb') as out:
+                writer = _CompressingWriter(out, streams.Compressor(self.compression))
+                reader = layer.open()
+                try:
+                    streams.read_all_to(reader, writer)
+                finally:
+                    reader.close()
+                writer.finish()
+        except BaseException:
+            os.unlink(path)
+            raise
+        return path, writer.digest, writer.size
+
+    # --- blobs
+
+    def _send_blob(self, job, digest, size, source, locations):
+        """Make `digest` present in the job's repository: already there, mounted, or uploaded from `source` (what
+        RegistryClient.upload_blob takes: a path, bytes, or a callable opening a fresh stream). Returns its size."""
+        with self._key_lock(('blob', digest)):
+            found = self._make_present(job, digest, size, locations)
+            if found is not None:
+                return found
+            self.client.upload_blob(job.repository, digest, source, size)
+            if size is None:
+                size = self.client.blob_exists(job.repository, digest)
+            job.count(uploaded=1, uploaded_bytes=size or 0)
+            self.ctx.stats.add(nbytes=size or 0)
+            self._note_present(digest, size, job.repository)
+            return size
+
+    def _make_present(self, job, digest, size, locations):
+        """The blob's size when it is in the job's repository already or could be mounted there, else None."""
+        repository = job.repository
+        with self._lock:
+            known_size, holders = self._present.get(digest, (None, set()))
+            holders = set(holders)
+        if repository in holders:
+            job.count(present=1)
+            return known_size
+        found = self.client.blob_exists(repository, digest)
+        if found is not None:
+            job.count(present=1)
+            self._note_present(digest, found, repository)
+            return found
+        sources = sorted(holders)
+        for registry, source in locations:
+            if registry.lower() == self.host and source not in sources:
+                sources.append(source)
+        for source in sources:
+            if source == repository:
+                continue
+            if self.client.mount_blob(repository, digest, source):
+                LOG.debug('mounted %s from %s into %s', digest, source, repository)
+                if size is None:
+                    size = known_size if known_size is not None else self.client.blob_exists(repository, digest)
+                job.count(mounted=1)
+                self._note_present(digest, size, repository)
+                return size
+        return None
+
+    def _note_present(self, digest, size, repository):
+        with self._lock:
+            known_size, holders = self._present.setdefault(digest, (size, set()))
+            holders.add(repository)
+            if known_size is None and size is not None:
+                self._present[digest] = (size, holders)
+
+    def _key_lock(self, key):
+        with self._lock:
+            lock = self._key_locks.get(key)
+            if lock is None:
+                lock = self._key_locks[key] = threading.Lock()
+            return lock
+
+
+def _reusable_manifest(image, descriptors, oci):
+    """The source manifest's (bytes, media type) when pushing it again describes exactly this image, else None.
+
+    Inputs may keep the bytes as `image.manifest_bytes`; Image.replace() drops the manifest digest when anything
+    changes, so the bytes only count while they still hash to it.
+    """
+    raw = getattr(image, 'manifest_bytes', None)
+    if not raw or not image.manifest_digest or streams.sha256_bytes(raw) != image.manifest_digest:
+        return None
+    wanted = model.MEDIA_OCI_MANIFEST if oci else model.MEDIA_DOCKER_MANIFEST
+    try:
+        manifest = json.loads(raw)
+        media_type = manifest.get('mediaType') or image.manifest_media_type
+        if media_type != wanted or manifest['config']['digest'] != image.config_digest:
+            return None
+        layers = [(entry['digest'], model.compression_of_media_type(entry['mediaType'])) for entry in
+                  manifest['layers']]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+    if layers != [(d.digest, d.compression) for d in descriptors]:
+        return None
+    return raw, wanted
+
+
+class _CompressingWriter:
+    """A file-like sink that compresses what is written to it into `out`, hashing the compressed bytes."""
+
+    def __init__(self, out, compressor):
+        self.out = out
+        self.compressor = compressor
+        self.hasher = streams.new_hasher('sha256:')
+        self.size = 0
+
+    def write(self, data):
+        self._emit(self.compressor.compress(data))
+        return len(data)
+
+    def finish(self):
+        self._emit(self.compressor.flush())
+
+    def _emit(self, chunk):
+        if chunk:
+            self.hasher.update(chunk)
+            self.size += len(chunk)
+            self.out.write(chunk)
+
+    @property
+    def digest(self):
+        return 'sha256:' + self.hasher.hexdigest()
+
+
+def _human(n):
+    for unit in ('B', 'KB', 'MB', 'GB'):
+        if n < 1000 or unit == 'GB':
+            return ('%d %s' % (n, unit)) if unit == 'B' else '%.1f %s' % (n, unit)
+        n /= 1000.0
