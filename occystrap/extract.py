@@ -179,6 +179,7 @@ class _LayerApplier:
         self.ours = set()              # path tuples this layer created or wrote: whiteouts never hide them
         self.dir_meta = {}             # path tuple -> member, applied at the end so file writes keep mtimes right
         self.old_mtimes = {}           # path tuple -> (atime_ns, mtime_ns) of lower directories this layer changed
+        self.whited = set()            # OVERLAY: path tuples this layer whited out (a directory there is opaque)
 
     # -- the member loop --------------------------------------------------------------------------------------------
 
@@ -222,13 +223,15 @@ class _LayerApplier:
                 raise _Refused('symlink target %r climbs out of the root' % m.linkname)
         elif not (m.isreg() or m.isdir() or m.isdev()):
             raise _Refused('unsupported tar entry type %r' % m.type)
-        dfd = self.tree.open_dir(parent, create=True, on_create=self.ours.add)
+        dfd = self.writable_dir(parent)
         try:
             self.remember_mtime(parent, dfd)
             self.clear(dfd, base, keep_directory=m.isdir())
             if m.isdir():
                 if _lstat(base, dfd) is None:
                     os.mkdir(base, 0o700, dir_fd=dfd)
+                    if tuple(parts) in self.whited:
+                        self.make_opaque(dfd, base)
                 self.dir_meta[tuple(parts)] = m
             elif m.isreg():
                 self.regular(tar, dfd, base, m)
@@ -241,6 +244,36 @@ class _LayerApplier:
             os.close(dfd)
         self.ours.add(tuple(parts))
         self.summary.files += 1
+
+    def writable_dir(self, parent):
+        """An fd of the parent directory for a new entry, creating missing directories.
+
+        In OVERLAY form a directory this layer whited out is a 0/0 device until the layer puts something in it;
+        then it becomes a directory marked opaque, which is how overlayfs says "replaced, not merged".
+        """
+        if self.whited:
+            for i in range(1, len(parent) + 1):
+                prefix = tuple(parent[:i])
+                if prefix not in self.whited:
+                    continue
+                dfd = self.tree.open_dir(prefix[:-1])
+                try:
+                    st = _lstat(prefix[-1], dfd)
+                    if st is not None and stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+                        os.unlink(prefix[-1], dir_fd=dfd)
+                        os.mkdir(prefix[-1], 0o755, dir_fd=dfd)
+                        self.make_opaque(dfd, prefix[-1])
+                        self.ours.add(prefix)
+                finally:
+                    os.close(dfd)
+        return self.tree.open_dir(parent, create=True, on_create=self.ours.add)
+
+    def make_opaque(self, dfd, name):
+        fd = os.open(name, DIR_OPEN_FLAGS, dir_fd=dfd)
+        try:
+            os.setxattr(fd, 'trusted.overlay.opaque', b'y')
+        finally:
+            os.close(fd)
 
     # -- entry kinds ------------------------------------------------------------------------------------------------
 
@@ -291,7 +324,7 @@ class _LayerApplier:
                 raise _Refused('hard link target %r has not been extracted' % m.linkname)
             if stat.S_ISDIR(st.st_mode):
                 raise _Refused('hard link target %r is a directory' % m.linkname)
-            dfd = self.tree.open_dir(parent, create=True, on_create=self.ours.add)
+            dfd = self.writable_dir(parent)
             try:
                 self.remember_mtime(parent, dfd)
                 self.clear(dfd, base, keep_directory=False)
@@ -317,10 +350,21 @@ class _LayerApplier:
             raise _Refused('whiteout names %r' % name)
         hidden = tuple(parent + [name])
         self.summary.whiteouts += 1
+        if self.whiteouts == OVERLAY:
+            self.whited.add(hidden)
         if hidden in self.ours:
+            if self.whiteouts == OVERLAY:
+                # This layer's own directory stays but must hide the lower one: overlayfs calls that opaque.
+                dfd = self.tree.open_dir(parent)
+                try:
+                    st = _lstat(name, dfd)
+                    if st is not None and stat.S_ISDIR(st.st_mode):
+                        self.make_opaque(dfd, name)
+                finally:
+                    os.close(dfd)
             return                     # a whiteout only hides what lower layers have
         if self.whiteouts == OVERLAY:
-            dfd = self.tree.open_dir(parent, create=True, on_create=self.ours.add)
+            dfd = self.writable_dir(parent)
             try:
                 self.clear(dfd, name, keep_directory=False)
                 os.mknod(name, stat.S_IFCHR | 0o600, os.makedev(0, 0), dir_fd=dfd)
@@ -344,7 +388,7 @@ class _LayerApplier:
 
     def opaque(self, parent):
         if self.whiteouts == OVERLAY:
-            dfd = self.tree.open_dir(parent, create=True, on_create=self.ours.add)
+            dfd = self.writable_dir(parent)
             try:
                 os.setxattr(dfd, 'trusted.overlay.opaque', b'y')
             finally:

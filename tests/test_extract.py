@@ -212,6 +212,20 @@ def test_overlay_mode_makes_overlayfs_whiteouts(tmp_path):
     assert sorted(os.listdir(root)) == ['d', 'gone']
 
 
+@pytest.mark.parametrize('entries', [
+    [('.wh.d', 'file'), ('d', 'dir'), ('d/x', 'file')],     # whited out, then made again
+    [('.wh.d', 'file'), ('d/x', 'file')],                   # made again implicitly
+    [('d/x', 'file'), ('.wh.d', 'file')],                   # the whiteout after the layer's own directory
+])
+def test_overlay_mode_turns_a_replaced_directory_opaque(tmp_path, entries):
+    root = tmp_path / 'root'
+    root.mkdir()
+    summary, warnings = apply(root, entries, whiteouts=extract.OVERLAY)
+    assert warnings == []
+    assert (root / 'd').is_dir() and (root / 'd' / 'x').is_file()
+    assert os.getxattr(root / 'd', 'trusted.overlay.opaque') == b'y'
+
+
 def test_devices_only_when_asked_for_as_root(tmp_path):
     root = tmp_path / 'root'
     root.mkdir()

@@ -1,0 +1,123 @@
+"""Write one image as layers extracted side by side, ready for an overlay mount (`mounts:///PATH`).
+
+```
+PATH/layers/000-<diffid-hex>/    each layer's own files (bottom first), no layer applied onto another
+PATH/layers/empty/               an empty bottom layer, so a read-only overlay always has the two lowerdirs it needs
+PATH/lowerdir                    the overlay lowerdir option value: layer directories top first, ':'-separated,
+                                 relative to PATH
+PATH/mount.sh                    mount.sh TARGET [UPPERDIR WORKDIR]: mounts the overlay (read-only without UPPERDIR);
+                                 it finds the layers beside itself, so PATH may be moved (but not to a path with
+                                 ',' or ':', which overlay options cannot carry)
+PATH/config.json                 the image config, the source's exact bytes
+PATH/manifest.json               {reference, config digest, layers [{diffid, path}], whiteouts, lowerdir}
+```
+
+Whiteouts: overlayfs marks a deleted file with a 0/0 character device and an opaque directory with the
+`trusted.overlay.opaque` xattr, while OCI layers use `.wh.NAME` and `.wh..wh..opq` files. Running as root, the
+whiteouts are converted to the overlayfs form so mount.sh gives the image's real root filesystem
+(manifest.json says `"whiteouts": "overlay"`). Without root neither can be made, so the `.wh.` files are kept as
+they are (`"whiteouts": "oci"`) and a warning says the layers are not mountable as they stand.
+
+Layers are extracted in parallel (-j), each streamed straight from its source and verified, into a hidden
+directory beside PATH that is renamed to PATH when complete (mode 0700: the layers may hold set-id files).
+PATH must not exist or be an empty directory.
+"""
+
+import json
+import os
+
+from occystrap import extract
+from occystrap.errors import OccystrapError
+from occystrap.outputs.directory import StagedDirectory, digest_hex, image_reference
+from occystrap.pipeline import ImageOutput
+
+EMPTY_LAYER = 'empty'
+
+MOUNT_SCRIPT = '''#!/bin/sh
+# Mount the layers of %(reference)s as one overlay filesystem (needs root).
+# Usage: mount.sh TARGET [UPPERDIR WORKDIR]    read-only unless UPPERDIR and WORKDIR are given.
+# Whiteouts in these layers are in %(whiteouts)s form; see manifest.json.
+set -eu
+if [ $# -ne 1 ] && [ $# -ne 3 ]; then
+    echo "usage: $0 TARGET [UPPERDIR WORKDIR]" >&2
+    exit 2
+fi
+here=$(cd "$(dirname "$0")" && pwd)
+lower=%(lower)s
+if [ $# -eq 3 ]; then
+    exec mount -t overlay overlay -o "lowerdir=$lower,upperdir=$2,workdir=$3" "$1"
+fi
+exec mount -t overlay overlay -o "lowerdir=$lower" "$1"
+'''
+
+
+def layer_directory(index, diffid):
+    return 'layers/%03d-%s' % (index, digest_hex(diffid))
+
+
+class MountsOutput(ImageOutput):
+    """One image's layers, each extracted into its own directory, with what an overlay mount needs."""
+
+    def __init__(self, uri, ctx):
+        super().__init__(uri, ctx)
+        self.path = os.path.abspath(uri.path)
+        self.staged = None
+        self.written = None
+        StagedDirectory.check(self.path, str(uri))
+        ctx.prefer_workdir_parent(os.path.dirname(self.path))
+
+    def write(self, image):
+        if self.staged is not None:
+            raise OccystrapError('%s: mounts:// holds one image and %s was already written to %s'
+                                 % (image.reference, self.written, self.uri))
+        self.written = image.reference
+        self.staged = StagedDirectory(self.path, str(self.uri))
+        whiteouts = extract.OVERLAY if extract.is_root() else extract.KEEP
+        if whiteouts == extract.KEEP:
+            self.ctx.warn('%s: not running as root, so whiteouts stay as .wh. files and an overlay mount of %s would '
+                          'show deleted files' % (image.reference, self.path))
+        os.makedirs(os.path.join(self.staged.path, 'layers', EMPTY_LAYER))
+        names = [layer_directory(i, layer.diffid) for i, layer in enumerate(image.layers)]
+        allow_devices = getattr(self.ctx.settings, 'allow_devices', False)
+
+        def one(item):
+            index, layer = item
+            target = os.path.join(self.staged.path, names[index])
+            os.mkdir(target, 0o755)
+            stream = layer.open()
+            try:
+                summary = extract.extract_layer(stream, target, whiteouts=whiteouts, allow_devices=allow_devices,
+                                                warn=self.ctx.warn,
+                                                what='%s layer %d (%s)' % (image.reference, index, layer.diffid))
+            finally:
+                stream.close()
+            self.ctx.stats.add(nbytes=summary.bytes)
+
+        self.ctx.map(one, list(enumerate(image.layers)))
+        lower = list(reversed(names)) + ['layers/' + EMPTY_LAYER]
+        self.put('config.json', image.config_bytes)
+        self.put('lowerdir', (':'.join(lower) + '\n').encode())
+        self.put('manifest.json', json.dumps({
+            'reference': image_reference(image),
+            'config': {'path': 'config.json', 'digest': image.config_digest},
+            'layers': [{'diffid': layer.diffid, 'path': name} for layer, name in zip(image.layers, names)],
+            'whiteouts': 'overlay' if whiteouts == extract.OVERLAY else 'oci',
+            'lowerdir': ':'.join(lower),
+        }, indent=2).encode())
+        script = MOUNT_SCRIPT % {'reference': image_reference(image), 'whiteouts': whiteouts,
+                                 'lower': '"' + ':'.join('$here/' + d for d in lower) + '"'}
+        self.put('mount.sh', script.encode(), mode=0o755)
+
+    def put(self, name, data, mode=0o644):
+        path = os.path.join(self.staged.path, name)
+        with open(path, 'wb') as f:
+            f.write(data)
+        os.chmod(path, mode)
+
+    def finalize(self):
+        if self.staged is not None:
+            self.staged.commit()
+
+    def abort(self):
+        if self.staged is not None:
+            self.staged.discard()
