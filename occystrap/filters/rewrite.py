@@ -80,11 +80,11 @@ def iter_members(layer, data=True):
     reader = None
     try:
         if layer.path is not None:
-            tar = tarfile.open(layer.path, mode='r:')
+            tar = tarfile.open(layer.path, mode='r:', copybufsize=streams.CHUNK)
         else:
             reader = layer.open()
             try:
-                tar = tarfile.open(fileobj=reader, mode='r|')
+                tar = tarfile.open(fileobj=reader, mode='r|', bufsize=streams.CHUNK, copybufsize=streams.CHUNK)
             except tarfile.ReadError as e:
                 # Go's archive/tar (and so Docker) reads an empty stream as an empty archive; so do we.
                 if str(e) != 'empty file':
@@ -122,6 +122,9 @@ class _HashingWriter:
         self.count += len(data)
         return self.raw.write(data)
 
+    def tell(self):
+        return self.count
+
     @property
     def digest(self):
         return 'sha256:' + self.hasher.hexdigest()
@@ -143,7 +146,9 @@ def rewrite_layer(layer, edit, workdir=None):
     try:
         with os.fdopen(fd, 'wb') as raw:
             out = _HashingWriter(raw)
-            with tarfile.open(fileobj=out, mode='w|', format=tarfile.PAX_FORMAT, bufsize=streams.CHUNK) as tar:
+            # Plain 'w' mode writes each block straight through; stream mode ('w|') buffers by concatenating
+            # bytes, which is quadratic in its buffer size.
+            with tarfile.open(fileobj=out, mode='w', format=tarfile.PAX_FORMAT, copybufsize=streams.CHUNK) as tar:
                 dropped = set()
                 for info, data in iter_members(layer):
                     path = member_path(info.name)
