@@ -13,7 +13,7 @@ import tarfile
 
 import pytest
 
-from occystrap.errors import DigestMismatchError
+from occystrap.errors import CorruptImageError, DigestMismatchError
 from occystrap.inputs.tarball import TarballInput
 from occystrap.model import MEDIA_OCI_LAYER_TAR, Blob, Image, Layer
 from occystrap.outputs.tarball import TarballOutput
@@ -272,6 +272,50 @@ def test_second_image_failing_after_the_first_was_written_leaves_nothing(tmp_pat
     output.abort()
     ctx.close()
     assert leftovers(tmp_path, ['good.tar']) == []
+
+
+class Trickle(io.RawIOBase):
+    """A source that answers reads a few bytes at a time, as a socket may."""
+
+    def __init__(self, data):
+        self.data = data
+
+    def readable(self):
+        return True
+
+    def read(self, size=-1):
+        out, self.data = self.data[:7], self.data[7:]
+        return out
+
+
+def test_streamed_layer_that_lies_is_rolled_back_and_the_rest_finalizes(tmp_path):
+    ctx = RunContext()
+    out = tmp_path / 'out.tar'
+    output = TarballOutput(parse_uri('tar://%s' % out, 'output'), ctx)
+    good, bad = layer_tar({'good': b'good' * 5000}), layer_tar({'bad': b'bad' * 5000})
+
+    def streamed(data, served):
+        digest = 'sha256:' + hashlib.sha256(data).hexdigest()
+        blob = Blob(digest=digest, media_type=MEDIA_OCI_LAYER_TAR, size=len(data), opener=lambda: Trickle(served))
+        return Layer(diffid=digest, origin=blob)
+
+    output.write(Image(name='good', tag='1', config_bytes=image_config([good]), layers=[streamed(good, good)]))
+    with pytest.raises(DigestMismatchError):
+        output.write(Image(name='bad', tag='1', config_bytes=image_config([bad]),
+                           layers=[streamed(bad, bad[:-1] + b'\x01')]))
+    with pytest.raises(CorruptImageError, match='is %d bytes, expected %d' % (len(bad) - 100, len(bad))):
+        output.write(Image(name='short', tag='1', config_bytes=image_config([bad]),
+                           layers=[streamed(bad, bad[:-100])]))
+    output.finalize()
+    ctx.close()
+    with tarfile.open(out) as tar:
+        blob_bytes = sum(m.size for m in tar.getmembers() if m.isreg() and m.name.startswith('blobs/'))
+    assert ctx.stats.bytes == blob_bytes      # the failed images' bytes were neither kept nor counted
+    assert [e['RepoTags'] for e in member_json(out, 'manifest.json')] == [['good:1']]
+    assert read_back(out)[ImageRef('good', '1')][2] == [good]
+    assert hashlib.sha256(bad).hexdigest() not in ' '.join(tar_names(out))
+    assert subprocess.run(['tar', 'tf', str(out)], capture_output=True).stderr == b''
+    assert leftovers(tmp_path, ['out.tar']) == []
 
 
 def test_failed_image_of_a_multi_image_source_leaves_the_others_written(tmp_path):

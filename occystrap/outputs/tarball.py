@@ -13,13 +13,18 @@ repositories                     {name: {tag: <top layer hex>}} for old docker l
 ```
 
 Chosen over the legacy `<id>/layer.tar` layout because skopeo 1.9.3 accepts it both as `docker-archive:` and as
-`oci-archive:` (checked by tests/test_tarball_output.py), and Docker's loader only follows manifest.json paths.
+`oci-archive:` (checked by tests/test_tarball_output.py; podman load too), and Docker's loader only follows
+manifest.json paths.
 
 Layers are materialized in parallel (-j) outside the tarball lock, then appended in image order while holding it,
-streamed from their verified temporary files. Several images (and several threads under -J) share one tarball and
-each layer is stored once. Every member has fixed metadata (mtime 0, uid/gid 0, no user names), so the same
-images give a byte-identical tarball. The tarball is written to `<path>.partial-<random>` beside the destination
-and renamed into place by finalize(); abort() deletes it.
+streamed from their verified temporary files. The exception is a blob that is its own diffid (the uncompressed
+layers of a docker save tarball): it is streamed straight from its source and verified at its end, which saves
+writing every byte twice (a 1 GB tar-to-tar copy went from 12 s to 7 s here). An image that fails half way is cut
+back out of the tarball, so the images before it still finalize. Several images (and several threads under -J)
+share one tarball and each layer is stored once. Every member has fixed metadata (mtime 0, uid/gid 0, no user
+names), so the same images give a byte-identical tarball (for several images, when written in the same order,
+e.g. -J 1). The tarball is written to `<path>.partial-<random>` beside the destination and renamed into place by
+finalize(); abort() deletes it.
 """
 
 import io
@@ -30,7 +35,7 @@ import tempfile
 import threading
 
 from occystrap import streams
-from occystrap.errors import OccystrapError
+from occystrap.errors import CorruptImageError, OccystrapError
 from occystrap.model import MEDIA_OCI_CONFIG, MEDIA_OCI_INDEX, MEDIA_OCI_LAYER_TAR, MEDIA_OCI_MANIFEST
 from occystrap.pipeline import ImageOutput
 
@@ -61,6 +66,13 @@ def fully_qualified(name):
     return 'docker.io/' + name
 
 
+def streams_directly(layer):
+    """True when a layer's blob is its own uncompressed tar (its digest is the diffid) of known size."""
+    origin = layer.origin
+    return (layer.path is None and origin is not None and origin.size is not None
+            and origin.digest == layer.diffid)
+
+
 def _umask():
     mask = os.umask(0)
     os.umask(mask)
@@ -85,7 +97,6 @@ class TarballOutput(ImageOutput):
         self._file = None
         self._tar = None
         self._partial = None
-        self._broken = None
         self._dirs = set()
         self._blobs = {}           # digest -> size of every blob already in the tarball
         self._entries = []         # manifest.json entries, in the order images were written
@@ -94,13 +105,7 @@ class TarballOutput(ImageOutput):
 
     # --- writing members (callers hold the lock) ----------------------------------------------------------
 
-    def _check(self):
-        if self._broken:
-            raise OccystrapError('cannot write %s: an earlier image failed while being written (%s)'
-                                 % (self.path, self._broken))
-
     def _open(self):
-        self._check()
         if self._tar is None:
             fd, self._partial = tempfile.mkstemp(prefix=os.path.basename(self.path) + '.partial-',
                                                  dir=self.directory)
@@ -139,39 +144,73 @@ class TarballOutput(ImageOutput):
         if digest not in self._blobs:
             self._add_bytes(blob_member(digest), data)
             self._blobs[digest] = len(data)
-            self.ctx.stats.add(nbytes=len(data))
 
     def _add_layer(self, layer):
         name = blob_member(layer.diffid)
         self._add_dirs(name)
-        with layer.open() as data:
-            size = os.fstat(data.fileno()).st_size
-            self._tar.addfile(self._info(name, size), data)
+        if layer.path is None:
+            # A blob that is its own diffid, streamed from the source and verified at its end; a mismatch makes
+            # the caller roll the tarball back to before this image.
+            size = layer.origin.size
+            verified = layer.origin.open_verified()
+            # tarfile wants full reads; the buffer gathers them from sources (sockets) that return less.
+            with io.BufferedReader(verified, buffer_size=COPY_BUFFER) as data:
+                self._tar.addfile(self._info(name, size), data)
+                if data.read(1):
+                    raise CorruptImageError('blob %s is longer than the %d bytes it should have'
+                                            % (layer.origin.digest, size))
+                verified.check()
+        else:
+            with layer.open() as data:
+                size = os.fstat(data.fileno()).st_size
+                self._tar.addfile(self._info(name, size), data)
         self._blobs[layer.diffid] = size
-        self.ctx.stats.add(nbytes=size)
+
+    def _snapshot(self):
+        return (self._tar.offset, len(self._tar.members), dict(self._blobs), set(self._dirs),
+                json.dumps([self._entries, self._descriptors, self._repositories]))
+
+    def _restore(self, snapshot):
+        """Cut the tarball back to where it was before an image that failed half way through its members."""
+        offset, members, self._blobs, self._dirs, state = snapshot
+        self._entries, self._descriptors, self._repositories = json.loads(state)
+        self._file.flush()
+        self._file.seek(offset)
+        self._file.truncate()
+        # TarFile keeps its write position and member list in these attributes; put them back to match the file.
+        self._tar.offset = offset
+        del self._tar.members[members:]
 
     # --- ImageOutput --------------------------------------------------------------------------------------
 
     def write(self, image):
         with self._lock:
-            self._check()
             stored = set(self._blobs)
-        # Materialize (download, decompress, verify) in parallel without holding the lock, so other images keep
-        # appending meanwhile; layers another image already stored are not fetched again.
+        # Layers another image already stored are not fetched again. A blob that is its own diffid (an uncompressed
+        # layer of a docker save tarball) of known size goes straight into the tarball: materializing it would
+        # only copy it once more. Every other layer is materialized (fetched, decompressed, verified) in
+        # parallel without holding the lock, so other images keep appending meanwhile.
         needed, seen = [], set()
         for layer in image.layers:
             if layer.diffid not in stored and layer.diffid not in seen:
                 needed.append(layer)
                 seen.add(layer.diffid)
+        fetch = [layer for layer in needed if not streams_directly(layer)]
         try:
-            self.ctx.map(lambda layer: layer.materialize(self.ctx.workdir), needed)
+            self.ctx.map(lambda layer: layer.materialize(self.ctx.workdir), fetch)
             with self._lock:
                 self._open()
+                before = len(self._blobs)
+                snapshot = self._snapshot()
                 try:
                     self._append(image, needed)
                 except BaseException as e:
-                    self._broken = str(e) or type(e).__name__
+                    self._restore(snapshot)
+                    if isinstance(e, OSError):
+                        raise OccystrapError('cannot write %s: %s' % (self.path, e.strerror or e))
                     raise
+                added = sum(self._blobs[digest] for digest in list(self._blobs)[before:])
+            self.ctx.stats.add(nbytes=added)
         finally:
             for layer in needed:
                 layer.release()
