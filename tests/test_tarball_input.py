@@ -391,3 +391,35 @@ def test_not_a_tarball_and_missing_file(tmp_path):
     empty = write_tar(tmp_path / 'empty.tar', {'README': b'hi'})
     with pytest.raises(CorruptImageError, match='has neither manifest.json'):
         source(empty).references()
+
+
+def test_symlink_loop_and_escaping_paths_stay_inside_the_tarball(tmp_path, tars):
+    members = legacy_members([(['loop:1'], tars)])
+    manifest = json.loads(members['manifest.json'])
+    first, second = manifest[0]['Layers']
+    members[first] = ('symlink', 'loop-b')
+    members[first.split('/')[0] + '/loop-b'] = ('symlink', 'layer.tar')
+    with pytest.raises(CorruptImageError, match='has no member %s' % first):
+        source(write_tar(tmp_path / 'loop.tar', members)).open(ImageRef('loop', '1'))
+
+    # a manifest naming a host path, or a link climbing out, only ever resolves to members of the tarball
+    members = legacy_members([(['escape:1'], tars)])
+    manifest = json.loads(members['manifest.json'])
+    manifest[0]['Layers'][0] = '../../../../etc/passwd'
+    members['manifest.json'] = json.dumps(manifest).encode()
+    with pytest.raises(CorruptImageError, match=r'has no member \.\./\.\./\.\./\.\./etc/passwd'):
+        source(write_tar(tmp_path / 'escape.tar', members)).open(ImageRef('escape', '1'))
+    members = legacy_members([(['escape:1'], tars)])
+    members[manifest[0]['Layers'][1]] = ('symlink', '../../../../../etc/hostname')
+    with pytest.raises(CorruptImageError, match='has no member %s' % manifest[0]['Layers'][1]):
+        source(write_tar(tmp_path / 'escape2.tar', members)).open(ImageRef('escape', '1'))
+
+
+def test_manifest_entry_without_layers_or_config_is_corrupt(tmp_path, tars):
+    members = legacy_members([(['odd:1'], tars)])
+    members['manifest.json'] = json.dumps([{'RepoTags': ['odd:1'], 'Layers': []}]).encode()
+    with pytest.raises(CorruptImageError, match='entry 0 of manifest.json has no Config'):
+        source(write_tar(tmp_path / 'odd.tar', members)).references()
+    members['manifest.json'] = json.dumps({'not': 'a list'}).encode()
+    with pytest.raises(CorruptImageError, match='member manifest.json is not a list of images'):
+        source(write_tar(tmp_path / 'odd2.tar', members)).references()
