@@ -44,6 +44,8 @@ OPAQUE = '.wh..wh..opq'
 # Layers may carry extended attributes in these namespaces; trusted.* could steer overlayfs and is never taken.
 XATTR_PREFIXES = ('user.', 'security.', 'system.posix_acl_')
 CHUNK = 1024 * 1024
+# Errors that concern one member (a name too long, an operation this filesystem or user may not do), not the run.
+MEMBER_ERRORS = (errno.ENAMETOOLONG, errno.EINVAL, errno.EPERM, errno.EEXIST, errno.EMLINK, errno.EOPNOTSUPP)
 DIR_OPEN_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -192,6 +194,10 @@ class _LayerApplier:
                     self.member(tar, member)
                 except _Refused as e:
                     self.refuse(member.name, str(e))
+                except OSError as e:
+                    if e.errno not in MEMBER_ERRORS:
+                        raise          # the destination itself is failing (full, read-only): stop
+                    self.refuse(member.name, e.strerror or str(e))
             tar.close()
         except (tarfile.TarError, EOFError) as e:
             raise CorruptImageError('%s is not a valid tar stream: %s' % (self.what, e))

@@ -277,3 +277,12 @@ def test_read_file_in_does_not_follow_symlinks(tmp_path):
     assert extract.read_file_in(str(root), '/etc/passwd') is None
     assert extract.read_file_in(str(root), 'link/secret') is None
     assert extract.read_file_in(str(root), '/etc/group') == b'root:x:0:\n'
+
+
+def test_a_name_too_long_is_refused_not_fatal(tmp_path):
+    root = tmp_path / 'root'
+    root.mkdir()
+    summary, warnings = apply(root, [('x' * 300, 'file'), ('fine', 'file')])
+    assert [name for name, _ in summary.refused] == ['x' * 300]
+    assert 'too long' in summary.refused[0][1]
+    assert os.listdir(root) == ['fine']
