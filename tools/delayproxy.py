@@ -1,0 +1,515 @@
+"""Proxies that put distance and faults between a client and a registry, for tests and benchmarks.
+
+DelayProxy (command line and ``start_proxy_thread``) is a userspace TCP proxy that models a long link:
+
+- ``--latency MS`` is the added round-trip time; every chunk of data in each direction is held for half of
+  it before it is passed on, like a pipe, so the delay applies to every exchange and not only to connecting.
+- ``--bandwidth MBIT`` caps each connection's throughput per direction with a token bucket (as a CDN or a
+  congested path does per TCP flow); 0 means no cap.
+- ``--window KIB`` bounds the bytes a connection may have in flight per direction before the far end has
+  "acknowledged" them (one added round trip after delivery), like a TCP window. It is what keeps memory
+  bounded (reading stops and the kernel applies backpressure) and limits one connection to
+  window / latency, as a real long-distance connection is.
+
+It works at the TCP level, so it carries TLS and HTTP/2 unchanged. Byte order within each direction is
+preserved and half-closes are forwarded after the delay.
+
+FaultProxy is a plain-HTTP reverse proxy for tests that injects faults into matching requests (see Rule):
+drop the connection part way through a response body, answer 429/503 with Retry-After, or flip one byte of a
+body while keeping its Content-Length. Everything else (methods, bodies, Range requests, headers) passes
+through; Location headers that point at the registry are rewritten to point at the proxy.
+
+Usage::
+
+    python tools/delayproxy.py --listen 127.0.0.1:0 --target 127.0.0.1:5000 --latency 40 --bandwidth 100
+"""
+
+import argparse
+import asyncio
+import http.client
+import http.server
+import re
+import signal
+import socket
+import socketserver
+import sys
+import threading
+import time
+import urllib.parse
+
+CHUNK = 64 * 1024
+DEFAULT_WINDOW = 4 * 1024 * 1024
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Delay proxy
+# ---------------------------------------------------------------------------------------------------------
+
+class _TokenBucket:
+    """Paces writes to `rate` bytes per second with a small burst allowance."""
+
+    def __init__(self, rate):
+        self.rate = rate
+        self.burst = max(16 * 1024, rate / 50)
+        self.tokens = 0.0
+        self.stamp = time.monotonic()
+
+    async def take(self, n):
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        self.tokens -= n
+        if self.tokens < 0:
+            await asyncio.sleep(-self.tokens / self.rate)
+
+
+class _Window:
+    """Bytes in flight in one direction; readers wait while it is full."""
+
+    def __init__(self, size):
+        self.size = size
+        self.used = 0
+        self.cond = asyncio.Condition()
+
+    async def acquire(self, n):
+        async with self.cond:
+            await self.cond.wait_for(lambda: self.used == 0 or self.used + n <= self.size)
+            self.used += n
+
+    async def release(self, n):
+        async with self.cond:
+            self.used -= n
+            self.cond.notify_all()
+
+
+class DelayProxy:
+    """An asyncio TCP proxy adding latency, a per-connection bandwidth cap and a bounded window."""
+
+    def __init__(self, target, latency_ms=0.0, bandwidth_mbit=0.0, window=DEFAULT_WINDOW,
+                 listen=('127.0.0.1', 0)):
+        self.target = _split_hostport(target)
+        self.one_way = max(0.0, latency_ms) / 2000.0
+        self.rate = bandwidth_mbit * 1e6 / 8 if bandwidth_mbit else 0.0
+        self.window = window
+        self.listen = _split_hostport(listen)
+        self.server = None
+        self.connections = 0
+        self._tasks = set()
+
+    async def start(self):
+        self.server = await asyncio.start_server(self._handle, self.listen[0], self.listen[1])
+        return self.server.sockets[0].getsockname()[:2]
+
+    async def stop(self):
+        if self.server:
+            self.server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.server:
+            await self.server.wait_closed()
+
+    async def _handle(self, client_reader, client_writer):
+        task = asyncio.current_task()
+        self._tasks.add(task)
+        self.connections += 1
+        upstream_writer = None
+        try:
+            try:
+                upstream_reader, upstream_writer = await asyncio.open_connection(*self.target)
+            except OSError:
+                return
+            for writer in (client_writer, upstream_writer):
+                sock = writer.get_extra_info('socket')
+                if sock is not None:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            pipes = [asyncio.ensure_future(self._pipe(client_reader, upstream_writer)),
+                     asyncio.ensure_future(self._pipe(upstream_reader, client_writer))]
+            try:
+                # A reset on either side ends both directions.
+                await asyncio.wait(pipes, return_when=asyncio.FIRST_EXCEPTION)
+            finally:
+                for pipe in pipes:
+                    pipe.cancel()
+                await asyncio.gather(*pipes, return_exceptions=True)
+        except (asyncio.CancelledError, ConnectionError, OSError):
+            pass
+        finally:
+            for writer in (client_writer, upstream_writer):
+                if writer is not None:
+                    writer.close()
+            self._tasks.discard(task)
+
+    async def _pipe(self, reader, writer):
+        """Copy reader to writer, delivering each chunk one_way seconds after it was read."""
+        queue = asyncio.Queue()
+        window = _Window(self.window)
+        bucket = _TokenBucket(self.rate) if self.rate else None
+        loop = asyncio.get_running_loop()
+
+        read_size = max(1, min(CHUNK, self.window))
+
+        async def receive():
+            try:
+                while True:
+                    data = await reader.read(read_size)
+                    if not data:
+                        break
+                    await window.acquire(len(data))
+                    queue.put_nowait((loop.time() + self.one_way, data))
+            except (ConnectionError, OSError):
+                pass
+            queue.put_nowait((loop.time() + self.one_way, None))
+
+        async def deliver():
+            while True:
+                due, data = await queue.get()
+                delay = due - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                if data is None:
+                    if writer.can_write_eof():
+                        writer.write_eof()
+                    return
+                for start in range(0, len(data), 16 * 1024):
+                    piece = data[start:start + 16 * 1024]
+                    if bucket:
+                        await bucket.take(len(piece))
+                    writer.write(piece)
+                    await writer.drain()
+                # The window opens again when the acknowledgement would arrive back, one way later.
+                loop.call_later(self.one_way, lambda n=len(data): asyncio.ensure_future(window.release(n)))
+
+        receiver = asyncio.ensure_future(receive())
+        try:
+            await deliver()
+        finally:
+            receiver.cancel()
+            await asyncio.gather(receiver, return_exceptions=True)
+
+
+def _split_hostport(value):
+    if isinstance(value, (tuple, list)):
+        return value[0], int(value[1])
+    host, _, port = value.rpartition(':')
+    return host.strip('[]') or '127.0.0.1', int(port)
+
+
+def start_proxy_thread(target, latency_ms=0.0, bandwidth_mbit=0.0, window=DEFAULT_WINDOW):
+    """Run a DelayProxy on 127.0.0.1 in a background thread.
+
+    target is 'host:port' or (host, port). Returns (host, port, stop_fn); stop_fn closes the listener and
+    every open connection and waits for the thread to end.
+    """
+    loop = asyncio.new_event_loop()
+    proxy = DelayProxy(target, latency_ms, bandwidth_mbit, window)
+    started = threading.Event()
+    address = []
+
+    def run():
+        asyncio.set_event_loop(loop)
+        address.extend(loop.run_until_complete(proxy.start()))
+        started.set()
+        loop.run_forever()
+        loop.run_until_complete(proxy.stop())
+        loop.close()
+
+    thread = threading.Thread(target=run, name='delayproxy', daemon=True)
+    thread.start()
+    if not started.wait(10):
+        raise RuntimeError('delay proxy did not start')
+
+    def stop():
+        if thread.is_alive():
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(10)
+
+    return address[0], address[1], stop
+
+
+async def _serve(args):
+    proxy = DelayProxy(args.target, args.latency, args.bandwidth, args.window * 1024, args.listen)
+    host, port = await proxy.start()
+    print(f'listening {host}:{port}', flush=True)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    await stopping.wait()
+    await proxy.stop()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Fault proxy
+# ---------------------------------------------------------------------------------------------------------
+
+class Rule:
+    """One fault: applies to requests whose path (with query) matches `path` and method is in `methods`.
+
+    kind 'drop': send the response headers and `after_bytes` bytes of the body, then close the connection.
+    kind 'status': answer `status` (429 or 503) with `Retry-After: retry_after` instead of forwarding.
+    kind 'corrupt': flip one byte of the body (at `offset`, default the middle), keeping Content-Length.
+
+    A rule fires for the first `count` matching requests (None: always); 'drop' and 'corrupt' only count
+    responses that have a body. FaultProxy.hits[name] says how often it fired.
+    """
+
+    def __init__(self, kind, path, count=1, methods=('GET',), after_bytes=0, status=429, retry_after='1',
+                 offset=None, name=None):
+        if kind not in ('drop', 'status', 'corrupt'):
+            raise ValueError(f'unknown fault kind {kind!r}')
+        self.kind = kind
+        self.pattern = re.compile(path)
+        self.count = count
+        self.methods = tuple(m.upper() for m in methods) if methods else None
+        self.after_bytes = after_bytes
+        self.status = status
+        self.retry_after = retry_after
+        self.offset = offset
+        self.name = name or f'{kind}:{path}'
+
+    def matches(self, method, path):
+        return (self.methods is None or method in self.methods) and self.pattern.search(path) is not None
+
+
+def drop_after(path, nbytes, count=1, **kwargs):
+    """A rule that cuts the connection after nbytes of a matching response body."""
+    return Rule('drop', path, count=count, after_bytes=nbytes, **kwargs)
+
+
+def respond_status(path, status=429, count=1, retry_after='1', **kwargs):
+    """A rule that answers the first count matching requests with status and Retry-After."""
+    return Rule('status', path, count=count, status=status, retry_after=retry_after, **kwargs)
+
+
+def corrupt(path, count=1, offset=None, **kwargs):
+    """A rule that flips one byte of a matching response body."""
+    return Rule('corrupt', path, count=count, offset=offset, **kwargs)
+
+
+HOP_BY_HOP = {'connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade',
+              'proxy-authenticate', 'proxy-authorization'}
+
+
+class _FaultHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = 'HTTP/1.1'
+
+    def log_message(self, fmt, *args):
+        pass
+
+    def do_GET(self):
+        self._proxy()
+
+    do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_GET
+
+    def _proxy(self):
+        owner = self.server.owner
+        method = self.command
+        rule = owner._claim(method, self.path, ('status',))
+        body = self._request_body()
+        if rule is not None:
+            if body is not None:
+                for _ in body:
+                    pass
+            self._send_status_fault(rule)
+            owner._record(method, self.path, rule.status)
+            return
+        # Without Content-Length, http.client re-frames a generator body as chunked, as the client sent it.
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP | {'host', 'expect'}}
+        headers['Host'] = owner.target_netloc
+        upstream = http.client.HTTPConnection(owner.target_host, owner.target_port, timeout=60)
+        try:
+            try:
+                upstream.request(method, self.path, body=body, headers=headers)
+                response = upstream.getresponse()
+            except OSError as exc:
+                self.send_error(502, f'upstream: {exc}')
+                owner._record(method, self.path, 502)
+                return
+            self._relay(response, method)
+        finally:
+            upstream.close()
+
+    def _request_body(self):
+        length = self.headers.get('Content-Length')
+        if 'chunked' in self.headers.get('Transfer-Encoding', '').lower():
+            return self._read_chunked()
+        if length is not None and int(length) > 0:
+            return self._read_exact(int(length))
+        return None
+
+    def _read_exact(self, length):
+        remaining = length
+        while remaining:
+            data = self.rfile.read(min(CHUNK, remaining))
+            if not data:
+                raise ConnectionError('client closed during request body')
+            remaining -= len(data)
+            yield data
+
+    def _read_chunked(self):
+        while True:
+            size = int(self.rfile.readline().split(b';')[0].strip(), 16)
+            if size == 0:
+                while self.rfile.readline() not in (b'\r\n', b'\n', b''):
+                    pass
+                return
+            yield from self._read_exact(size)
+            self.rfile.readline()
+
+    def _send_status_fault(self, rule):
+        payload = (b'{"errors":[{"code":"TOOMANYREQUESTS","message":"injected fault","detail":null}]}'
+                   if rule.status == 429 else
+                   b'{"errors":[{"code":"UNAVAILABLE","message":"injected fault","detail":null}]}')
+        self.send_response(rule.status)
+        self.send_header('Content-Type', 'application/json')
+        self.send_header('Retry-After', str(rule.retry_after))
+        self.send_header('Content-Length', str(len(payload)))
+        self.end_headers()
+        if self.command != 'HEAD':
+            self.wfile.write(payload)
+
+    def _relay(self, response, method):
+        owner = self.server.owner
+        length = response.getheader('Content-Length')
+        has_body = method != 'HEAD' and response.status not in (204, 304) and response.status >= 200
+        data = None
+        if has_body and length is None:
+            # Unframed upstream bodies (chunked or close-delimited) are small JSON; re-frame them.
+            data = response.read()
+            length = str(len(data))
+        rule = owner._claim(method, self.path, ('drop', 'corrupt'), int(length or 0) if has_body else 0)
+        self.send_response_only(response.status, response.reason)
+        for key, value in response.getheaders():
+            lower = key.lower()
+            if lower in HOP_BY_HOP or lower == 'content-length':
+                continue
+            if lower == 'location':
+                value = owner._rewrite_location(value)
+            self.send_header(key, value)
+        if has_body or length is not None:
+            self.send_header('Content-Length', length or '0')
+        self.end_headers()
+        owner._record(method, self.path, response.status, rule.kind if rule else None)
+        if not has_body:
+            return
+        total = int(length)
+        flip_at = None
+        if rule is not None and rule.kind == 'corrupt':
+            flip_at = rule.offset if rule.offset is not None else total // 2
+        sent = 0
+        chunks = [data] if data is not None else iter(lambda: response.read(CHUNK), b'')
+        for chunk in chunks:
+            if flip_at is not None and sent <= flip_at < sent + len(chunk):
+                chunk = bytearray(chunk)
+                chunk[flip_at - sent] ^= 0xff
+                chunk = bytes(chunk)
+            if rule is not None and rule.kind == 'drop' and sent + len(chunk) >= rule.after_bytes:
+                self.wfile.write(chunk[:rule.after_bytes - sent])
+                self.wfile.flush()
+                self._abort()
+                return
+            self.wfile.write(chunk)
+            sent += len(chunk)
+
+    def _abort(self):
+        self.close_connection = True
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+class _ThreadingServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+class FaultProxy:
+    """A plain-HTTP reverse proxy to target_url that injects the faults described by rules.
+
+    start() binds 127.0.0.1 on a free port and serves in a thread; url is then 'http://127.0.0.1:PORT'.
+    hits maps rule name to the number of times it fired; requests lists (method, path, status, fault).
+    """
+
+    def __init__(self, target_url, rules=()):
+        parsed = urllib.parse.urlsplit(target_url)
+        if parsed.scheme != 'http':
+            raise ValueError('FaultProxy only forwards to plain http registries')
+        self.target_url = f'http://{parsed.netloc}'
+        self.target_netloc = parsed.netloc
+        self.target_host = parsed.hostname
+        self.target_port = parsed.port or 80
+        self.rules = list(rules)
+        self.hits = {rule.name: 0 for rule in self.rules}
+        self.requests = []
+        self.url = None
+        self._lock = threading.Lock()
+        self._server = None
+        self._thread = None
+
+    def start(self):
+        self._server = _ThreadingServer(('127.0.0.1', 0), _FaultHandler)
+        self._server.owner = self
+        self.url = 'http://127.0.0.1:%d' % self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name='faultproxy', daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self):
+        if self._server:
+            self._server.shutdown()
+            self._server.server_close()
+            self._thread.join(10)
+            self._server = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def _claim(self, method, path, kinds, body_length=0):
+        """Find the first rule of one of `kinds` that should fire now, and count it."""
+        with self._lock:
+            for rule in self.rules:
+                if rule.kind not in kinds:
+                    continue
+                if rule.kind == 'corrupt' and body_length == 0:
+                    continue
+                if rule.kind == 'drop' and body_length <= rule.after_bytes:
+                    continue
+                if not rule.matches(method, path):
+                    continue
+                if rule.count is not None and self.hits[rule.name] >= rule.count:
+                    continue
+                self.hits[rule.name] += 1
+                return rule
+        return None
+
+    def _record(self, method, path, status, fault=None):
+        with self._lock:
+            self.requests.append((method, path, status, fault))
+
+    def _rewrite_location(self, value):
+        if value.startswith(self.target_url):
+            return self.url + value[len(self.target_url):]
+        return value
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description='TCP proxy adding latency and a per-connection bandwidth cap.')
+    parser.add_argument('--listen', default='127.0.0.1:0', help='address to listen on (default 127.0.0.1:0)')
+    parser.add_argument('--target', required=True, help='HOST:PORT to forward to')
+    parser.add_argument('--latency', type=float, default=0.0, help='added round trip in ms, half each way')
+    parser.add_argument('--bandwidth', type=float, default=0.0, help='per-connection cap in Mbit/s per direction')
+    parser.add_argument('--window', type=int, default=DEFAULT_WINDOW // 1024,
+                        help='bytes in flight per connection and direction, in KiB (default %(default)s)')
+    args = parser.parse_args(argv)
+    asyncio.run(_serve(args))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
