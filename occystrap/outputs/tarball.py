@@ -107,8 +107,11 @@ class TarballOutput(ImageOutput):
 
     def _open(self):
         if self._tar is None:
-            fd, self._partial = tempfile.mkstemp(prefix=os.path.basename(self.path) + '.partial-',
-                                                 dir=self.directory)
+            try:
+                fd, self._partial = tempfile.mkstemp(prefix=os.path.basename(self.path) + '.partial-',
+                                                     dir=self.directory)
+            except OSError as e:
+                raise OccystrapError('cannot write %s: %s' % (self.path, e.strerror or e))
             os.fchmod(fd, self._mode)
             self._file = os.fdopen(fd, 'wb')
             self._tar = tarfile.open(fileobj=self._file, mode='w', format=tarfile.PAX_FORMAT)
@@ -255,15 +258,18 @@ class TarballOutput(ImageOutput):
         with self._lock:
             self._open()
             index = {'schemaVersion': 2, 'mediaType': MEDIA_OCI_INDEX, 'manifests': self._descriptors}
-            self._add_bytes('index.json', canonical_json(index))
-            self._add_bytes('manifest.json', canonical_json(self._entries))
-            self._add_bytes('oci-layout', canonical_json({'imageLayoutVersion': '1.0.0'}))
-            self._add_bytes('repositories', canonical_json(self._repositories))
-            self._tar.close()
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._file.close()
-            os.rename(self._partial, self.path)
+            try:
+                self._add_bytes('index.json', canonical_json(index))
+                self._add_bytes('manifest.json', canonical_json(self._entries))
+                self._add_bytes('oci-layout', canonical_json({'imageLayoutVersion': '1.0.0'}))
+                self._add_bytes('repositories', canonical_json(self._repositories))
+                self._tar.close()
+                self._file.flush()
+                os.fsync(self._file.fileno())
+                self._file.close()
+                os.rename(self._partial, self.path)
+            except OSError as e:
+                raise OccystrapError('cannot write %s: %s' % (self.path, e.strerror or e))
             self._tar = self._file = self._partial = None
 
     def abort(self):
