@@ -210,6 +210,7 @@ class Image:
     manifest_media_type: Optional[str] = None
     config_media_type: str = MEDIA_OCI_CONFIG
     annotations: dict = dataclasses.field(default_factory=dict)
+    manifest_bytes: Optional[bytes] = None   # the source manifest as stored, so an unchanged push keeps its digest
 
     def __post_init__(self):
         try:
@@ -256,8 +257,8 @@ class Image:
         else:
             config_bytes = json.dumps(new_config, separators=(',', ':'), sort_keys=True).encode()
         return dataclasses.replace(self, layers=layers, config_bytes=config_bytes, manifest_digest=None,
-                                   manifest_media_type=None) if config_bytes != self.config_bytes or \
-            layers != self.layers else dataclasses.replace(self, layers=layers)
+                                   manifest_media_type=None, manifest_bytes=None) \
+            if config_bytes != self.config_bytes or layers != self.layers else dataclasses.replace(self, layers=layers)
 
     def created_by(self, index):
         """The history command that made layer `index` (history entries with empty_layer are skipped)."""
