@@ -4,6 +4,7 @@ Source images are seeded with skopeo (not our code) and what we push is checked 
 access log.
 """
 
+import dataclasses
 import gzip
 import hashlib
 import io
@@ -126,7 +127,7 @@ def test_same_registry_copy_mounts_every_blob_and_keeps_digests(registry, repo_n
 
 def test_copy_to_another_registry_uploads_everything(registry, fresh_registry, repo_name, tmp_path):
     image = small_image(tmp_path / 'img', seed=1)
-    seed_image(registry, repo_name, 'v1', image.path, '--format', 'v2s2')
+    seeded = seed_image(registry, repo_name, 'v1', image.path, '--format', 'v2s2')
     result = occystrap('--verbose', 'process', 'registry://%s/%s:v1?insecure=true' % (registry.host, repo_name),
                        'registry://%s/copy/app?insecure=true' % fresh_registry.host)
     counts = totals(result.stderr)
@@ -137,11 +138,41 @@ def test_copy_to_another_registry_uploads_everything(registry, fresh_registry, r
     assert [layer['mediaType'] for layer in raw['layers']] == [DOCKER_GZIP, DOCKER_GZIP]
     assert [layer['digest'] for layer in raw['layers']] == image.layer_digests
     assert raw['config']['digest'] == image.config_digest
+    # We write schema 2 manifests field for field as skopeo does, so even the manifest digest survives the copy.
+    assert skopeo_inspect('docker://%s/copy/app:latest' % fresh_registry.host)['Digest'] == seeded
     export_oci(tmp_path, '%s/copy/app:latest' % fresh_registry.host)
     # A second push of the same image finds every blob in place.
     again = occystrap('--verbose', 'process', 'registry://%s/%s:v1?insecure=true' % (registry.host, repo_name),
                       'registry://%s/copy/app?insecure=true' % fresh_registry.host)
     assert totals(again.stderr)['present'] == 3 and totals(again.stderr)['uploaded'] == 0
+
+
+def test_unchanged_image_keeps_its_manifest_digest_when_the_source_bytes_are_known(registry, repo_name, tmp_path):
+    image = small_image(tmp_path / 'img', seed=10)
+    seeded = seed_image(registry, repo_name + '-src', 'v1', image.path)
+    source_bytes = skopeo_inspect('docker://%s/%s-src:v1' % (registry.host, repo_name), raw=True, parse=False)
+    assert sha256(source_bytes) == seeded
+    ctx = pipeline.RunContext(Settings(insecure=True))
+    try:
+        source = pipeline.build_input(uris.parse_uri('registry://%s/%s-src:v1' % (registry.host, repo_name),
+                                                     'input'), ctx)
+        opened = source.open(source.references()[0])
+        if opened.manifest_bytes is None:   # the input may not keep them; what it would keep is these bytes
+            opened = dataclasses.replace(opened, manifest_bytes=source_bytes)
+        output = pipeline.build_output(uris.parse_uri('registry://%s/%s:v1' % (registry.host, repo_name), 'output'),
+                                       ctx)
+        assert output.write(opened) == seeded
+        # A changed image cannot keep them: replace() drops the bytes with the digest.
+        changed = opened.replace(config=dict(opened.config, author='someone else'))
+        assert changed.manifest_bytes is None
+        assert output.write(changed) != seeded
+        output.finalize()
+    finally:
+        ctx.close()
+    # The destination holds the source's exact manifest; the tag now names the changed image.
+    assert skopeo_inspect('docker://%s/%s@%s' % (registry.host, repo_name, seeded), raw=True,
+                          parse=False) == source_bytes
+    assert skopeo_inspect('docker://%s/%s:v1' % (registry.host, repo_name))['Digest'] != seeded
 
 
 def test_push_to_tls_registry_with_basic_auth(basic_auth_registry, registry, repo_name, tmp_path):
