@@ -2,15 +2,28 @@
 
 open() fetches the manifest (following a manifest list / OCI index to the wanted platform) and the config; layers
 stay lazy and stream from the registry when read, with their digests verified by the model's readers.
+
+registry://host/namespace/GLOB:tag names every repository of the registry's catalog (/v2/_catalog, Link pages
+followed) that matches the glob component by component ('*' does not cross '/') and has the tag.
 """
 
+import fnmatch
 import functools
 import json
+import logging
 
 from occystrap import model
-from occystrap.errors import CorruptImageError, UsageError
+from occystrap.errors import CorruptImageError, OccystrapError, RegistryError
 from occystrap.pipeline import ImageInput, ImageRef
 from occystrap.registry.client import RegistryClient, describe_reference
+
+LOG = logging.getLogger(__name__)
+
+
+def glob_matches(name, pattern):
+    """True when a repository name matches a glob split on '/': same depth, each component by fnmatch."""
+    parts = name.split('/')
+    return len(parts) == len(pattern) and all(fnmatch.fnmatchcase(p, g) for p, g in zip(parts, pattern))
 
 
 class RegistryInput(ImageInput):
@@ -37,7 +50,31 @@ class RegistryInput(ImageInput):
         return [ImageRef(self.uri.name, self.uri.tag, self.uri.digest)]
 
     def references_for_glob(self):
-        raise UsageError('repository globs in %s are not supported yet' % self.uri)
+        """Every catalog repository matching the glob (component by component) that has the tag, sorted by name."""
+        pattern = self.uri.name.split('/')
+        matches = sorted(name for name in self.client.catalog() if glob_matches(name, pattern))
+        if not matches:
+            raise OccystrapError('no repository in the catalog of %s matches %s' % (self.client.host, self.uri.name))
+        settings = self.ctx.settings
+        # One tags request per repository: keep many in flight so a long catalog costs a few round trips.
+        present = self.ctx.map(self._has_tag, matches,
+                               workers=max(8, settings.image_parallel * settings.parallel))
+        for name, ok in zip(matches, present):
+            if not ok:
+                LOG.info('skipping %s: it has no tag %s', name, self.uri.tag)
+        refs = [ImageRef(name, self.uri.tag) for name, ok in zip(matches, present) if ok]
+        if not refs:
+            raise OccystrapError('no repository of %s matching %s has tag %s'
+                                 % (self.client.host, self.uri.name, self.uri.tag))
+        return refs
+
+    def _has_tag(self, name):
+        try:
+            return self.uri.tag in self.client.list_tags(name)
+        except RegistryError as e:
+            if e.status == 404:       # deleted since the catalog was read
+                return False
+            raise
 
     def _count_bytes(self, nbytes):
         self.ctx.stats.add(nbytes=nbytes)
