@@ -23,7 +23,8 @@ import zstandard
 
 from occystrap import pipeline, uris
 from occystrap.settings import Settings
-from tests.services import ServiceError, build_oci_layout, layer_tar, seed_image, skopeo, skopeo_copy, skopeo_inspect
+from tests.services import (Registry, ServiceError, build_oci_layout, layer_tar, seed_image, skopeo, skopeo_copy,
+                            skopeo_inspect)
 
 pytestmark = pytest.mark.integration
 
@@ -188,6 +189,24 @@ def test_push_to_tls_registry_with_basic_auth(basic_auth_registry, registry, rep
                        'registry://%s/%s:nocreds' % (reg.host, repo_name), check=False)
     assert denied.returncode == 1 and 'credentials' in denied.stderr
     assert len(denied.stderr.strip().splitlines()) == 1, denied.stderr
+
+
+def test_mount_refused_for_lack_of_pull_access_falls_back_to_upload(tmp_path):
+    def permissions(user, resource_type, name, actions):
+        if user == 'testuser' or (user == 'pusher' and name.startswith('mirror/')):
+            return actions
+        return []
+
+    users = {'testuser': 'testpassword', 'pusher': 'pusherpassword'}
+    with Registry(tmp_path / 'registry', auth='token', users=users, permissions=permissions) as reg:
+        image = small_image(tmp_path / 'img', seed=11)
+        seed_image(reg, 'src/app', 'v1', image.path)
+        result = occystrap('--verbose', 'process', 'registry://testuser:testpassword@%s/src/app:v1?insecure=true'
+                           % reg.host, 'registry://pusher:pusherpassword@%s/mirror/app:v1?insecure=true' % reg.host)
+        counts = totals(result.stderr)
+        assert (counts['mounted'], counts['uploaded']) == (0, 3), result.stderr
+        assert 'uploading instead' in result.stderr
+        assert skopeo_inspect('docker://%s/mirror/app:v1' % reg.host)['Layers'] == image.layer_digests
 
 
 # --- from tarballs -------------------------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ import tempfile
 import threading
 
 from occystrap import model, streams
-from occystrap.errors import OccystrapError
+from occystrap.errors import OccystrapError, RegistryError
 from occystrap.layercache import LayerCache
 from occystrap.pipeline import ImageOutput
 
@@ -113,6 +113,7 @@ class RegistryOutput(ImageOutput):
         self._lock = threading.Lock()
         self._key_locks = {}
         self._present = {}                # blob digest -> (size, set of repositories holding it), this run
+        self._mount_refused = set()       # (from, to) repository pairs the registry would not mount between
 
     # --- the image
 
@@ -290,9 +291,19 @@ class RegistryOutput(ImageOutput):
             if registry.lower() == self.host and source not in sources:
                 sources.append(source)
         for source in sources:
-            if source == repository:
+            with self._lock:
+                refused = (source, repository) in self._mount_refused
+            if source == repository or refused:
                 continue
-            if self.client.mount_blob(repository, digest, source):
+            try:
+                mounted = self.client.mount_blob(repository, digest, source)
+            except RegistryError as e:
+                # Mounting needs pull access to the other repository too; without it, uploading still works.
+                LOG.info('cannot mount %s from %s into %s (%s); uploading instead', digest, source, repository, e)
+                with self._lock:
+                    self._mount_refused.add((source, repository))
+                mounted = False
+            if mounted:
                 LOG.debug('mounted %s from %s into %s', digest, source, repository)
                 if size is None:
                     size = known_size if known_size is not None else self.client.blob_exists(repository, digest)
