@@ -56,11 +56,13 @@ def _env(name):
               help='JSON file remembering pushed layers across runs.')
 @click.option('-O', '--output-format', type=click.Choice(['text', 'json']), default='text', show_default=True,
               envvar=_env('OUTPUT_FORMAT'), help='Format of info, check and the end-of-run summary.')
+@click.option('--allow-devices', is_flag=True, envvar=_env('ALLOW_DEVICES'),
+              help='Create device nodes and FIFOs when extracting (only as root; skipped otherwise).')
 @click.option('--verbose', is_flag=True, envvar=_env('VERBOSE'), help='Log what is being done.')
 @click.option('--debug', is_flag=True, envvar=_env('DEBUG'), help='Log everything; show tracebacks on errors.')
 @click.pass_context
 def cli(ctx, parallel, image_parallel, rate_limit, retries, username, password, insecure, ca_cert, http2,
-        compression, os_, architecture, variant, temp_dir, layer_cache, output_format, verbose, debug):
+        compression, os_, architecture, variant, temp_dir, layer_cache, output_format, allow_devices, verbose, debug):
     """Move and reshape container images without a container engine.
 
     \b
@@ -79,7 +81,7 @@ def cli(ctx, parallel, image_parallel, rate_limit, retries, username, password, 
                        username=username, password=password, insecure=insecure, ca_cert=ca_cert, http2=http2,
                        compression=compression, os=os_, architecture=architecture, variant=variant,
                        temp_dir=temp_dir, layer_cache=layer_cache, output_format=output_format, verbose=verbose,
-                       debug=debug, progress=sys.stderr.isatty())
+                       debug=debug, progress=sys.stderr.isatty(), allow_devices=allow_devices)
 
 
 def _context(settings):

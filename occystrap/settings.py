@@ -31,3 +31,4 @@ class Settings:
     verbose: bool = False
     debug: bool = False
     progress: bool = False
+    allow_devices: bool = False

@@ -202,7 +202,7 @@ class DirectoryOutput(ImageOutput):
             for index, path in enumerate(files):
                 with open(path, 'rb') as stream:
                     extract.extract_layer(stream, work, whiteouts=extract.APPLY, warn=self.ctx.warn,
-                                          allow_devices=getattr(self.ctx.settings, 'allow_devices', False),
+                                          allow_devices=self.ctx.settings.allow_devices,
                                           what='%s layer %d' % (image.reference, index))
             replace_directory(work, final)
         except BaseException:

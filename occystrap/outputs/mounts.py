@@ -78,7 +78,7 @@ class MountsOutput(ImageOutput):
                           'show deleted files' % (image.reference, self.path))
         os.makedirs(os.path.join(self.staged.path, 'layers', EMPTY_LAYER))
         names = [layer_directory(i, layer.diffid) for i, layer in enumerate(image.layers)]
-        allow_devices = getattr(self.ctx.settings, 'allow_devices', False)
+        allow_devices = self.ctx.settings.allow_devices
 
         def one(item):
             index, layer = item

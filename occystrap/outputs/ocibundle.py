@@ -187,7 +187,7 @@ class OCIBundleOutput(ImageOutput):
         rootfs = os.path.join(self.staged.path, 'rootfs')
         os.mkdir(rootfs, 0o755)
         summary = extract.apply_layers(self.ctx, image.layers, rootfs,
-                                       allow_devices=getattr(self.ctx.settings, 'allow_devices', False),
+                                       allow_devices=self.ctx.settings.allow_devices,
                                        what=image.reference)
         self.ctx.stats.add(nbytes=summary.bytes)
         spec = runtime_config(image, rootfs, self.ctx.warn)
