@@ -181,6 +181,15 @@ def test_iter_members_verifies_the_diffid_of_a_streamed_layer():
         list(rewrite.iter_members(lying))
 
 
+def test_rewrite_reports_a_truncated_layer(tmp_path):
+    data = tar_bytes([('big', b'x' * 5000)])
+    path = tmp_path / 'short.tar'
+    path.write_bytes(data[:3000])
+    with pytest.raises(CorruptImageError, match='truncated'):
+        rewrite.rewrite_layer(Layer.from_file(str(path)), lambda info: info, str(tmp_path))
+    assert not list(tmp_path.glob('rewrite-*'))
+
+
 def test_iter_members_reports_a_non_tar_layer(tmp_path):
     path = tmp_path / 'junk.tar'
     path.write_bytes(b'this is not a tar file at all' * 40)

@@ -167,6 +167,10 @@ def rewrite_layer(layer, edit, workdir=None):
                     if new.isreg() and data is None:
                         raise CorruptImageError('member %s of layer %s has no data' % (path, _layer_name(layer)))
                     tar.addfile(new, data if new.isreg() else None)
+    except (tarfile.TarError, EOFError) as e:
+        # Reading a member's data happens here, outside iter_members: a short member is a corrupt layer.
+        os.unlink(tmp)
+        raise CorruptImageError('layer %s is truncated or not a valid tar: %s' % (_layer_name(layer), e))
     except BaseException:
         os.unlink(tmp)
         raise
