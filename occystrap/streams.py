@@ -101,6 +101,19 @@ class HashingReader(io.RawIOBase):
             super().close()
 
 
+def blame_source(raw, message):
+    """Raise for a stream that failed to decompress: a digest mismatch when the blob under it is corrupt, else
+    CorruptImageError(message).
+
+    A flipped byte usually breaks decompression before the blob's digest is checked at its end, so the rest of
+    the blob is read to let its HashingReader name the blob that is wrong.
+    """
+    if isinstance(raw, HashingReader) and not raw.verified:
+        while raw.read(CHUNK):
+            pass
+    raise CorruptImageError(message)
+
+
 def sniff_compression(head):
     """Name the compression of a blob from its first bytes: 'gzip', 'zstd' or 'none'."""
     if head.startswith(GZIP_MAGIC):
@@ -135,7 +148,10 @@ class _GzipReader(io.RawIOBase):
                 self.eof = True
                 break
             self._started = True
-            self.buffer = self.decomp.decompress(data)
+            try:
+                self.buffer = self.decomp.decompress(data)
+            except (zlib.error, fast_zlib.error) as e:
+                blame_source(self.raw, 'gzip stream is corrupt: %s' % e)
             if self.decomp.eof:
                 rest = self.decomp.unused_data
                 self.decomp = fast_zlib.decompressobj(31)
@@ -170,7 +186,7 @@ class _ZstdReader(io.RawIOBase):
         try:
             return self.reader.read(size)
         except Exception as e:
-            raise CorruptImageError('zstd stream is corrupt: %s' % e)
+            blame_source(self.raw, 'zstd stream is corrupt: %s' % e)
 
     def close(self):
         try:
