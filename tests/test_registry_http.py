@@ -158,9 +158,10 @@ def test_rate_limit_caps_requests_of_the_run(registry):
     started = time.monotonic()
     for _ in range(41):
         client.ping()
-    # A burst of 20 goes at once; the other 21 requests are spaced 50 ms apart.
-    assert time.monotonic() - started >= 1.0
-    assert http.limiter.waited > 0.5
+    elapsed = time.monotonic() - started
+    # A burst of 20 goes at once; the other 21 requests are spaced 50 ms apart, however fast the registry is.
+    assert elapsed >= 1.0
+    assert http.requests <= 20 + 20 * elapsed + 1
     http.close()
 
 

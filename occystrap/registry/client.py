@@ -519,8 +519,9 @@ class RegistryClient:
                     on_bytes(len(chunk))
         finally:
             stream.close()
+        # The closing PUT carries no data, so repeating it is safe.
         response = self._send('PUT', _with_query(location, digest=digest), self._push(name), what,
-                              headers={'Content-Length': '0'}, retry=False)
+                              headers={'Content-Length': '0'})
         return self._finish(response, digest, what)
 
     def _patch(self, name, location, chunk, offset, what):
@@ -561,7 +562,9 @@ class RegistryClient:
         if response.status_code not in (202, 204):
             raise self._error(response, what)
         match = _RANGE_RE.match(response.headers.get('Range', '').strip())
-        have = int(match.group(2)) + 1 if match else 0
+        # 'Range: 0-N' means N+1 bytes arrived; docker-registry also answers '0-0' for an empty upload (and answers
+        # '0--1' in older versions), so read '0-0' as empty: a lone byte that arrived would make the digest fail.
+        have = int(match.group(2)) + 1 if match and match.group(2) not in ('0', '-1') else 0
         if response.headers.get('Location'):
             location = urllib.parse.urljoin(location, response.headers['Location'])
         return location, max(0, have)
@@ -617,7 +620,7 @@ class BlobReader(io.RawIOBase):
         else:
             raise self.client._error(response, what)
         self._response = response
-        self._chunks = response.iter_raw(streams.CHUNK)
+        self._chunks = response.iter_raw()    # as received, so a break loses nothing already read
 
     def _resume(self, reason):
         self._close_response()
