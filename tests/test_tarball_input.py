@@ -179,6 +179,7 @@ def test_reads_hand_built_legacy_docker_save(tmp_path, tars):
     image = src.open(ImageRef('busybox', '1.36'))
     assert image.name == 'busybox' and image.tag == '1.36'
     assert [layer.diffid for layer in image.layers] == [sha256(t) for t in tars]
+    assert image.manifest_bytes is None and image.manifest_digest is None    # docker save stores no manifest
     assert [layer.origin.media_type for layer in image.layers] == \
         ['application/vnd.docker.image.rootfs.diff.tar'] * 2
     assert [layer.origin.size for layer in image.layers] == [len(t) for t in tars]
@@ -207,6 +208,7 @@ def test_reads_oci_layout_tarball_in_each_compression(tmp_path, compression):
     image = src.open(src.references()[0])
     assert image.config_digest == built.config_digest
     assert image.manifest_digest == built.manifest_digest
+    assert sha256(image.manifest_bytes) == built.manifest_digest    # kept exactly, so a push keeps the digest
     assert [layer.origin.digest for layer in image.layers] == built.layer_digests
     assert [layer.origin.media_type for layer in image.layers] == [d['mediaType'] for d in built.manifest['layers']]
     assert [sha256(data) for data in read_layers(image)] == built.diff_ids
@@ -245,7 +247,7 @@ def test_nested_index_picks_the_configured_platform(tmp_path):
     assert source(path).open(ref).config_digest == amd.config_digest
     image = source(path, architecture='arm64', variant='v8').open(ref)
     assert image.config_digest == arm.config_digest
-    assert image.manifest_digest == arm.manifest_digest
+    assert image.manifest_digest == arm.manifest_digest == sha256(image.manifest_bytes)
     assert read_layers(image) == [layer_tar({'arch': b'arm64\n'})]
     with pytest.raises(OccystrapError, match=r'has no linux/s390x image .* \(it has: .*linux/amd64.*linux/arm64/v8'):
         source(path, architecture='s390x').open(ref)

@@ -275,6 +275,7 @@ class ImageSpec:
     config_media_type: str = MEDIA_DOCKER_CONFIG
     manifest_digest: Optional[str] = None
     manifest_media_type: Optional[str] = None
+    manifest_bytes: Optional[bytes] = None
     annotations: dict = dataclasses.field(default_factory=dict)
     what: str = ''
     descriptor: Optional[dict] = None  # OCI layout: the index.json entry, resolved to a manifest by open()
@@ -489,7 +490,7 @@ class TarballInput(ImageInput):
             if not isinstance(document, dict):
                 self._fail('member %s is not a JSON object' % blob_member(digest))
             if self._descriptor_kind(descriptor, document) == 'manifest':
-                return self._manifest_spec(ref, descriptor, document)
+                return self._manifest_spec(ref, descriptor, document, raw)
             children = [d for d in document.get('manifests') or []
                         if isinstance(d, dict) and isinstance(d.get('digest'), str)]
             if not children:
@@ -497,7 +498,7 @@ class TarballInput(ImageInput):
             descriptor = self._pick_platform(children, ref)
         self._fail('nests indexes more than %d deep for %s' % (MAX_INDEX_DEPTH, ref))
 
-    def _manifest_spec(self, ref, descriptor, manifest):
+    def _manifest_spec(self, ref, descriptor, manifest, raw):
         member = blob_member(descriptor['digest'])
         config = manifest.get('config')
         layers = manifest.get('layers')
@@ -517,7 +518,7 @@ class TarballInput(ImageInput):
                          config_media_type=config.get('mediaType') or MEDIA_OCI_CONFIG,
                          manifest_digest=descriptor['digest'],
                          manifest_media_type=descriptor.get('mediaType') or manifest.get('mediaType')
-                         or MEDIA_OCI_MANIFEST,
+                         or MEDIA_OCI_MANIFEST, manifest_bytes=raw,
                          annotations=dict(manifest.get('annotations') or {}), what=member)
 
     # --- images -----------------------------------------------------------------------------------------------
@@ -545,7 +546,8 @@ class TarballInput(ImageInput):
         ref = spec.ref
         return Image(name=ref.name, tag=ref.tag, config_bytes=config_bytes, layers=layers, source=str(self.uri),
                      manifest_digest=spec.manifest_digest, manifest_media_type=spec.manifest_media_type,
-                     config_media_type=spec.config_media_type, annotations=spec.annotations)
+                     config_media_type=spec.config_media_type, annotations=spec.annotations,
+                     manifest_bytes=spec.manifest_bytes)
 
     def _layer_blob(self, layer, diffid, spec):
         index = self._index
