@@ -5,6 +5,8 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -268,3 +270,54 @@ def test_corrupt_config_blob_is_detected(registry, repo_name, oci_image, ctx):
         assert oci_image.config_digest in str(raised.value)
     finally:
         data_path.write_bytes(original)
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, '-m', 'occystrap', *args], capture_output=True, text=True, timeout=120,
+                          stdin=subprocess.DEVNULL)
+
+
+def test_cli_info_over_tls_reports_http2(tls_registry, repo_name, oci_image):
+    seed_image(tls_registry, repo_name, 'v1', oci_image.path)
+    seen = len(tls_registry.access_log())
+    result = run_cli('--ca-cert', str(tls_registry.ca_path), '--verbose', '-O', 'json', 'info',
+                     'registry://%s/%s:v1' % (tls_registry.host, repo_name))
+    assert result.returncode == 0, result.stderr
+    [described] = json.loads(result.stdout)
+    assert described['manifest_digest'] == oci_image.manifest_digest
+    assert [layer['diffid'] for layer in described['layers']] == oci_image.diff_ids
+    assert 'manifest %s from %s over HTTP/2' % (oci_image.manifest_digest, tls_registry.host) in result.stderr
+    assert {e.protocol for e in tls_registry.access_log()[seen:]} == {'HTTP/2.0'}
+
+
+def test_cli_pull_to_tar_and_dir(registry, repo_name, oci_image, tmp_path):
+    seed_image(registry, repo_name, 'v1', oci_image.path)
+    source = 'registry://%s/%s:v1' % (registry.host, repo_name)
+    tarball = tmp_path / 'image.tar'
+    result = run_cli('--insecure', 'process', source, 'tar://%s' % tarball)
+    assert result.returncode == 0, result.stderr
+    # skopeo reads the tarball independently: same config, same uncompressed layers.
+    config = skopeo_inspect('docker-archive:%s' % tarball, config=True, raw=True, parse=False)
+    assert sha256(config) == oci_image.config_digest
+    directory = tmp_path / 'dir'
+    result = run_cli('--insecure', 'process', source, 'dir://%s' % directory)
+    assert result.returncode == 0, result.stderr
+    for diffid in oci_image.diff_ids:
+        assert sha256((directory / diffid.split(':')[1] / 'layer.tar').read_bytes()) == diffid
+
+
+def test_cli_missing_image_exits_1_with_one_line(registry):
+    result = run_cli('--insecure', 'info', 'registry://%s/test/nope:latest' % registry.host)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        'error: registry %s answered 404 for test/nope:latest' % registry.host)
+    assert 'Traceback' not in result.stderr
+
+
+def test_registry_to_registry_copy_keeps_the_manifest_digest(registry, repo_name, oci_image):
+    seed_image(registry, repo_name, 'v1', oci_image.path)
+    result = run_cli('--insecure', 'process', 'registry://%s/%s:v1' % (registry.host, repo_name),
+                     'registry://%s/%s-copy:v1' % (registry.host, repo_name))
+    assert result.returncode == 0, result.stderr
+    raw = skopeo_inspect('docker://%s/%s-copy:v1' % (registry.host, repo_name), raw=True, parse=False)
+    assert sha256(raw) == oci_image.manifest_digest

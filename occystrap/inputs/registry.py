@@ -84,6 +84,8 @@ class RegistryInput(ImageInput):
         reference = ref.digest or ref.tag or 'latest'
         what = describe_reference(ref.name, reference)
         manifest_bytes, media_type, digest, manifest = self.client.resolve_image(ref.name, reference, self.platform)
+        LOG.info('%s: manifest %s from %s over %s', what, digest, self.client.host,
+                 self.ctx.http.http_version(self.client.host) or 'HTTP')
         config_desc = manifest.get('config')
         if not isinstance(config_desc, dict) or not config_desc.get('digest'):
             raise CorruptImageError('manifest of %s on %s has no config' % (what, self.client.host))
@@ -113,6 +115,6 @@ class RegistryInput(ImageInput):
             layers.append(model.Layer(diffid=diffid, origin=blob, created_by=created_by))
         return model.Image(name=ref.name, tag=ref.tag, config_bytes=config_bytes, layers=layers,
                            source='registry://%s/%s' % (self.client.host, what), manifest_digest=digest,
-                           manifest_media_type=media_type,
+                           manifest_media_type=media_type, manifest_bytes=manifest_bytes,
                            config_media_type=config_desc.get('mediaType') or model.MEDIA_OCI_CONFIG,
                            annotations=dict(manifest.get('annotations') or {}))
