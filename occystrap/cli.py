@@ -91,9 +91,10 @@ def _context(settings):
 
 def _summary(settings, stats, results=None):
     """The one-line end-of-run summary on stderr (or a JSON object on stdout with -O json)."""
+    from occystrap.progress import human_bytes
     failed = [r for r in (results or []) if not r.ok]
     if settings.output_format == 'json':
-        payload = {'images': stats.images, 'layers': stats.layers, 'bytes': stats.bytes,
+        payload = {'images': stats.images, 'layers': stats.layers, 'bytes': stats.bytes, 'downloaded': stats.downloaded,
                    'seconds': round(stats.seconds, 3), 'failed': len(failed)}
         if results is not None:
             payload['results'] = [{'image': r.reference, 'ok': r.ok, 'error': r.error, 'layers': r.layers,
@@ -110,13 +111,6 @@ def _summary(settings, stats, results=None):
                   human_bytes(stats.bytes), stats.seconds, ', %d failed' % len(failed) if failed else ''), err=True)
 
 
-def human_bytes(n):
-    for unit in ('B', 'KB', 'MB', 'GB'):
-        if n < 1000 or unit == 'GB':
-            return ('%d %s' % (n, unit)) if unit == 'B' else '%.1f %s' % (n, unit)
-        n /= 1000.0
-
-
 @cli.command()
 @click.argument('source')
 @click.argument('destination')
@@ -129,9 +123,11 @@ def process(settings, source, destination, filters):
     src = uris.parse_uri(source, 'input')
     dst = uris.parse_uri(destination, 'output')
     specs = [uris.parse_filter(f, pipeline.FILTERS) for f in filters]
+    from occystrap.progress import Progress
     ctx = _context(settings)
     try:
-        results = pipeline.run_process(src, dst, specs, ctx)
+        with Progress(ctx.stats, settings.progress):
+            results = pipeline.run_process(src, dst, specs, ctx)
     finally:
         ctx.close()
     _summary(settings, ctx.stats, results)

@@ -80,14 +80,16 @@ class Stats:
         self._lock = threading.Lock()
         self.images = 0
         self.layers = 0
-        self.bytes = 0
+        self.bytes = 0          # bytes the outputs wrote (the summary's figure)
+        self.downloaded = 0     # bytes read from the network (progress display)
         self.started = time.monotonic()
 
-    def add(self, images=0, layers=0, nbytes=0):
+    def add(self, images=0, layers=0, nbytes=0, downloaded=0):
         with self._lock:
             self.images += images
             self.layers += layers
             self.bytes += nbytes
+            self.downloaded += downloaded
 
     @property
     def seconds(self):

@@ -61,7 +61,7 @@ def test_dropped_download_resumes_with_a_range_request(registry, seeded, big_ima
             assert blob_requests(proxy, layer_digest) == [('GET', 200), ('GET', 206)]
             assert source.client.resumes == 1
             size = big_image.manifest['layers'][1]['size']
-            assert ctx.stats.bytes == size, 'resumed bytes are not counted twice'
+            assert ctx.stats.downloaded == size, 'resumed bytes are not counted twice'
         finally:
             ctx.close()
 

@@ -52,12 +52,12 @@ def test_pull_by_tag_gives_lazy_verified_layers(registry, repo_name, oci_image, 
     assert [layer.origin.digest for layer in image.layers] == oci_image.layer_digests
     assert [layer.created_by for layer in image.layers] == ['occystrap test layer 0', 'occystrap test layer 1']
     assert image.layers[0].origin.location == model.BlobLocation(registry.host, repo_name)
-    assert ctx.stats.bytes == 0, 'layers must not be read before they are asked for'
+    assert ctx.stats.downloaded == 0, 'layers must not be read before they are asked for'
     for layer, diffid in zip(image.layers, oci_image.diff_ids):
         path = layer.materialize(ctx.workdir)
         with open(path, 'rb') as f:
             assert sha256(f.read()) == diffid
-    assert ctx.stats.bytes == sum(d['size'] for d in oci_image.manifest['layers'])
+    assert ctx.stats.downloaded == sum(d['size'] for d in oci_image.manifest['layers'])
 
 
 def test_pull_by_digest_and_docker_schema2(registry, repo_name, oci_image, ctx):

@@ -77,7 +77,7 @@ class RegistryInput(ImageInput):
             raise
 
     def _count_bytes(self, nbytes):
-        self.ctx.stats.add(nbytes=nbytes)
+        self.ctx.stats.add(downloaded=nbytes)
 
     def open(self, ref):
         """The Image a reference names, with lazy layers that stream (and resume) from the registry."""
