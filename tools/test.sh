@@ -14,7 +14,8 @@ echo '== shellcheck'
 shellcheck tools/*.sh .ci/run
 echo '== pytest'
 set +e
-python -m pytest -q -p no:cacheprovider "$@"
+# Two workers: most tests wait on real services, and CI has two cores.
+python -m pytest -q -p no:cacheprovider -n "${OCCYSTRAP_TEST_WORKERS:-2}" "$@"
 rc=$?
 set -e
 # pytest's 5 means no test ran: that is a failure, not a pass.
