@@ -171,7 +171,7 @@ def test_text_summary_lists_every_image(fleet, tmp_path):
     assert lines[-1].startswith('done: 10 images, 20 layers')
 
 
-def test_info_and_check_over_an_organisation(fleet):
+def test_info_check_and_search_over_an_organisation(fleet):
     registry, standin, images = fleet
     result = occystrap('-O', 'json', 'info', quay(standin, registry))
     assert result.returncode == 0, result.stderr
@@ -191,6 +191,12 @@ def test_info_and_check_over_an_organisation(fleet):
     report = json.loads(checked.stdout)
     assert [r['image'] for r in report] == ['org/%s:v1' % n for n in WITH_V1]
     assert all(r['ok'] and not r['errors'] for r in report)
+
+    found = occystrap('-J', '4', '-O', 'json', 'search', quay(standin, registry, 'org/app-1*:v1'), 'etc/name')
+    assert found.returncode == 0, found.stderr
+    records = json.loads(found.stdout)
+    assert [(r['image'], r['tag'], r['path']) for r in records] == [('org/app-1%d' % i, 'v1', 'etc/name')
+                                                                    for i in range(10)]
 
 
 def test_registry_catalog_glob_picks_the_right_repositories(fleet, tmp_path):
