@@ -1,0 +1,320 @@
+"""Unit tests for the benchmark helpers in tools/: result shaping (bench.jq), the grid (bench_plan), the
+environment's pure functions (bench_env), peak RSS (peakrss), the thread-aware profiler and the chart."""
+
+import json
+import pstats
+import shlex
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TOOLS = ROOT / 'tools'
+sys.path.insert(0, str(ROOT))
+
+from tools import bench_env, bench_plan, bench_plot, peakrss  # noqa: E402
+
+COLUMNS = ['tool', 'workflow', 'j', 'J', 'runs', 'mean_s', 'stddev_s', 'min_s', 'max_s', 'peak_rss_mb', 'mb_per_s']
+
+
+def jq(program, *args, stdin=None, raw=False, slurp=False):
+    """Run a program against the bench.jq library; returns parsed JSON (or raw text lines)."""
+    argv = ['jq', '-L', str(TOOLS)] + (['-s'] if slurp else []) + (['-r'] if raw else ['-c']) + list(args)
+    argv.append('include "bench"; ' + program)
+    result = subprocess.run(argv, input=stdin, capture_output=True, text=True, check=True)
+    if raw:
+        return result.stdout.splitlines()
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+@pytest.fixture(scope='module')
+def hyperfine_export(tmp_path_factory):
+    """A real hyperfine --export-json document with three runs."""
+    path = tmp_path_factory.mktemp('hyperfine') / 'h.json'
+    subprocess.run(['hyperfine', '--runs', '3', '--warmup', '0', '--style', 'none', '--export-json', str(path),
+                    'sleep 0.02'], check=True, capture_output=True)
+    return json.loads(path.read_text())
+
+
+def make_cell(tool='occystrap', workflow='single-pull', j=4, J=None, nbytes=30_000_000):
+    return {'tool': tool, 'workflow': workflow, 'j': j, 'J': J, 'bytes': nbytes, 'command': 'true',
+            'prepare': 'true'}
+
+
+def make_row(hyperfine_export, **kwargs):
+    rss = {'exit_code': 0, 'peak_rss_kb': 51200, 'wall_s': 0.1}
+    return jq('row($h; $rss; null)', '--argjson', 'h', json.dumps(hyperfine_export), '--argjson', 'rss',
+              json.dumps(rss), stdin=json.dumps(make_cell(**kwargs)))[0]
+
+
+# --- bench.jq ---------------------------------------------------------------------------------------------------
+
+def test_row_from_hyperfine_export(hyperfine_export):
+    row = make_row(hyperfine_export)
+    result = hyperfine_export['results'][0]
+    assert list(row) == COLUMNS + ['status']
+    assert row['tool'] == 'occystrap' and row['workflow'] == 'single-pull' and row['j'] == 4 and row['J'] is None
+    assert row['runs'] == 3
+    assert row['mean_s'] == pytest.approx(result['mean'], abs=1e-4)
+    assert row['stddev_s'] == pytest.approx(result['stddev'], abs=1e-4)
+    assert row['min_s'] <= row['mean_s'] <= row['max_s']
+    assert row['peak_rss_mb'] == 50.0
+    assert row['mb_per_s'] == pytest.approx(30 / result['mean'], rel=1e-2)
+    assert row['status'] == 'ok'
+
+
+def test_failed_row_keeps_its_identity_and_says_why():
+    row = jq('row(null; null; "exit 2: error: boom")', stdin=json.dumps(make_cell(workflow='multi-dir', J=3)))[0]
+    assert row['status'] == 'failed'
+    assert row['error'] == 'exit 2: error: boom'
+    assert row['workflow'] == 'multi-dir' and row['J'] == 3
+    assert row['runs'] == 0
+    assert all(row[k] is None for k in ('mean_s', 'stddev_s', 'min_s', 'max_s', 'peak_rss_mb', 'mb_per_s'))
+
+
+def test_info_rows_have_no_throughput(hyperfine_export):
+    row = make_row(hyperfine_export, workflow='bulk-quay-info', J=3, nbytes=None)
+    assert row['mb_per_s'] is None
+    assert row['mean_s'] > 0
+
+
+def test_baseline_adds_ratio_to_our_rows_only(hyperfine_export):
+    ours = make_row(hyperfine_export)
+    ours['mean_s'] = 1.0
+    base = dict(ours, tool='baseline', mean_s=2.0)
+    other_cell = dict(ours, j=8, mean_s=3.0)     # no baseline for j=8
+    skopeo = dict(ours, tool='skopeo', j=None, mean_s=0.5)
+    rows = jq('with_baseline | ordered', stdin=json.dumps([ours, base, other_cell, skopeo]))[0]
+    assert [list(r) for r in rows] == [COLUMNS + ['baseline_mean_s', 'ratio', 'status']] * 4
+    assert rows[0]['baseline_mean_s'] == 2.0 and rows[0]['ratio'] == 0.5
+    assert rows[1]['ratio'] is None        # the baseline row itself
+    assert rows[2]['baseline_mean_s'] is None and rows[2]['ratio'] is None
+    assert rows[3]['ratio'] is None
+
+
+def test_without_baseline_rows_are_unchanged(hyperfine_export):
+    row = make_row(hyperfine_export)
+    rows = jq('with_baseline | ordered', stdin=json.dumps([row]))[0]
+    assert rows == [row]
+
+
+def test_tsv_has_a_header_and_dashes_for_nulls(hyperfine_export):
+    ok = make_row(hyperfine_export)
+    failed = jq('row(null; null; "boom")', stdin=json.dumps(make_cell(tool='skopeo', j=None)))[0]
+    lines = jq('ordered | tsv', stdin=json.dumps([ok, failed]), raw=True)
+    assert lines[0].split('\t') == COLUMNS + ['status']
+    assert len(lines) == 3
+    fields = lines[1].split('\t')
+    assert fields[:4] == ['occystrap', 'single-pull', '4', '-']
+    assert float(fields[5]) == ok['mean_s']
+    assert lines[2].split('\t')[-1] == 'failed'
+    assert lines[2].split('\t')[2] == '-'
+    assert all(len(line.split('\t')) == len(COLUMNS) + 1 for line in lines)
+
+
+def test_rows_from_jsonl_slurp(hyperfine_export):
+    rows = [make_row(hyperfine_export, j=j) for j in (1, 4)]
+    result = jq('with_baseline | ordered', stdin='\n'.join(json.dumps(r) for r in rows), slurp=True)[0]
+    assert [r['j'] for r in result] == [1, 4]
+
+
+# --- bench_plan -------------------------------------------------------------------------------------------------
+
+STATE = {'tls': False, 'ca': None, 'cert_dir': None,
+         'source': {'host': '127.0.0.1:5001'}, 'push': {'host': '127.0.0.1:5002', 'storage': '/tmp/push store'},
+         'quay': {'api': 'http://127.0.0.1:5003/api/v1'}}
+IMAGES = {'ubuntu': {'name': 'library/ubuntu', 'bytes': 30_000_000},
+          'app': {'name': 'bench/app', 'bytes': 190_000_000},
+          'fleet': {'glob': 'fleet/*', 'bytes': 250_000_000},
+          'quay': {'org': 'benchorg', 'bytes': 1000}, 'tag': 'latest'}
+
+
+def test_parse_lists():
+    assert bench_plan.parse_int_list('1,4, 8') == [1, 4, 8]
+    for bad in ('', '1,,2', '0', '-1', 'x'):
+        with pytest.raises(ValueError):
+            bench_plan.parse_int_list(bad)
+    assert bench_plan.parse_workflows('multi-dir,single-pull') == ['single-pull', 'multi-dir']
+    assert bench_plan.parse_workflows('all') == list(bench_plan.WORKFLOWS)
+    with pytest.raises(ValueError, match='nope'):
+        bench_plan.parse_workflows('single-pull,nope')
+
+
+def test_default_grid_covers_every_workflow_and_value():
+    plan = bench_plan.Plan(STATE, IMAGES, '/tmp/out', '/venv/bin/python')
+    cells = list(plan.cells(['occystrap'], bench_plan.WORKFLOWS, [1, 4, 8, 16], [1, 3, 6]))
+    assert len(cells) == 5 * 4 + 2 * 4 * 3
+    assert {c['workflow'] for c in cells} == set(bench_plan.WORKFLOWS)
+    multi = [c for c in cells if c['workflow'] == 'multi-dir']
+    assert sorted({(c['j'], c['J']) for c in multi}) == [(j, J) for j in (1, 4, 8, 16) for J in (1, 3, 6)]
+    assert all(c['J'] is None for c in cells if c['workflow'] not in bench_plan.MULTI_IMAGE)
+
+
+def test_commands_are_shell_words_with_the_right_uris():
+    plan = bench_plan.Plan(STATE, IMAGES, '/tmp/out', '/venv/bin/python')
+    cells = {(c['workflow'], c['j'], c['J']): c for c in
+             plan.cells(['occystrap'], bench_plan.WORKFLOWS, [8], [6])}
+    argv = shlex.split(cells[('multi-dir', 8, 6)]['command'])
+    assert argv[:3] == ['/venv/bin/python', '-m', 'occystrap']
+    assert argv[3:9] == ['--insecure', '-j', '8', '-J', '6', 'process']
+    assert argv[9:] == ['registry://127.0.0.1:5001/fleet/*:latest', 'dir:///tmp/out/images?unique_names=true']
+    push = cells[('app-push', 8, None)]
+    assert shlex.split(push['command'])[-1] == 'registry://127.0.0.1:5002/bench/app:latest'
+    assert shlex.split(push['prepare'].split('&&')[-1]) == ['rm', '-rf', '/tmp/push store/docker']
+    assert 'push store' not in cells[('single-pull', 8, None)]['prepare']
+    info = shlex.split(cells[('bulk-quay-info', 8, 6)]['command'])
+    assert info[-2:] == ['info', 'quay://benchorg:latest?api=http://127.0.0.1:5003/api/v1&registry=127.0.0.1:5001']
+    assert cells[('bulk-quay-info', 8, 6)]['bytes'] is None
+    assert cells[('app-pull', 8, None)]['bytes'] == 190_000_000
+    assert cells[('multi-dir', 8, 6)]['bytes'] == 250_000_000
+
+
+def test_peers_http1_and_tls():
+    state = dict(STATE, tls=True, ca='/tls/ca.pem', cert_dir='/tls/certs')
+    plan = bench_plan.Plan(state, IMAGES, '/tmp/out', '/venv/bin/python', old_occystrap='/old/bin/occystrap')
+    cells = list(plan.cells(['occystrap-http1', 'skopeo', 'occystrap-0.4.17'], bench_plan.WORKFLOWS, [4], [3]))
+    skopeo = [c for c in cells if c['tool'] == 'skopeo']
+    assert [c['workflow'] for c in skopeo] == list(bench_plan.SKOPEO_WORKFLOWS)
+    assert all(c['j'] is None and c['J'] is None for c in skopeo)
+    tar = next(c for c in skopeo if c['workflow'] == 'single-tar')
+    assert shlex.split(tar['command'])[-1] == 'docker-archive:/tmp/out/ubuntu.tar:library/ubuntu:latest'
+    assert '--src-cert-dir=/tls/certs' in shlex.split(tar['command'])
+    http1 = next(c for c in cells if c['tool'] == 'occystrap-http1')
+    assert {'--no-http2', '--ca-cert', '/tls/ca.pem'} <= set(shlex.split(http1['command']))
+    old = [c for c in cells if c['tool'] == 'occystrap-0.4.17']
+    assert len(old) == 7                    # no -J without --old-has-image-jobs
+    assert old[0]['command'].startswith('SSL_CERT_FILE=/tls/ca.pem REQUESTS_CA_BUNDLE=/tls/ca.pem /old/bin/occystrap')
+
+
+def test_profile_command_wraps_our_cells_only():
+    plan = bench_plan.Plan(STATE, IMAGES, '/tmp/out', '/venv/bin/python', baseline_python='/b/python',
+                           tools_dir='/repo/tools')
+    cells = list(plan.cells(['occystrap', 'baseline'], ['single-pull'], [4], [3], profile_out='/r/p.prof'))
+    argv = shlex.split(cells[0]['profile_command'])
+    assert argv[:8] == ['/venv/bin/python', '/repo/tools/bench_profile.py', '-o', '/r/p.prof', '--summary',
+                        '/r/p.txt', '-m', 'occystrap']
+    assert argv[8:] == shlex.split(cells[0]['command'])[3:]
+    assert 'profile_command' not in cells[1]
+    assert shlex.split(cells[1]['command'])[0] == '/b/python'
+
+
+# --- bench_env --------------------------------------------------------------------------------------------------
+
+def test_parse_hostport():
+    assert bench_env.parse_hostport('localhost:5000') == ('localhost', 5000)
+    assert bench_env.parse_hostport('[::1]:5000') == ('::1', 5000)
+    for bad in ('localhost', ':5000', 'host:port'):
+        with pytest.raises(ValueError):
+            bench_env.parse_hostport(bad)
+
+
+def test_registry_config():
+    config = bench_env.registry_config('/store', '127.0.0.1:1234')
+    assert json.loads(json.dumps(config)) == config
+    assert config['storage']['filesystem']['rootdirectory'] == '/store'
+    assert config['http']['addr'] == '127.0.0.1:1234' and 'tls' not in config['http']
+    assert 'cache' not in config['storage']       # wiping the storage must really empty the registry
+    tls = bench_env.registry_config('/store', '127.0.0.1:1234', {'cert': '/c.pem', 'key': '/k.pem'})
+    assert tls['http']['tls'] == {'certificate': '/c.pem', 'key': '/k.pem'}
+
+
+def test_expected_images():
+    images = {i['key']: i for i in bench_env.expected_images(1.0)}
+    assert images['ubuntu']['repo'] == 'library/ubuntu' and images['ubuntu']['model'] == 'base'
+    assert images['app']['repo'] == 'bench/app' and images['app']['model'] == 'app'
+    assert images['fleet']['count'] >= 12
+    assert images['quay']['count'] >= 50 and images['quay']['repo'] == 'benchorg'
+    assert images['quay']['scale'] < 0.01              # info reads manifests only
+    quick = {i['key']: i for i in bench_env.expected_images(0.02, 'quick/', 'quickorg')}
+    assert quick['ubuntu']['repo'] == 'quick/library/ubuntu' and quick['ubuntu']['scale'] == 0.02
+    assert quick['fleet']['repo'] == 'quick/fleet' and quick['quay']['repo'] == 'quickorg'
+    assert bench_env.scale_tag(1.0) == 'scale-1' and bench_env.scale_tag(0.02) == 'scale-0.02'
+
+
+def test_image_bytes_counts_shared_blobs_once():
+    base = {'digest': 'sha256:base', 'size': 100}
+    one = {'config': {'digest': 'sha256:c1', 'size': 5}, 'layers': [base, {'digest': 'sha256:a', 'size': 10}]}
+    two = {'config': {'digest': 'sha256:c2', 'size': 6}, 'layers': [base]}
+    assert bench_env.image_bytes([one]) == 115
+    assert bench_env.image_bytes([one, two]) == 121
+
+
+def test_tls_material_is_trusted_for_loopback(tmp_path):
+    import ssl
+    paths = bench_env.write_tls_material(tmp_path)
+    context = ssl.create_default_context(cafile=paths['ca'])
+    assert context.cert_store_stats()['x509_ca'] == 1
+    assert (Path(paths['cert_dir']) / 'ca.crt').read_bytes() == Path(paths['ca']).read_bytes()
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(paths['cert'], paths['key'])     # the key matches the certificate
+
+
+# --- peakrss ----------------------------------------------------------------------------------------------------
+
+def test_peakrss_reports_the_childs_peak_and_exit_status(tmp_path):
+    out = tmp_path / 'rss.json'
+    code = 'x = bytearray(120 * 1024 * 1024); x[::4096] = b"1" * len(x[::4096])'
+    status = peakrss.main(['--out', str(out), '--', sys.executable, '-c', code])
+    result = json.loads(out.read_text())
+    assert status == 0 and result['exit_code'] == 0
+    assert result['peak_rss_kb'] >= 120 * 1024
+    assert result['wall_s'] > 0
+    status = subprocess.run([sys.executable, str(TOOLS / 'peakrss.py'), '--out', str(out), '--', 'sh', '-c',
+                             'exit 3']).returncode
+    assert status == 3 and json.loads(out.read_text())['exit_code'] == 3
+
+
+# --- bench_profile ----------------------------------------------------------------------------------------------
+
+def test_profile_covers_worker_threads(tmp_path):
+    (tmp_path / 'threaded_job.py').write_text(textwrap.dedent('''
+        import sys, threading
+
+        def busy_in_thread():
+            return sum(i * i for i in range(200000))
+
+        t = threading.Thread(target=busy_in_thread)
+        t.start()
+        t.join()
+        sys.exit(int(sys.argv[1]))
+    '''))
+    prof, summary = tmp_path / 'p.prof', tmp_path / 'p.txt'
+    result = subprocess.run([sys.executable, str(TOOLS / 'bench_profile.py'), '-o', str(prof), '--summary',
+                             str(summary), '-m', 'threaded_job', '7'], cwd=tmp_path, capture_output=True, text=True,
+                            env={'PYTHONPATH': str(tmp_path), 'PATH': '/usr/bin:/bin'})
+    assert result.returncode == 7, result.stderr
+    functions = {name for (_, _, name) in pstats.Stats(str(prof)).stats}
+    assert 'busy_in_thread' in functions
+    text = summary.read_text()
+    assert '2 threads profiled' in text and 'by cumulative time' in text and 'busy_in_thread' in text
+
+
+# --- bench_plot -------------------------------------------------------------------------------------------------
+
+def test_plot_writes_a_png(tmp_path, hyperfine_export):
+    rows = [make_row(hyperfine_export, j=j) for j in (1, 4, 8)]
+    rows += [make_row(hyperfine_export, workflow='multi-dir', j=j, J=J) for j in (1, 4) for J in (1, 3)]
+    rows.append(make_row(hyperfine_export, tool='skopeo', j=None))
+    rows.append(jq('row(null; null; "boom")', stdin=json.dumps(make_cell(workflow='app-pull')))[0])
+    first, second = tmp_path / 'a' / 'results.json', tmp_path / 'b' / 'results.json'
+    for path, latency in ((first, 0), (second, 40)):
+        path.parent.mkdir()
+        path.write_text(json.dumps(rows))
+        (path.parent / 'meta.json').write_text(json.dumps({'latency_ms': latency, 'bandwidth_mbit': 200}))
+    out = tmp_path / 'chart.png'
+    drawn = bench_plot.plot([str(first), str(second)], str(out))
+    assert drawn == ['single-pull', 'multi-dir']       # app-pull only failed
+    assert out.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    assert out.stat().st_size > 10000
+    assert bench_plot.file_label(str(second)) == '40 ms, 200 Mbit/s'
+
+
+def test_plot_refuses_results_without_successful_rows(tmp_path):
+    path = tmp_path / 'results.json'
+    path.write_text(json.dumps([{'tool': 'occystrap', 'workflow': 'single-pull', 'status': 'failed',
+                                 'mean_s': None}]))
+    assert bench_plot.main([str(path), '-o', str(tmp_path / 'x.png')]) == 1
+    assert not (tmp_path / 'x.png').exists()

@@ -1,0 +1,461 @@
+"""The benchmark's environment: registries, the Quay stand-in, the delay proxies, and the seeded test images.
+
+Used by tools/benchmark.sh; two subcommands:
+
+``up --state FILE --cache DIR --work DIR [--registry HOST:PORT] [--tls] [--latency MS] [--bandwidth MBIT]``
+    Finds or starts the source registry, always starts a second, empty registry as the push target (a push to
+    another repository of the same registry would be a cross-repository mount and move no bytes), starts the
+    Quay API stand-in over the source registry and, with --latency or --bandwidth, one delay proxy in front of
+    each of the three so that clients (pulls, pushes and API calls alike) see the long link while seeding and
+    the stand-in's own reads stay direct. The source registry is, in order: --registry; with --tls a TLS
+    registry of our own; a registry already answering at localhost:5000; else one of our own (docker-registry
+    from its Debian package) on a free loopback port with its storage in CACHE/registry, so seeded images
+    survive between runs. Writes the addresses to the state file (JSON, written when everything answers), then
+    waits for SIGTERM or SIGINT and stops everything it started. Registries it starts die with it.
+
+``seed --state FILE --cache DIR [--scale F] [--prefix P] [--org ORG] --out FILE``
+    Generates the benchmark images with tools/imagegen.py (cached per scale under CACHE/images) and copies each
+    into the source registry with skopeo when the registry does not already hold exactly that manifest. Writes
+    the images file (JSON) that tools/bench_plan.py reads: names and compressed sizes.
+
+The pure helpers (registry_config, expected_images, image_bytes, parse_hostport, ...) are unit tested.
+"""
+
+import argparse
+import concurrent.futures
+import ctypes
+import datetime
+import ipaddress
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+REGISTRY_BINARY = shutil.which('docker-registry') or '/usr/bin/docker-registry'
+DEFAULT_REGISTRY = 'localhost:5000'
+STARTUP_TIMEOUT = 20.0
+MANIFEST_ACCEPT = ', '.join((
+    'application/vnd.oci.image.manifest.v1+json',
+    'application/vnd.docker.distribution.manifest.v2+json',
+    'application/vnd.oci.image.index.v1+json',
+    'application/vnd.docker.distribution.manifest.list.v2+json',
+))
+
+# What the benchmark seeds: (key, imagegen model, repository, count, scale factor relative to --scale).
+# The Quay organisation only serves `info`, which reads manifests and configs, so its images are tiny.
+BASE_IMAGE = ('ubuntu', 'base', 'library/ubuntu', 1, 1.0)
+APP_IMAGE = ('app', 'app', 'bench/app', 1, 1.0)
+FLEET_IMAGES = ('fleet', 'fleet', 'fleet', 12, 1.0)
+QUAY_IMAGES = ('quay', 'fleet', None, 60, 0.002)
+SEED_WORKERS = 8
+
+
+# --- small pure helpers ---------------------------------------------------------------------------------------
+
+def parse_hostport(value):
+    """Split 'HOST:PORT' into (host, int port); raises ValueError when there is no numeric port."""
+    host, sep, port = value.rpartition(':')
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f'expected HOST:PORT, got {value!r}')
+    return host.strip('[]'), int(port)
+
+
+def registry_config(storage, addr, tls=None):
+    """The docker-registry configuration (a dict; YAML accepts it as JSON) for storage and a listen address.
+
+    tls is None or {'cert': PATH, 'key': PATH}. Deletes are enabled and no blob descriptor cache is configured,
+    so removing the storage directory under a running registry really empties it.
+    """
+    config = {
+        'version': 0.1,
+        'log': {'level': 'warn', 'accesslog': {'disabled': False}},
+        'storage': {'filesystem': {'rootdirectory': str(storage)}, 'delete': {'enabled': True},
+                    'maintenance': {'uploadpurging': {'enabled': False}}},
+        'http': {'addr': addr, 'secret': 'occystrap-bench'},
+    }
+    if tls:
+        config['http']['tls'] = {'certificate': str(tls['cert']), 'key': str(tls['key'])}
+    return config
+
+
+def scale_tag(scale):
+    """A directory-safe name for a generator scale: 1 -> 'scale-1', 0.02 -> 'scale-0.02'."""
+    return 'scale-' + ('%g' % scale)
+
+
+def expected_images(scale, prefix='', org='benchorg', fleet_count=None):
+    """What seed puts in the registry: a list of dicts {key, model, repo, count, scale}.
+
+    repo is the repository name for single images, the namespace for the fleet, and None for the Quay
+    organisation (its repositories are ORG/<image name>). prefix (e.g. 'quick/') keeps images of another scale
+    apart in a shared registry.
+    """
+    images = []
+    for key, model, repo, count, factor in (BASE_IMAGE, APP_IMAGE, FLEET_IMAGES, QUAY_IMAGES):
+        if key == 'fleet' and fleet_count:
+            count = fleet_count
+        repo = None if repo is None else prefix + repo
+        if key == 'quay':
+            repo = org
+        images.append({'key': key, 'model': model, 'repo': repo, 'count': count,
+                       'scale': round(scale * factor, 6)})
+    return images
+
+
+def manifest_sizes(manifest):
+    """{digest: size} of the config and layers a manifest (dict) names: what a full transfer moves."""
+    sizes = {manifest['config']['digest']: manifest['config']['size']}
+    for layer in manifest['layers']:
+        sizes[layer['digest']] = layer['size']
+    return sizes
+
+
+def image_bytes(manifests):
+    """Compressed bytes of the blobs of all manifests, each blob counted once (as a shared-layer run moves them)."""
+    sizes = {}
+    for manifest in manifests:
+        sizes.update(manifest_sizes(manifest))
+    return sum(sizes.values())
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+# --- TLS ------------------------------------------------------------------------------------------------------
+
+def write_tls_material(directory):
+    """A CA and a server certificate for 127.0.0.1 and localhost; returns {ca, cert, key, cert_dir} paths.
+
+    cert_dir holds only ca.crt, the layout skopeo's --cert-dir expects.
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    directory = Path(directory)
+    (directory / 'skopeo-certs').mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def builder(subject, issuer, key):
+        return (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(key.public_key())
+                .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
+                .not_valid_after(now + datetime.timedelta(days=7)))
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, 'occystrap benchmark CA')])
+    ca = (builder(ca_name, ca_name, ca_key)
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                                       data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                                       crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (builder(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, '127.0.0.1')]), ca_name, key)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address('127.0.0.1')),
+                                                        x509.DNSName('localhost')]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    paths = {'ca': directory / 'ca.pem', 'cert': directory / 'server.pem', 'key': directory / 'server-key.pem',
+             'cert_dir': directory / 'skopeo-certs'}
+    paths['ca'].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths['cert'].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths['key'].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption()))
+    shutil.copyfile(paths['ca'], paths['cert_dir'] / 'ca.crt')
+    return {k: str(v) for k, v in paths.items()}
+
+
+# --- registries -----------------------------------------------------------------------------------------------
+
+def _ssl_context(ca):
+    return ssl.create_default_context(cafile=ca) if ca else None
+
+
+def probe_registry(url, ca=None, timeout=2.0):
+    """True when GET {url}/v2/ answers like a registry (200, or 401 asking for credentials)."""
+    try:
+        with urllib.request.urlopen(f'{url}/v2/', timeout=timeout, context=_ssl_context(ca)) as response:
+            return response.status == 200
+    except urllib.error.HTTPError as exc:
+        return exc.code == 401
+    except (OSError, ValueError):
+        return False
+
+
+def _die_with_parent():
+    # Registries must not outlive the environment process, even when it is killed outright.
+    try:
+        ctypes.CDLL('libc.so.6', use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+class RegistryProcess:
+    """A docker-registry we started on a free 127.0.0.1 port; stop() ends it (storage stays)."""
+
+    def __init__(self, storage, log_path, tls=None):
+        self.storage = Path(storage)
+        self.log_path = Path(log_path)
+        self.tls = tls
+        self.port = None
+        self.process = None
+
+    @property
+    def host(self):
+        return f'127.0.0.1:{self.port}'
+
+    @property
+    def url(self):
+        return ('https://' if self.tls else 'http://') + self.host
+
+    def start(self):
+        self.storage.mkdir(parents=True, exist_ok=True)
+        for _ in range(5):
+            self.port = free_port()
+            config = self.log_path.with_suffix('.json')
+            config.write_text(json.dumps(registry_config(self.storage, self.host, self.tls), indent=2))
+            with open(self.log_path, 'ab') as log:
+                self.process = subprocess.Popen([REGISTRY_BINARY, 'serve', str(config)], stdout=log,
+                                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                                preexec_fn=_die_with_parent)
+            deadline = time.monotonic() + STARTUP_TIMEOUT
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    break
+                if probe_registry(self.url, self.tls and self.tls['ca']):
+                    return self
+                time.sleep(0.05)
+            log = self.log_path.read_text(errors='replace')
+            self.stop()
+            if 'address already in use' not in log:
+                raise RuntimeError(f'docker-registry did not start; log {self.log_path}:\n{log[-2000:]}')
+        raise RuntimeError('docker-registry found no free port')
+
+    def stop(self):
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        self.process = None
+
+
+def _write_json_atomic(path, data):
+    tmp = f'{path}.tmp'
+    with open(tmp, 'w') as f:
+        json.dump(data, f, indent=2)
+    os.replace(tmp, path)
+
+
+def cmd_up(args):
+    from tools import delayproxy, quay_standin
+
+    cache, work = Path(args.cache), Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    started, stoppers = [], []
+    tls = write_tls_material(work / 'tls') if args.tls else None
+    ca = tls['ca'] if tls else None
+    if ca:
+        # The Quay stand-in reads the registry through urllib, which trusts SSL_CERT_FILE.
+        os.environ['SSL_CERT_FILE'] = ca
+    try:
+        if args.registry:
+            source = {'host': args.registry, 'started': False}
+            url = ('https://' if tls else 'http://') + args.registry
+            if not probe_registry(url, ca):
+                raise RuntimeError(f'no registry answers at {url}/v2/')
+        elif not tls and probe_registry('http://' + DEFAULT_REGISTRY):
+            source = {'host': DEFAULT_REGISTRY, 'started': False}
+        else:
+            registry = RegistryProcess(cache / 'registry', work / 'registry-source.log', tls).start()
+            started.append(registry)
+            source = {'host': registry.host, 'started': True, 'storage': str(registry.storage),
+                      'log': str(registry.log_path)}
+        push_storage = work / 'push-registry'
+        push = RegistryProcess(push_storage, work / 'registry-push.log', tls).start()
+        started.append(push)
+        scheme = 'https' if tls else 'http'
+        standin = quay_standin.QuayStandin(registry_url=f'{scheme}://{source["host"]}').start()
+        stoppers.append(standin.stop)
+        state = {
+            'tls': bool(tls), 'ca': ca, 'cert_dir': tls['cert_dir'] if tls else None,
+            'latency_ms': args.latency, 'bandwidth_mbit': args.bandwidth,
+            'source': dict(source, direct=source['host'], url=f'{scheme}://{source["host"]}'),
+            'push': {'host': push.host, 'direct': push.host, 'storage': str(push_storage),
+                     'log': str(push.log_path), 'started': True},
+            'quay': {'api': f'{standin.url}/api/v1', 'direct': standin.url},
+        }
+        if args.latency or args.bandwidth:
+            for name in ('source', 'push', 'quay'):
+                target = state[name]['direct'].replace('http://', '')
+                host, port, stop = delayproxy.start_proxy_thread(target, args.latency, args.bandwidth)
+                stoppers.append(stop)
+                if name == 'quay':
+                    state['quay']['api'] = f'http://{host}:{port}/api/v1'
+                else:
+                    state[name]['host'] = f'{host}:{port}'
+        _write_json_atomic(args.state, state)
+        done = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, lambda *_: done.set())
+        while not done.wait(1.0):
+            for registry in started:
+                if registry.process is None or registry.process.poll() is not None:
+                    print(f'bench_env: registry {registry.host} exited; see {registry.log_path}', file=sys.stderr)
+                    return 1
+        return 0
+    finally:
+        for stop in reversed(stoppers):
+            stop()
+        for registry in reversed(started):
+            registry.stop()
+
+
+# --- seeding --------------------------------------------------------------------------------------------------
+
+def _layout_manifest(layout):
+    """(manifest digest, manifest dict) of the single image of an OCI layout directory."""
+    index = json.loads((Path(layout) / 'index.json').read_text())
+    digest = index['manifests'][0]['digest']
+    manifest = json.loads((Path(layout) / 'blobs' / 'sha256' / digest.split(':', 1)[1]).read_text())
+    return digest, manifest
+
+
+def generate(cache, model, scale, count):
+    """Generate a model once per (scale, count) under cache/images; returns {image name: layout dir}."""
+    from tools import imagegen
+
+    target = Path(cache) / 'images' / scale_tag(scale) / (f'{model}-{count}' if model == 'fleet' else model)
+    stamp = target.parent / f'.{target.name}.done'
+    if not stamp.exists():
+        print(f'bench_env: generating {model} images at scale {scale:g} in {target}', file=sys.stderr)
+        shutil.rmtree(target, ignore_errors=True)
+        infos = imagegen.generate(model, str(target), scale=scale, count=count)
+        stamp.write_text(json.dumps({i.name: i.path for i in infos}))
+    return json.loads(stamp.read_text())
+
+
+def registry_digest(url, name, tag, ca=None):
+    """The manifest digest the registry holds for name:tag, or None."""
+    request = urllib.request.Request(f'{url}/v2/{name}/manifests/{tag}', method='HEAD',
+                                     headers={'Accept': MANIFEST_ACCEPT})
+    try:
+        with urllib.request.urlopen(request, timeout=30, context=_ssl_context(ca)) as response:
+            return response.headers.get('Docker-Content-Digest')
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return None
+        raise
+
+
+def skopeo_push(layout, host, name, tag, cert_dir=None):
+    """skopeo copy oci:LAYOUT:TAG docker://HOST/NAME:TAG; raises RuntimeError with skopeo's stderr."""
+    flags = [f'--dest-cert-dir={cert_dir}'] if cert_dir else ['--dest-tls-verify=false']
+    argv = ['skopeo', '--insecure-policy', 'copy', '--quiet', '--dest-no-creds', *flags,
+            f'oci:{layout}:{tag}', f'docker://{host}/{name}:{tag}']
+    result = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    if result.returncode != 0:
+        raise RuntimeError(f'{" ".join(argv)} failed: {result.stderr.strip()}')
+
+
+def cmd_seed(args):
+    state = json.loads(Path(args.state).read_text())
+    url = state['source']['url']
+    ca, cert_dir = state['ca'], state['cert_dir']
+    result, jobs = {}, []
+    for spec in expected_images(args.scale, args.prefix, args.org):
+        layouts = generate(args.cache, spec['model'], spec['scale'], spec['count'])
+        repos = {}
+        for image_name, layout in sorted(layouts.items()):
+            if spec['key'] in ('ubuntu', 'app'):
+                repo = spec['repo']
+            else:
+                repo = f'{spec["repo"]}/{image_name}'
+            repos[repo] = layout
+        manifests = []
+        for repo, layout in repos.items():
+            digest, manifest = _layout_manifest(layout)
+            manifests.append(manifest)
+            jobs.append((repo, layout, digest))
+        entry = {'repos': sorted(repos), 'bytes': image_bytes(manifests),
+                 'layers': sum(len(m['layers']) for m in manifests), 'scale': spec['scale']}
+        if spec['key'] in ('ubuntu', 'app'):
+            entry['name'] = spec['repo']
+        elif spec['key'] == 'fleet':
+            entry['glob'] = f'{spec["repo"]}/*'
+        else:
+            entry['org'] = spec['repo']
+        result[spec['key']] = entry
+
+    def seed_one(job):
+        repo, layout, digest = job
+        if registry_digest(url, repo, 'latest', ca) == digest:
+            return 0
+        skopeo_push(layout, state['source']['direct'], repo, 'latest', cert_dir)
+        if registry_digest(url, repo, 'latest', ca) != digest:
+            raise RuntimeError(f'{repo}:latest in {url} does not have manifest {digest} after the copy')
+        return 1
+
+    with concurrent.futures.ThreadPoolExecutor(SEED_WORKERS) as pool:
+        copied = sum(pool.map(seed_one, jobs))
+    print(f'bench_env: {len(jobs)} images in {url}, {copied} copied with skopeo', file=sys.stderr)
+    result['tag'] = 'latest'
+    _write_json_atomic(args.out, result)
+    return 0
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description='Benchmark environment for tools/benchmark.sh.')
+    sub = parser.add_subparsers(dest='command', required=True)
+    up = sub.add_parser('up', help='start registries, the Quay stand-in and proxies; stop them on SIGTERM')
+    up.add_argument('--state', required=True, help='JSON file to write the addresses to')
+    up.add_argument('--cache', required=True, help='persistent directory (registry storage, images)')
+    up.add_argument('--work', required=True, help='directory for this run (push registry storage, logs, TLS)')
+    up.add_argument('--registry', help='use this registry (HOST:PORT) as the source')
+    up.add_argument('--tls', action='store_true', help='start TLS registries with a generated CA')
+    up.add_argument('--latency', type=float, default=0.0, help='added round trip in ms between client and servers')
+    up.add_argument('--bandwidth', type=float, default=0.0, help='per-connection cap in Mbit/s')
+    seed = sub.add_parser('seed', help='generate the benchmark images and copy missing ones in with skopeo')
+    seed.add_argument('--state', required=True)
+    seed.add_argument('--cache', required=True)
+    seed.add_argument('--scale', type=float, default=1.0)
+    seed.add_argument('--prefix', default='', help='repository name prefix, e.g. quick/')
+    seed.add_argument('--org', default='benchorg', help='Quay organisation name')
+    seed.add_argument('--out', required=True, help='JSON file describing the seeded images')
+    args = parser.parse_args(argv)
+    if args.command == 'up':
+        if args.registry:
+            try:
+                parse_hostport(args.registry)
+            except ValueError as exc:
+                parser.error(str(exc))
+        return cmd_up(args)
+    return cmd_seed(args)
+
+
+if __name__ == '__main__':
+    try:
+        sys.exit(main())
+    except RuntimeError as exc:
+        print(f'bench_env: {exc}', file=sys.stderr)
+        sys.exit(1)

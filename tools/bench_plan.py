@@ -1,0 +1,233 @@
+"""The benchmark grid: which command every (tool, workflow, -j, -J) cell runs, as JSON lines for benchmark.sh.
+
+Workflows (images as tools/bench_env.py seeds them; SRC is the source registry, PUSH the second, empty one):
+
+==================  ==========================================================================================
+``single-pull``     registry://SRC/library/ubuntu:latest -> dir://OUT (one 30 MB layer)
+``single-tar``      the same -> tar://OUT/ubuntu.tar
+``single-push``     the same -> registry://PUSH/bench/ubuntu:latest. PUSH is another registry, emptied before
+                    every run, so the layer is really uploaded (within one registry it would be a cross-repository
+                    mount that moves no bytes)
+``app-pull``        registry://SRC/bench/app:latest (24 layers, about 190 MB) -> dir://OUT: where -j matters
+``app-push``        the app image -> registry://PUSH/bench/app:latest
+``bulk-quay-info``  info quay://ORG?api=STANDIN&registry=SRC over the 60 repositories of the stand-in's
+                    organisation: API listing, tag checks, manifests and configs, no layers
+``multi-dir``       registry://SRC/fleet/*:latest (12 images sharing base layers) -> dir://OUT?unique_names=true
+==================  ==========================================================================================
+
+Tools: ``occystrap`` (this checkout), ``occystrap-http1`` (the same with --no-http2), ``baseline`` (another
+revision, same CLI), ``occystrap-0.4.17`` (the previous implementation, a black box with the same CLI shape) and
+``skopeo`` (single-image workflows only: dir:, docker-archive: and docker:// destinations). skopeo has no -j/-J,
+so its j and J are null; single-image workflows have a null J.
+
+Every cell has ``prepare`` (empties OUT and, for pushes, the push registry's storage; hyperfine runs it before
+every timed run) and ``bytes`` (compressed bytes the workflow moves, null for info).
+"""
+
+import argparse
+import json
+import shlex
+import sys
+
+WORKFLOWS = ('single-pull', 'single-tar', 'single-push', 'app-pull', 'app-push', 'bulk-quay-info', 'multi-dir')
+MULTI_IMAGE = ('bulk-quay-info', 'multi-dir')
+PUSHES = ('single-push', 'app-push')
+SKOPEO_WORKFLOWS = ('single-pull', 'single-tar', 'single-push', 'app-pull', 'app-push')
+TOOLS = ('occystrap', 'occystrap-http1', 'baseline', 'occystrap-0.4.17', 'skopeo')
+DEFAULT_JOBS = (1, 4, 8, 16)
+DEFAULT_IMAGE_JOBS = (1, 3, 6)
+
+
+def parse_int_list(text):
+    """'1,4,8' -> [1, 4, 8]; raises ValueError for anything else (empty items, zero, negatives)."""
+    values = []
+    for item in text.split(','):
+        item = item.strip()
+        if not item.isdigit() or int(item) < 1:
+            raise ValueError(f'expected a comma-separated list of positive integers, got {text!r}')
+        values.append(int(item))
+    return values
+
+
+def parse_workflows(text):
+    """'single-pull,multi-dir' -> a list in WORKFLOWS order; 'all' is every workflow. ValueError when unknown."""
+    if text == 'all':
+        return list(WORKFLOWS)
+    names = [n.strip() for n in text.split(',') if n.strip()]
+    unknown = [n for n in names if n not in WORKFLOWS]
+    if unknown or not names:
+        raise ValueError(f'unknown workflow {", ".join(unknown) or text!r}; choose from {", ".join(WORKFLOWS)}')
+    return [w for w in WORKFLOWS if w in names]
+
+
+def _shell(argv):
+    return ' '.join(shlex.quote(str(a)) for a in argv)
+
+
+class Plan:
+    """Builds the cells of one benchmark run from the environment state and the seeded images."""
+
+    def __init__(self, state, images, out, python, baseline_python=None, old_occystrap=None, old_has_image_jobs=False,
+                 tools_dir=None):
+        self.state = state
+        self.images = images
+        self.out = out
+        self.python = python
+        self.baseline_python = baseline_python
+        self.old_occystrap = old_occystrap
+        self.old_has_image_jobs = old_has_image_jobs
+        self.tools_dir = tools_dir or '.'
+
+    # --- what each workflow reads and writes
+
+    @property
+    def src(self):
+        return self.state['source']['host']
+
+    @property
+    def push(self):
+        return self.state['push']['host']
+
+    def source_ref(self, workflow):
+        key = 'app' if workflow.startswith('app-') else 'ubuntu'
+        return f'{self.src}/{self.images[key]["name"]}:{self.images.get("tag", "latest")}'
+
+    def push_ref(self, workflow):
+        name = 'bench/app' if workflow.startswith('app-') else 'bench/ubuntu'
+        return f'{self.push}/{name}:latest'
+
+    def bytes_moved(self, workflow):
+        if workflow == 'bulk-quay-info':
+            return None
+        if workflow == 'multi-dir':
+            return self.images['fleet']['bytes']
+        return self.images['app' if workflow.startswith('app-') else 'ubuntu']['bytes']
+
+    def prepare(self, workflow):
+        command = f'rm -rf {shlex.quote(self.out)} && mkdir -p {shlex.quote(self.out)}'
+        if workflow in PUSHES:
+            command += f' && rm -rf {shlex.quote(self.state["push"]["storage"] + "/docker")}'
+        return command
+
+    # --- occystrap-shaped command lines
+
+    def occystrap_args(self, workflow):
+        """The subcommand and URIs for our CLI (and 0.4.17's, which has the same shape)."""
+        tag = self.images.get('tag', 'latest')
+        if workflow == 'single-pull' or workflow == 'app-pull':
+            return ['process', f'registry://{self.source_ref(workflow)}', f'dir://{self.out}/image']
+        if workflow == 'single-tar':
+            return ['process', f'registry://{self.source_ref(workflow)}', f'tar://{self.out}/ubuntu.tar']
+        if workflow in PUSHES:
+            return ['process', f'registry://{self.source_ref(workflow)}', f'registry://{self.push_ref(workflow)}']
+        if workflow == 'bulk-quay-info':
+            org = self.images['quay']['org']
+            return ['info', f'quay://{org}:{tag}?api={self.state["quay"]["api"]}&registry={self.src}']
+        if workflow == 'multi-dir':
+            return ['process', f'registry://{self.src}/{self.images["fleet"]["glob"]}:{tag}',
+                    f'dir://{self.out}/images?unique_names=true']
+        raise ValueError(workflow)
+
+    def transport_flags(self):
+        return ['--ca-cert', self.state['ca']] if self.state.get('tls') else ['--insecure']
+
+    def occystrap_argv(self, tool, workflow, j, J):
+        if tool == 'occystrap-0.4.17':
+            argv = [self.old_occystrap]
+        else:
+            argv = [self.baseline_python if tool == 'baseline' else self.python, '-m', 'occystrap']
+        argv += self.transport_flags()
+        if tool == 'occystrap-http1':
+            argv.append('--no-http2')
+        argv += ['-j', str(j)]
+        if J is not None:
+            argv += ['-J', str(J)]
+        return argv + self.occystrap_args(workflow)
+
+    def skopeo_argv(self, workflow):
+        if self.state.get('tls'):
+            src_flags, dest_flags = [f'--src-cert-dir={self.state["cert_dir"]}'], [
+                f'--dest-cert-dir={self.state["cert_dir"]}']
+        else:
+            src_flags, dest_flags = ['--src-tls-verify=false'], ['--dest-tls-verify=false']
+        source = f'docker://{self.source_ref(workflow)}'
+        argv = ['skopeo', '--insecure-policy', 'copy', '--quiet', '--src-no-creds'] + src_flags
+        if workflow in ('single-pull', 'app-pull'):
+            return argv + [source, f'dir:{self.out}/image']
+        if workflow == 'single-tar':
+            name = self.images['ubuntu']['name']
+            return argv + [source, f'docker-archive:{self.out}/ubuntu.tar:{name}:latest']
+        if workflow in PUSHES:
+            return argv + ['--dest-no-creds'] + dest_flags + [source, f'docker://{self.push_ref(workflow)}']
+        raise ValueError(f'skopeo has no {workflow} workflow')
+
+    # --- the grid
+
+    def cells(self, tools, workflows, jobs, image_jobs, profile_out=None):
+        """Every cell, in run order: tool by tool, workflow by workflow, -J then -j ascending."""
+        for tool in tools:
+            for workflow in workflows:
+                if tool == 'skopeo':
+                    if workflow in SKOPEO_WORKFLOWS:
+                        yield self.cell(tool, workflow, None, None, _shell(self.skopeo_argv(workflow)))
+                    continue
+                multi = workflow in MULTI_IMAGE and (tool != 'occystrap-0.4.17' or self.old_has_image_jobs)
+                for J in (image_jobs if multi else [None]):
+                    for j in jobs:
+                        argv = self.occystrap_argv(tool, workflow, j, J)
+                        command = _shell(argv)
+                        if tool == 'occystrap-0.4.17' and self.state.get('tls'):
+                            # Black box: point whatever HTTP stack it uses at our CA through the environment.
+                            ca = shlex.quote(self.state['ca'])
+                            command = f'SSL_CERT_FILE={ca} REQUESTS_CA_BUNDLE={ca} {command}'
+                        cell = self.cell(tool, workflow, j, J, command)
+                        if tool == 'occystrap' and profile_out:
+                            summary = profile_out.rsplit('.', 1)[0] + '.txt'
+                            profiler = [argv[0], f'{self.tools_dir}/bench_profile.py', '-o', profile_out,
+                                        '--summary', summary]
+                            cell['profile_command'] = _shell(profiler + argv[1:])
+                        yield cell
+
+    def cell(self, tool, workflow, j, J, command):
+        return {'tool': tool, 'workflow': workflow, 'j': j, 'J': J, 'bytes': self.bytes_moved(workflow),
+                'command': command, 'prepare': self.prepare(workflow)}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description='Print the benchmark cells as JSON lines.')
+    parser.add_argument('--state', required=True, help='bench_env.py up state file')
+    parser.add_argument('--images', required=True, help='bench_env.py seed output')
+    parser.add_argument('--out', required=True, help='output directory the workflows write to (emptied per run)')
+    parser.add_argument('--python', default=sys.executable, help='python that runs this checkout')
+    parser.add_argument('--baseline-python', help='python with the baseline revision installed')
+    parser.add_argument('--old-occystrap', help='the occystrap 0.4.17 executable')
+    parser.add_argument('--old-has-image-jobs', action='store_true', help='0.4.17 accepts -J')
+    parser.add_argument('--tools', default='occystrap', help='comma-separated: ' + ', '.join(TOOLS))
+    parser.add_argument('--workflows', default='all')
+    parser.add_argument('--jobs', default=','.join(map(str, DEFAULT_JOBS)))
+    parser.add_argument('--image-jobs', default=','.join(map(str, DEFAULT_IMAGE_JOBS)))
+    parser.add_argument('--profile-out', help='add a profile_command to occystrap cells: OUT.prof and OUT.txt')
+    parser.add_argument('--tools-dir', default=sys.path[0], help='where bench_profile.py lives')
+    args = parser.parse_args(argv)
+    try:
+        workflows = parse_workflows(args.workflows)
+        jobs, image_jobs = parse_int_list(args.jobs), parse_int_list(args.image_jobs)
+    except ValueError as exc:
+        parser.error(str(exc))
+    tools = [t for t in args.tools.split(',') if t]
+    unknown = [t for t in tools if t not in TOOLS]
+    if unknown:
+        parser.error(f'unknown tool {", ".join(unknown)}')
+    with open(args.state) as f:
+        state = json.load(f)
+    with open(args.images) as f:
+        images = json.load(f)
+    plan = Plan(state, images, args.out, args.python, args.baseline_python, args.old_occystrap,
+                args.old_has_image_jobs, args.tools_dir)
+    for cell in plan.cells(tools, workflows, jobs, image_jobs, args.profile_out):
+        print(json.dumps(cell, sort_keys=True))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
