@@ -1,0 +1,98 @@
+"""End-to-end: tools/benchmark.sh --quick against a registry this test starts (the script seeds it with skopeo)."""
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.services import Registry
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / 'tools' / 'benchmark.sh'
+WORKFLOWS = {'single-pull', 'single-tar', 'single-push', 'app-pull', 'app-push', 'bulk-quay-info', 'multi-dir'}
+KEYS = ['tool', 'workflow', 'j', 'J', 'runs', 'mean_s', 'stddev_s', 'min_s', 'max_s', 'peak_rss_mb', 'mb_per_s',
+        'status']
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope='module')
+def bench_registry(tmp_path_factory):
+    """A registry for this module alone: the first run seeds it, the later ones find the images there."""
+    with Registry(tmp_path_factory.mktemp('bench-registry')) as registry:
+        yield registry
+
+
+@pytest.fixture(scope='module')
+def bench_cache(tmp_path_factory):
+    """One cache (generated images) for the module's runs, kept out of the user's home."""
+    return tmp_path_factory.mktemp('bench-cache')
+
+
+def run_benchmark(registry, cache, results, *args, env=None):
+    environment = {k: v for k, v in os.environ.items() if not k.startswith('OCCYSTRAP_')}
+    environment.update(XDG_CACHE_HOME=str(cache), **(env or {}))
+    return subprocess.run([str(SCRIPT), '--quick', '--registry', registry.host, '--results', str(results), *args],
+                          capture_output=True, text=True, env=environment, stdin=subprocess.DEVNULL, timeout=240)
+
+
+def test_quick_json_covers_every_workflow(bench_registry, bench_cache, tmp_path):
+    result = run_benchmark(bench_registry, bench_cache, tmp_path / 'results', '--json')
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads(result.stdout)
+    assert {r['workflow'] for r in rows} == WORKFLOWS
+    for row in rows:
+        assert list(row) == KEYS, row
+        assert row['tool'] == 'occystrap' and row['status'] == 'ok'
+        assert row['j'] in (1, 4)
+        assert row['J'] == (3 if row['workflow'] in ('bulk-quay-info', 'multi-dir') else None)
+        assert row['runs'] == 1
+        for key in ('mean_s', 'min_s', 'max_s', 'peak_rss_mb'):
+            assert isinstance(row[key], (int, float)) and row[key] > 0, (key, row)
+        assert row['min_s'] <= row['mean_s'] <= row['max_s']
+        assert row['stddev_s'] is None                      # one run has no spread
+        if row['workflow'] == 'bulk-quay-info':
+            assert row['mb_per_s'] is None
+        else:
+            assert isinstance(row['mb_per_s'], (int, float)) and row['mb_per_s'] > 0
+    results = tmp_path / 'results'
+    assert json.loads((results / 'results.json').read_text()) == rows
+    assert (results / 'results.tsv').read_text().startswith('tool\tworkflow\tj\tJ\t')
+    assert (results / 'chart.png').read_bytes()[:4] == b'\x89PNG'
+    images = json.loads((results / 'images.json').read_text())
+    assert len(images['quay']['repos']) >= 50 and len(images['fleet']['repos']) >= 12
+    meta = json.loads((results / 'meta.json').read_text())
+    assert meta['quick'] is True and meta['source_registry'] == bench_registry.host
+    # The images were seeded into the registry the test gave, with skopeo, under the quick names.
+    catalog = bench_registry.client().get('/v2/_catalog', params={'n': 1000}).json()['repositories']
+    assert 'quick/library/ubuntu' in catalog and 'quick/bench/app' in catalog
+    assert sum(name.startswith('quickorg/') for name in catalog) >= 50
+
+
+def test_tsv_and_profile(bench_registry, bench_cache, tmp_path):
+    results = tmp_path / 'results'
+    result = run_benchmark(bench_registry, bench_cache, results, '--workflows', 'single-pull', '--jobs', '2',
+                           '--profile', 'single-pull')
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert lines[0].split('\t') == KEYS
+    assert len(lines) == 2
+    fields = dict(zip(KEYS, lines[1].split('\t')))
+    assert fields['workflow'] == 'single-pull' and fields['j'] == '2' and fields['J'] == '-'
+    assert float(fields['mean_s']) > 0 and fields['status'] == 'ok'
+    assert (results / 'profile-single-pull.prof').stat().st_size > 0
+    assert 'by cumulative time' in (results / 'profile-single-pull.txt').read_text()
+
+
+def test_a_failing_cell_is_reported_and_the_rest_go_on(bench_registry, bench_cache, tmp_path):
+    # An option occystrap refuses makes every occystrap cell fail; the run must still finish and report them.
+    result = run_benchmark(bench_registry, bench_cache, tmp_path / 'results', '--workflows',
+                           'single-pull,single-tar', '--jobs', '1', env={'OCCYSTRAP_RETRIES': '99'})
+    assert result.returncode == 1
+    lines = result.stdout.splitlines()
+    assert lines[0].split('\t') == KEYS and len(lines) == 3
+    assert [line.split('\t')[-1] for line in lines[1:]] == ['failed', 'failed']
+    assert result.stderr.count('FAILED: occystrap single-') == 2
+    assert 'retries' in result.stderr
