@@ -98,7 +98,7 @@ def _short(digest):
 
 
 def _size(n):
-    from occystrap.cli import human_bytes
+    from occystrap.progress import human_bytes
     return human_bytes(n) if n is not None else '-'
 
 

@@ -362,36 +362,31 @@ def _upload_posts(registry):
 
 
 def test_layer_cache_makes_a_second_push_of_uncompressed_layers_cheap(fresh_registry, tmp_path):
+    # How much faster the cached push is gets measured by tools/layercache_bench.sh; here: that it does no work.
     rng = random.Random(42)
-    words = [bytes(rng.choice(b'abcdefghijklmnopqrstuvwxyz') for _ in range(rng.randint(2, 9))) for _ in range(5000)]
+    words = [bytes(rng.choice(b'abcdefghijklmnopqrstuvwxyz') for _ in range(rng.randint(2, 9))) for _ in range(500)]
     layers = []
     for number in range(3):
-        # About 36 MB a layer: text that compresses like real files, and incompressible noise.
-        text = b' '.join(rng.choice(words) for _ in range(200_000)) * 12
-        layers.append({'data/text%d' % number: text, 'data/noise%d' % number: rng.randbytes(24_000_000)})
+        text = b' '.join(rng.choice(words) for _ in range(20_000)) * 4
+        layers.append({'data/text%d' % number: text, 'data/noise%d' % number: rng.randbytes(1_000_000)})
     image = build_oci_layout(tmp_path / 'big', layers=layers, compression=None)
     archive = docker_archive(tmp_path, image, 'big/app:v1')
     cache = tmp_path / 'cache' / 'layers.json'
     source = 'tar://%s' % archive
     dest = 'registry://%s/big/app:v1?insecure=true' % fresh_registry.host
 
-    first = _push_in_process(source, dest, layer_cache=str(cache))
+    _push_in_process(source, dest, layer_cache=str(cache))
     posts_after_first = len(_upload_posts(fresh_registry))
     assert posts_after_first == 4    # three layers and the config
     entries = json.loads(cache.read_text())['entries']
     assert len(entries) == 3
     digest_first = skopeo_inspect('docker://%s/big/app:v1' % fresh_registry.host, raw=True)
 
-    second = _push_in_process(source, dest, layer_cache=str(cache))
+    args = ['--verbose', '--layer-cache', str(cache), 'process', source, dest]
+    second = totals(occystrap(*args).stderr)
+    assert (second['compressed'], second['cached'], second['uploaded']) == (0, 3, 0)
     assert len(_upload_posts(fresh_registry)) == posts_after_first, 'the second push uploaded something'
     assert skopeo_inspect('docker://%s/big/app:v1' % fresh_registry.host, raw=True) == digest_first
-
-    # Without the cache, the same second push has to compress every layer again just to learn the digests.
-    uncached = _push_in_process(source, dest)
-    print('\nlayer cache: first push %.3f s, cached push %.3f s, uncached re-push %.3f s (%.1fx, %.1fx)'
-          % (first, second, uncached, first / second, uncached / second))
-    assert first / second >= 5, (first, second)
-    assert uncached / second >= 2, (uncached, second)
 
 
 def test_layer_cache_with_filters_and_a_second_registry(fresh_registry, registry, repo_name, tmp_path):
