@@ -185,7 +185,8 @@ def test_peers_http1_and_tls():
     http1 = next(c for c in cells if c['tool'] == 'occystrap-http1')
     assert {'--no-http2', '--ca-cert', '/tls/ca.pem'} <= set(shlex.split(http1['command']))
     old = [c for c in cells if c['tool'] == 'occystrap-0.4.17']
-    assert len(old) == 7                    # no -J without --old-has-image-jobs
+    assert [c['workflow'] for c in old] == list(bench_plan.OLD_WORKFLOWS)
+    assert all(c['J'] is None for c in old)
     assert old[0]['command'].startswith('SSL_CERT_FILE=/tls/ca.pem REQUESTS_CA_BUNDLE=/tls/ca.pem /old/bin/occystrap')
 
 

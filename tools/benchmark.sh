@@ -150,7 +150,13 @@ make_venv() {  # make_venv DIR PIP-ARGS...: a venv with those packages, built on
   shift
   [ -f "$dir/.bench-installed" ] && return 0
   rm -rf "$dir"
-  "${PYTHON:-python3}" -m venv "$dir" >&2 && "$dir/bin/python" -m pip install -q "$@" >&2 && touch "$dir/.bench-installed"
+  if "${PYTHON:-python3}" -m venv "$dir" >&2 && "$dir/bin/python" -m pip install -q "$@" >>"$results/logs/pip.log" 2>&1
+  then
+    touch "$dir/.bench-installed"
+  else
+    tail -n 5 "$results/logs/pip.log" >&2
+    return 1
+  fi
 }
 
 if [ -n "$baseline" ]; then
