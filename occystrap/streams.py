@@ -108,7 +108,7 @@ def blame_source(raw, message):
     A flipped byte usually breaks decompression before the blob's digest is checked at its end, so the rest of
     the blob is read to let its HashingReader name the blob that is wrong.
     """
-    if isinstance(raw, HashingReader) and not raw.verified:
+    if (isinstance(raw, HashingReader) and not raw.verified) or isinstance(raw, PrefetchReader):
         while raw.read(CHUNK):
             pass
     raise CorruptImageError(message)
@@ -312,3 +312,75 @@ def move_file(src, dst):
     os.rename(tmp, dst)
     os.unlink(src)
     return False
+
+
+class PrefetchReader(io.RawIOBase):
+    """Reads `raw` ahead in a background thread, so network reads and hashing overlap with decompression.
+
+    At most `depth` chunks are buffered, so memory stays bounded. Errors in the reader thread are raised from
+    read(); close() stops the thread.
+    """
+
+    def __init__(self, raw, chunk=CHUNK, depth=8):
+        import queue
+        import threading
+        self.raw = raw
+        self.chunk = chunk
+        self._queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._buffer = b''
+        self._done = False
+        self._thread = threading.Thread(target=self._run, name='prefetch', daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        import queue
+        try:
+            while not self._stop.is_set():
+                data = self.raw.read(self.chunk)
+                item = data if data else None
+                while not self._stop.is_set():
+                    try:
+                        self._queue.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if item is None:
+                    return
+        except BaseException as e:  # handed to the consumer, which raises it in its own thread
+            try:
+                self._queue.put(e, timeout=5)
+            except queue.Full:
+                pass
+
+    def readable(self):
+        return True
+
+    def read(self, size=-1):
+        while not self._buffer and not self._done:
+            item = self._queue.get()
+            if item is None:
+                self._done = True
+            elif isinstance(item, BaseException):
+                self._done = True
+                raise item
+            else:
+                self._buffer = item
+        if size is None or size < 0:
+            out, self._buffer = self._buffer, b''
+        else:
+            out, self._buffer = self._buffer[:size], self._buffer[size:]
+        return out
+
+    def check(self):
+        """Digest checks of the wrapped stream (a HashingReader) happen in the thread; nothing left to do."""
+        if hasattr(self.raw, 'check'):
+            self.raw.check()
+
+    def close(self):
+        self._stop.set()
+        self._thread.join()
+        try:
+            self.raw.close()
+        finally:
+            super().close()

@@ -117,6 +117,26 @@ def _permanent(error):
     return 'CERTIFICATE_VERIFY_FAILED' in text or 'WRONG_VERSION_NUMBER' in text
 
 
+class LazyTransport(httpx.BaseTransport):
+    """A transport built on first use, so its cost is paid only by runs that need it."""
+
+    def __init__(self, factory):
+        self._factory = factory
+        self._transport = None
+        self._lock = threading.Lock()
+
+    def handle_request(self, request):
+        if self._transport is None:
+            with self._lock:
+                if self._transport is None:
+                    self._transport = self._factory()
+        return self._transport.handle_request(request)
+
+    def close(self):
+        if self._transport is not None:
+            self._transport.close()
+
+
 class HttpClient:
     """Wraps one httpx.Client for the whole run; see the module docstring."""
 
@@ -126,10 +146,13 @@ class HttpClient:
         self.limiter = TokenBucket(settings.rate_limit) if settings.rate_limit else None
         # Enough connections for every layer transfer of every image in flight, plus token and manifest requests.
         connections = max(8, settings.parallel * settings.image_parallel + 2 * settings.image_parallel)
+        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+        # The TLS context costs ~0.15 s to build (certifi + system store), so a plain-HTTP run never builds it.
+        tls = LazyTransport(lambda: httpx.HTTPTransport(verify=ssl_context(settings.ca_cert), http2=settings.http2,
+                                                        limits=limits))
         self.client = httpx.Client(
-            http2=settings.http2, verify=ssl_context(settings.ca_cert), timeout=TIMEOUT, follow_redirects=False,
-            limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
-            headers={'User-Agent': 'occystrap/%s' % __version__})
+            transport=tls, mounts={'http://': httpx.HTTPTransport(limits=limits)}, timeout=TIMEOUT,
+            follow_redirects=False, headers={'User-Agent': 'occystrap/%s' % __version__})
         self._lock = threading.Lock()
         self._authenticators = {}
         self.versions = {}            # host -> HTTP version of its last answer ('HTTP/2', 'HTTP/1.1')
