@@ -14,6 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.services import Registry
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -198,40 +200,11 @@ def client():
         yield http
 
 
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope='module')
-def registry(tmp_path_factory, client):
-    """A real docker-registry (distribution) with filesystem storage on a free loopback port."""
-    workdir = tmp_path_factory.mktemp('registry')
-    port = _free_port()
-    config = workdir / 'config.yml'
-    config.write_text(f'version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n'
-                      f'    rootdirectory: {workdir / "data"}\n  delete:\n    enabled: true\n'
-                      f'http:\n  addr: 127.0.0.1:{port}\n')
-    log = open(workdir / 'registry.log', 'wb')
-    process = subprocess.Popen(['/usr/bin/docker-registry', 'serve', str(config)], stdout=log, stderr=log)
-    url = f'http://127.0.0.1:{port}'
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                if client.get(f'{url}/v2/').status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f'docker-registry did not start: {(workdir / "registry.log").read_text()}')
-            time.sleep(0.05)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(10)
-        log.close()
+def registry(tmp_path_factory):
+    """A real docker-registry of this module's own (tests/services.Registry); yields its URL."""
+    with Registry(tmp_path_factory.mktemp('registry')) as reg:
+        yield reg.url
 
 
 @pytest.fixture(scope='module')
