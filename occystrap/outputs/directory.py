@@ -291,6 +291,41 @@ class StagedDirectory:
             self.path = None
 
 
+class StagedImageOutput(ImageOutput):
+    """Base of outputs that hold exactly one image in a directory built by StagedDirectory (oci://, mounts://).
+
+    Subclasses call `stage(image)` at the start of write() and fill in the directory it returns; finalize() renames
+    it into place and abort() removes it.
+    """
+
+    scheme = None   # set by subclasses, for messages
+
+    def __init__(self, uri, ctx):
+        super().__init__(uri, ctx)
+        self.path = os.path.abspath(uri.path)
+        self.staged = None
+        self.written = None
+        StagedDirectory.check(self.path, str(uri))
+        ctx.prefer_workdir_parent(os.path.dirname(self.path))
+
+    def stage(self, image):
+        """Start the one image this output holds; returns the directory to build it in."""
+        if self.staged is not None:
+            raise OccystrapError('%s: %s:// holds one image and %s was already written to %s'
+                                 % (image.reference, self.scheme, self.written, self.uri))
+        self.written = image.reference
+        self.staged = StagedDirectory(self.path, str(self.uri))
+        return self.staged.path
+
+    def finalize(self):
+        if self.staged is not None:
+            self.staged.commit()
+
+    def abort(self):
+        if self.staged is not None:
+            self.staged.discard()
+
+
 def check_empty_destination(path, what):
     if os.path.lexists(path) and not (os.path.isdir(path) and not os.path.islink(path) and not os.listdir(path)):
         raise OccystrapError('cannot write %s: %s exists and is not an empty directory' % (what, path))

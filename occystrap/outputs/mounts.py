@@ -27,9 +27,7 @@ import json
 import os
 
 from occystrap import extract
-from occystrap.errors import OccystrapError
-from occystrap.outputs.directory import StagedDirectory, digest_hex, image_reference
-from occystrap.pipeline import ImageOutput
+from occystrap.outputs.directory import StagedImageOutput, digest_hex, image_reference
 
 EMPTY_LAYER = 'empty'
 
@@ -55,34 +53,24 @@ def layer_directory(index, diffid):
     return 'layers/%03d-%s' % (index, digest_hex(diffid))
 
 
-class MountsOutput(ImageOutput):
+class MountsOutput(StagedImageOutput):
     """One image's layers, each extracted into its own directory, with what an overlay mount needs."""
 
-    def __init__(self, uri, ctx):
-        super().__init__(uri, ctx)
-        self.path = os.path.abspath(uri.path)
-        self.staged = None
-        self.written = None
-        StagedDirectory.check(self.path, str(uri))
-        ctx.prefer_workdir_parent(os.path.dirname(self.path))
+    scheme = 'mounts'
 
     def write(self, image):
-        if self.staged is not None:
-            raise OccystrapError('%s: mounts:// holds one image and %s was already written to %s'
-                                 % (image.reference, self.written, self.uri))
-        self.written = image.reference
-        self.staged = StagedDirectory(self.path, str(self.uri))
+        staged = self.stage(image)
         whiteouts = extract.OVERLAY if extract.is_root() else extract.KEEP
         if whiteouts == extract.KEEP:
             self.ctx.warn('%s: not running as root, so whiteouts stay as .wh. files and an overlay mount of %s would '
                           'show deleted files' % (image.reference, self.path))
-        os.makedirs(os.path.join(self.staged.path, 'layers', EMPTY_LAYER))
+        os.makedirs(os.path.join(staged, 'layers', EMPTY_LAYER))
         names = [layer_directory(i, layer.diffid) for i, layer in enumerate(image.layers)]
         allow_devices = self.ctx.settings.allow_devices
 
         def one(item):
             index, layer = item
-            target = os.path.join(self.staged.path, names[index])
+            target = os.path.join(staged, names[index])
             os.mkdir(target, 0o755)
             stream = layer.open()
             try:
@@ -113,11 +101,3 @@ class MountsOutput(ImageOutput):
         with open(path, 'wb') as f:
             f.write(data)
         os.chmod(path, mode)
-
-    def finalize(self):
-        if self.staged is not None:
-            self.staged.commit()
-
-    def abort(self):
-        if self.staged is not None:
-            self.staged.discard()

@@ -23,8 +23,7 @@ import os
 
 from occystrap import extract
 from occystrap.errors import OccystrapError
-from occystrap.outputs.directory import StagedDirectory
-from occystrap.pipeline import ImageOutput
+from occystrap.outputs.directory import StagedImageOutput
 
 LOG = logging.getLogger(__name__)
 
@@ -167,38 +166,20 @@ def runtime_config(image, rootfs, warn):
     return spec
 
 
-class OCIBundleOutput(ImageOutput):
+class OCIBundleOutput(StagedImageOutput):
     """One image as an OCI runtime bundle (config.json + rootfs/)."""
 
-    def __init__(self, uri, ctx):
-        super().__init__(uri, ctx)
-        self.path = os.path.abspath(uri.path)
-        self.staged = None
-        self.written = None
-        StagedDirectory.check(self.path, str(uri))
-        ctx.prefer_workdir_parent(os.path.dirname(self.path))
+    scheme = 'oci'
 
     def write(self, image):
-        if self.staged is not None:
-            raise OccystrapError('%s: oci:// holds one image and %s was already written to %s'
-                                 % (image.reference, self.written, self.uri))
-        self.written = image.reference
-        self.staged = StagedDirectory(self.path, str(self.uri))
-        rootfs = os.path.join(self.staged.path, 'rootfs')
+        staged = self.stage(image)
+        rootfs = os.path.join(staged, 'rootfs')
         os.mkdir(rootfs, 0o755)
         summary = extract.apply_layers(self.ctx, image.layers, rootfs,
                                        allow_devices=self.ctx.settings.allow_devices,
                                        what=image.reference)
         self.ctx.stats.add(nbytes=summary.bytes)
         spec = runtime_config(image, rootfs, self.ctx.warn)
-        with open(os.path.join(self.staged.path, 'config.json'), 'w') as f:
+        with open(os.path.join(staged, 'config.json'), 'w') as f:
             json.dump(spec, f, indent=2)
             f.write('\n')
-
-    def finalize(self):
-        if self.staged is not None:
-            self.staged.commit()
-
-    def abort(self):
-        if self.staged is not None:
-            self.staged.discard()
