@@ -90,6 +90,12 @@ if [ "$http1" -eq 1 ] && [ "$tls" -eq 0 ]; then
   echo 'benchmark: warning: without --tls every request is HTTP/1.1 anyway (HTTP/2 needs TLS here)' >&2
 fi
 
+# Measure raw transfers: no layer cache, whatever the caller's environment says; other settings are reported.
+unset OCCYSTRAP_LAYER_CACHE
+for name in $(compgen -e | grep '^OCCYSTRAP_' || true); do
+  echo "benchmark: note: $name is set and applies to every occystrap run" >&2
+done
+
 venv=$("$tools/bootstrap.sh")
 py=$venv/bin/python
 for cmd in hyperfine jq skopeo docker-registry git; do
