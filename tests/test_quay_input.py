@@ -10,7 +10,8 @@ import time
 import pytest
 
 from occystrap.errors import OccystrapError
-from occystrap.inputs.quay import QuayApi, QuayApiError, QuayInput, match_repositories, tag_check_workers
+from occystrap.inputs.quay import QuayApi, QuayApiError, QuayInput, match_repositories
+from occystrap.pipeline import lookup_workers
 from occystrap.pipeline import ImageRef, RunContext
 from occystrap.settings import Settings
 from occystrap.uris import parse_uri
@@ -52,11 +53,12 @@ def test_match_repositories_is_fnmatch_on_the_name():
     assert match_repositories(names, 'nothing*') == []
 
 
-def test_tag_check_workers_scale_with_parallelism_but_not_past_the_work():
-    assert tag_check_workers(Settings(), 100) == 12
-    assert tag_check_workers(Settings(parallel=1, image_parallel=1), 100) == 8
-    assert tag_check_workers(Settings(parallel=8, image_parallel=6), 100) == 48
-    assert tag_check_workers(Settings(), 3) == 3
+def test_tag_check_workers_scale_with_image_parallelism_but_not_past_the_work():
+    assert lookup_workers(Settings(), 100) == 12
+    assert lookup_workers(Settings(parallel=1, image_parallel=1), 100) == 8
+    assert lookup_workers(Settings(parallel=8, image_parallel=6), 100) == 24
+    assert lookup_workers(Settings(parallel=16, image_parallel=6), 100) == 24, '-j does not size tag checks'
+    assert lookup_workers(Settings(), 3) == 3
 
 
 def test_uri_parts_and_defaults(context):

@@ -17,7 +17,7 @@ import threading
 import urllib.parse
 
 from occystrap.errors import OccystrapError, RegistryError
-from occystrap.pipeline import ImageInput, ImageRef
+from occystrap.pipeline import ImageInput, ImageRef, lookup_workers
 from occystrap.uris import Uri
 
 LOG = logging.getLogger(__name__)
@@ -36,11 +36,6 @@ class QuayApiError(RegistryError):
 def match_repositories(names, pattern):
     """The names matching the fnmatch `pattern` (case-sensitive, as repository names are), sorted, duplicates gone."""
     return sorted({name for name in names if fnmatch.fnmatchcase(name, pattern)})
-
-
-def tag_check_workers(settings, count):
-    """How many tag checks to have in flight: they are tiny API requests, so a few per image slot (-J x -j)."""
-    return max(1, min(count, max(8, settings.image_parallel * settings.parallel)))
 
 
 class QuayApi:
@@ -167,7 +162,7 @@ class QuayInput(ImageInput):
 
     def _check_tags(self, names):
         # One request per repository: in a row that is one round trip each, so keep many in flight.
-        workers = tag_check_workers(self.ctx.settings, len(names))
+        workers = lookup_workers(self.ctx.settings, len(names))
         return self.ctx.map(lambda name: self.api.has_tag(self.org, name, self.tag), names, workers=workers)
 
     def registry_uri(self):

@@ -14,7 +14,7 @@ import logging
 
 from occystrap import model
 from occystrap.errors import CorruptImageError, OccystrapError, RegistryError
-from occystrap.pipeline import ImageInput, ImageRef
+from occystrap.pipeline import ImageInput, ImageRef, lookup_workers
 from occystrap.registry.client import RegistryClient, describe_reference
 
 LOG = logging.getLogger(__name__)
@@ -55,10 +55,8 @@ class RegistryInput(ImageInput):
         matches = sorted(name for name in self.client.catalog() if glob_matches(name, pattern))
         if not matches:
             raise OccystrapError('no repository in the catalog of %s matches %s' % (self.client.host, self.uri.name))
-        settings = self.ctx.settings
         # One tags request per repository: keep many in flight so a long catalog costs a few round trips.
-        present = self.ctx.map(self._has_tag, matches,
-                               workers=max(8, settings.image_parallel * settings.parallel))
+        present = self.ctx.map(self._has_tag, matches, workers=lookup_workers(self.ctx.settings, len(matches)))
         for name, ok in zip(matches, present):
             if not ok:
                 LOG.info('skipping %s: it has no tag %s', name, self.uri.tag)
