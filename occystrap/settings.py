@@ -3,7 +3,7 @@
 import dataclasses
 from typing import Optional
 
-DEFAULT_PARALLEL = 4
+DEFAULT_PARALLEL = 8
 DEFAULT_IMAGE_PARALLEL = 3
 DEFAULT_RETRIES = 3
 
