@@ -151,7 +151,7 @@ class HttpClient:
         tls = LazyTransport(lambda: httpx.HTTPTransport(verify=ssl_context(settings.ca_cert), http2=settings.http2,
                                                         limits=limits))
         self.client = httpx.Client(
-            transport=tls, mounts={'http://': httpx.HTTPTransport(limits=limits)}, timeout=TIMEOUT,
+            transport=tls, mounts={'http://': httpx.HTTPTransport(verify=False, limits=limits)}, timeout=TIMEOUT,
             follow_redirects=False, headers={'User-Agent': 'occystrap/%s' % __version__})
         self._lock = threading.Lock()
         self._authenticators = {}
