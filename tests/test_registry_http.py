@@ -1,7 +1,10 @@
 """The shared HTTP client: retries with backoff and Retry-After, the rate limiter, TLS with HTTP/2."""
 
+import concurrent.futures
 import email.utils
+import hashlib
 import http.server
+import os
 import threading
 import time
 
@@ -174,6 +177,26 @@ def test_tls_registry_negotiates_http2(tls_registry):
     assert http.last_http_version == 'HTTP/2'
     assert tls_registry.access_log()[-1].protocol == 'HTTP/2.0'
     http.close()
+
+
+@pytest.mark.integration
+def test_uploads_use_http1_while_reads_use_http2(tls_registry):
+    # Concurrent request bodies on one HTTP/2 connection stall in httpcore's flow control; uploads take HTTP/1.1.
+    http = HttpClient(Settings(ca_cert=str(tls_registry.ca_path)))
+    client = RegistryClient(http, tls_registry.host)
+    blobs = [os.urandom(300_000) for _ in range(4)]
+    digests = ['sha256:' + hashlib.sha256(b).hexdigest() for b in blobs]
+    before = len(tls_registry.access_log())
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda pair: client.upload_blob('h2/uploads', pair[0], pair[1], len(pair[1])),
+                      zip(digests, blobs)))
+    assert [client.blob_exists('h2/uploads', d) for d in digests] == [len(b) for b in blobs]
+    http.close()
+    served = tls_registry.access_log()[before:]
+    bodies = [e for e in served if e.method in ('PUT', 'PATCH') and '/blobs/uploads/' in e.path]
+    reads = [e for e in served if e.method == 'HEAD']
+    assert len(bodies) >= 4 and {e.protocol for e in bodies} == {'HTTP/1.1'}
+    assert reads and {e.protocol for e in reads} == {'HTTP/2.0'}
 
 
 @pytest.mark.integration

@@ -147,18 +147,32 @@ class HttpClient:
         # Enough connections for every layer transfer of every image in flight, plus token and manifest requests.
         connections = max(8, settings.parallel * settings.image_parallel + 2 * settings.image_parallel)
         limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-        # The TLS context costs ~0.15 s to build (certifi + system store), so a plain-HTTP run never builds it.
-        tls = LazyTransport(lambda: httpx.HTTPTransport(verify=ssl_context(settings.ca_cert), http2=settings.http2,
-                                                        limits=limits))
-        self.client = httpx.Client(
-            transport=tls, mounts={'http://': httpx.HTTPTransport(verify=False, limits=limits)}, timeout=TIMEOUT,
-            follow_redirects=False, headers={'User-Agent': 'occystrap/%s' % __version__})
         self._lock = threading.Lock()
+        self._ssl = None
+        plain = httpx.HTTPTransport(verify=False, limits=limits)
+        # The TLS context costs ~0.15 s to build (certifi + system store), so a plain-HTTP run never builds it.
+        tls = LazyTransport(lambda: httpx.HTTPTransport(verify=self.ssl_context(), http2=settings.http2,
+                                                        limits=limits))
+        self.client = httpx.Client(transport=tls, mounts={'http://': plain}, timeout=TIMEOUT,
+                                   follow_redirects=False, headers={'User-Agent': 'occystrap/%s' % __version__})
+        # Request bodies (blob uploads) always go over HTTP/1.1: concurrent uploads on one HTTP/2 connection stall
+        # in httpcore's flow-control wait until the write timeout (seen with 4 uploads through a 40 ms link), and
+        # all streams of a connection would share the registry's ~1 MiB upload window anyway.
+        upload_tls = LazyTransport(lambda: httpx.HTTPTransport(verify=self.ssl_context(), http2=False, limits=limits))
+        self.upload_client = httpx.Client(transport=upload_tls, mounts={'http://': plain}, timeout=TIMEOUT,
+                                          follow_redirects=False, headers={'User-Agent': 'occystrap/%s' % __version__})
         self._authenticators = {}
         self.versions = {}            # host -> HTTP version of its last answer ('HTTP/2', 'HTTP/1.1')
         self.last_http_version = None
         self.requests = 0             # answers received (retries included), for tests and --verbose
         self.retried = 0
+
+    def ssl_context(self):
+        """The run's one verifying TLS context, built on first use."""
+        with self._lock:
+            if self._ssl is None:
+                self._ssl = ssl_context(self.settings.ca_cert)
+            return self._ssl
 
     def scheme(self, insecure=False):
         """'http' when --insecure or the URI asks for it, else 'https'."""
@@ -190,8 +204,9 @@ class HttpClient:
                 self.limiter.acquire()
             body = content() if callable(content) else content
             try:
-                req = self.client.build_request(method, url, headers=headers, content=body, params=params)
-                response = self.client.send(req, stream=stream)
+                client = self.client if body is None else self.upload_client
+                req = client.build_request(method, url, headers=headers, content=body, params=params)
+                response = client.send(req, stream=stream)
             except httpx.TransportError as e:
                 if not retry or attempt >= self.retry.retries or _permanent(e):
                     suffix = ' (after %d retries)' % attempt if attempt else ''
@@ -227,3 +242,4 @@ class HttpClient:
 
     def close(self):
         self.client.close()
+        self.upload_client.close()
