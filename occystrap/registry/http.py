@@ -155,12 +155,17 @@ class HttpClient:
                                                         limits=limits))
         self.client = httpx.Client(transport=tls, mounts={'http://': plain}, timeout=TIMEOUT,
                                    follow_redirects=False, headers={'User-Agent': 'occystrap/%s' % __version__})
-        # Request bodies (blob uploads) always go over HTTP/1.1: concurrent uploads on one HTTP/2 connection stall
-        # in httpcore's flow-control wait until the write timeout (seen with 4 uploads through a 40 ms link), and
-        # all streams of a connection would share the registry's ~1 MiB upload window anyway.
-        upload_tls = LazyTransport(lambda: httpx.HTTPTransport(verify=self.ssl_context(), http2=False, limits=limits))
-        self.upload_client = httpx.Client(transport=upload_tls, mounts={'http://': plain}, timeout=TIMEOUT,
-                                          follow_redirects=False, headers={'User-Agent': 'occystrap/%s' % __version__})
+        # Blob transfers (streamed blob downloads, and every request body) go over HTTP/1.1, one connection each:
+        # - concurrent uploads on one HTTP/2 connection stalled in httpcore's flow-control wait until the write
+        #   timeout (4 uploads through a 40 ms link), and would share the registry's ~1 MiB upload window anyway;
+        # - through 40 ms and 200 Mbit/s per connection, the 24-layer pull took 8.3 s with every blob on one HTTP/2
+        #   connection and 5.5 s over HTTP/1.1 connections (docs/performance.md).
+        # Manifests, configs, tags, catalogs, HEAD checks and tokens stay on HTTP/2, multiplexed on one connection.
+        transfer_tls = LazyTransport(lambda: httpx.HTTPTransport(verify=self.ssl_context(), http2=False,
+                                                                 limits=limits))
+        self.transfer_client = httpx.Client(transport=transfer_tls, mounts={'http://': plain}, timeout=TIMEOUT,
+                                            follow_redirects=False,
+                                            headers={'User-Agent': 'occystrap/%s' % __version__})
         self._authenticators = {}
         self.versions = {}            # host -> HTTP version of its last answer ('HTTP/2', 'HTTP/1.1')
         self.last_http_version = None
@@ -204,7 +209,8 @@ class HttpClient:
                 self.limiter.acquire()
             body = content() if callable(content) else content
             try:
-                client = self.client if body is None else self.upload_client
+                bulk = body is not None or (stream and '/blobs/' in str(url))
+                client = self.transfer_client if bulk else self.client
                 req = client.build_request(method, url, headers=headers, content=body, params=params)
                 response = client.send(req, stream=stream)
             except httpx.TransportError as e:
@@ -219,7 +225,7 @@ class HttpClient:
                 with self._lock:
                     self.retried += 1
                 continue
-            self._record(method, url, response)
+            self._record(method, url, response, bulk)
             if retry and attempt < self.retry.retries and self.retry.retryable_status(response.status_code):
                 retry_after = response.headers.get('Retry-After')
                 response.close()
@@ -232,14 +238,15 @@ class HttpClient:
                 continue
             return response
 
-    def _record(self, method, url, response):
+    def _record(self, method, url, response, bulk=False):
         host = host_of(url)
         with self._lock:
             self.requests += 1
-            self.versions[host] = response.http_version
-            self.last_http_version = response.http_version
+            if not bulk:   # what was negotiated for the host; blob transfers are HTTP/1.1 by choice
+                self.versions[host] = response.http_version
+                self.last_http_version = response.http_version
         LOG.debug('%s %s -> %d (%s)', method, without_query(url), response.status_code, response.http_version)
 
     def close(self):
         self.client.close()
-        self.upload_client.close()
+        self.transfer_client.close()
