@@ -41,8 +41,8 @@ def _env(name):
 @click.option('--insecure', is_flag=True, envvar=_env('INSECURE'), help='Plain HTTP to the registry.')
 @click.option('--ca-cert', type=click.Path(exists=True, dir_okay=False), envvar=_env('CA_CERT'),
               help='Extra CA bundle (PEM) for TLS registries.')
-@click.option('--http2/--no-http2', default=True, show_default=True, envvar=_env('HTTP2'),
-              help='Use HTTP/2 where the server offers it.')
+@click.option('--http2/--no-http2', default=False, show_default=True, envvar=_env('HTTP2'),
+              help='HTTP/2 for manifests, configs and tokens where a TLS server offers it (blobs always use HTTP/1.1).')
 @click.option('--compression', type=click.Choice(['gzip', 'zstd']), default='gzip', show_default=True,
               envvar=_env('COMPRESSION'), help='Layer compression for registry output.')
 @click.option('--os', 'os_', default='linux', show_default=True, envvar=_env('OS'),

@@ -20,7 +20,7 @@ class Settings:
     password: Optional[str] = None
     insecure: bool = False
     ca_cert: Optional[str] = None
-    http2: bool = True
+    http2: bool = False
     compression: str = 'gzip'
     os: str = 'linux'
     architecture: str = 'amd64'

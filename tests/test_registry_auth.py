@@ -86,7 +86,7 @@ def test_basic_auth_from_uri_flags_and_docker_config(basic_auth_registry, repo_n
     reg = basic_auth_registry
     seed_image(reg, repo_name, 'v1', oci_image.path)
     monkeypatch.setenv('DOCKER_CONFIG', str(tmp_path / 'no-docker-config'))
-    tls = Settings(ca_cert=str(reg.ca_path))
+    tls = Settings(ca_cert=str(reg.ca_path), http2=True)
     image, http = _open(tls, 'registry://%s:%s@%s/%s:v1' % (reg.username, reg.password, reg.host, repo_name))
     assert image.manifest_digest == oci_image.manifest_digest
     assert http.http_version(reg.host) == 'HTTP/2'

@@ -170,7 +170,7 @@ def test_rate_limit_caps_requests_of_the_run(registry):
 
 @pytest.mark.integration
 def test_tls_registry_negotiates_http2(tls_registry):
-    http = HttpClient(Settings(ca_cert=str(tls_registry.ca_path)))
+    http = HttpClient(Settings(ca_cert=str(tls_registry.ca_path), http2=True))
     client = RegistryClient(http, tls_registry.host)
     assert client.ping()
     assert http.http_version(tls_registry.host) == 'HTTP/2'
@@ -183,7 +183,7 @@ def test_tls_registry_negotiates_http2(tls_registry):
 def test_blob_transfers_use_http1_while_metadata_uses_http2(tls_registry):
     # Concurrent request bodies on one HTTP/2 connection stall in httpcore's flow control, and one connection for
     # every blob caps throughput where each connection is limited: blobs take HTTP/1.1 connections.
-    http = HttpClient(Settings(ca_cert=str(tls_registry.ca_path)))
+    http = HttpClient(Settings(ca_cert=str(tls_registry.ca_path), http2=True))
     client = RegistryClient(http, tls_registry.host)
     blobs = [os.urandom(300_000) for _ in range(4)]
     digests = ['sha256:' + hashlib.sha256(b).hexdigest() for b in blobs]

@@ -280,7 +280,7 @@ def run_cli(*args):
 def test_cli_info_over_tls_reports_http2(tls_registry, repo_name, oci_image):
     seed_image(tls_registry, repo_name, 'v1', oci_image.path)
     seen = len(tls_registry.access_log())
-    result = run_cli('--ca-cert', str(tls_registry.ca_path), '--verbose', '-O', 'json', 'info',
+    result = run_cli('--ca-cert', str(tls_registry.ca_path), '--http2', '--verbose', '-O', 'json', 'info',
                      'registry://%s/%s:v1' % (tls_registry.host, repo_name))
     assert result.returncode == 0, result.stderr
     [described] = json.loads(result.stdout)

@@ -15,9 +15,10 @@ Workflows (images as tools/bench_env.py seeds them; SRC is the source registry, 
 ``multi-dir``       registry://SRC/fleet/*:latest (12 images sharing base layers) -> dir://OUT?unique_names=true
 ==================  ==========================================================================================
 
-Tools: ``occystrap`` (this checkout), ``occystrap-http1`` (the same with --no-http2), ``baseline`` (another
-revision, same CLI), ``occystrap-0.4.17`` (the previous implementation, a black box with the same CLI shape) and
-``skopeo`` (single-image workflows only: dir:, docker-archive: and docker:// destinations). skopeo has no -j/-J,
+Tools: ``occystrap`` (this checkout), ``occystrap-http1`` / ``occystrap-http2`` (the same with --no-http2 /
+--http2), ``baseline`` (another revision, same CLI), ``occystrap-0.4.17`` (the previous implementation, a black
+box with the same CLI shape) and ``skopeo`` (single-image workflows only: dir:, docker-archive: and docker://
+destinations). skopeo has no -j/-J,
 so its j and J are null; single-image workflows have a null J. 0.4.17 runs the single-image workflows only (see
 OLD_WORKFLOWS); it is run with its defaults, which include verifying its output after processing.
 
@@ -37,7 +38,7 @@ SKOPEO_WORKFLOWS = ('single-pull', 'single-tar', 'single-push', 'app-pull', 'app
 # 0.4.17's quay:// always asks quay.io (it takes no api= or registry=) and it has no registry catalog glob, so
 # it cannot run either multi-image workflow against local services.
 OLD_WORKFLOWS = SKOPEO_WORKFLOWS
-TOOLS = ('occystrap', 'occystrap-http1', 'baseline', 'occystrap-0.4.17', 'skopeo')
+TOOLS = ('occystrap', 'occystrap-http1', 'occystrap-http2', 'baseline', 'occystrap-0.4.17', 'skopeo')
 DEFAULT_JOBS = (1, 4, 8, 16)
 DEFAULT_IMAGE_JOBS = (1, 3, 6)
 
@@ -143,6 +144,8 @@ class Plan:
         argv += self.transport_flags()
         if tool == 'occystrap-http1':
             argv.append('--no-http2')
+        elif tool == 'occystrap-http2':
+            argv.append('--http2')
         argv += ['-j', str(j)]
         if J is not None:
             argv += ['-J', str(J)]

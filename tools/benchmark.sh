@@ -16,6 +16,7 @@
 #   --bandwidth MBIT      per-connection throughput cap through the same proxy
 #   --tls                 TLS registries with a generated CA, so HTTP/2 is negotiated (--ca-cert is passed)
 #   --http1               also time occystrap with --no-http2 (tool occystrap-http1); use with --tls
+#   --http2               also time occystrap with --http2 (tool occystrap-http2, HTTP/2 for metadata); with --tls
 #   --baseline GIT_REF    also time that revision (tool baseline) and add baseline_mean_s and ratio columns
 #   --peers               also time skopeo and occystrap 0.4.17 from PyPI (tools skopeo, occystrap-0.4.17)
 #   --profile WORKFLOW    also run that workflow once under cProfile (all threads): .prof and top-30 .txt
@@ -45,7 +46,7 @@ die() {
 }
 
 registry='' json=0 quick=0 workflows='' jobs='' image_jobs='' runs='' warmup='' latency=0 bandwidth=0
-tls=0 http1=0 baseline='' peers=0 profile='' results=''
+tls=0 http1=0 http2=0 baseline='' peers=0 profile='' results=''
 while [ $# -gt 0 ]; do
   case $1 in
     --registry) registry=${2:?--registry needs HOST:PORT}; shift ;;
@@ -60,6 +61,7 @@ while [ $# -gt 0 ]; do
     --bandwidth) bandwidth=${2:?--bandwidth needs Mbit/s}; shift ;;
     --tls) tls=1 ;;
     --http1) http1=1 ;;
+    --http2) http2=1 ;;
     --baseline) baseline=${2:?--baseline needs a git revision}; shift ;;
     --peers) peers=1 ;;
     --profile) profile=${2:?--profile needs a workflow}; shift ;;
@@ -150,6 +152,7 @@ tool_list=occystrap
 plan_args=(--state "$work/state.json" --images "$results/images.json" --out "$work/out" --python "$py"
            --tools-dir "$tools" --jobs "$jobs" --image-jobs "$image_jobs")
 [ "$http1" -eq 1 ] && tool_list+=,occystrap-http1
+[ "$http2" -eq 1 ] && tool_list+=,occystrap-http2
 
 make_venv() {  # make_venv DIR PIP-ARGS...: a venv with those packages, built once (stamp file)
   local dir=$1
