@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Measure what --layer-cache saves: a filtered push (every layer recompressed) of the benchmark's app image, cold,
-# then the identical push again without the cache and with it. Prints hyperfine's table.
+# Measure what --layer-cache saves: pushing a `docker save` tarball of the benchmark's app image (uncompressed
+# layers, so every layer must be compressed before its digest is known), cold, then the identical push again
+# without the cache and with it; then the same with a rewriting filter (-f normalize-timestamps), where the cache
+# can only save the compression and upload, not the rewrite. Prints hyperfine's tables.
 #
 # Usage: tools/layercache_bench.sh [--scale F] [--runs N]
 set -euo pipefail
@@ -53,15 +55,24 @@ storage=$(jq -r .push.storage "$work/state.json")
 app="${prefix}bench/app:latest"
 
 occy=("$venv/bin/occystrap" --insecure)
-push=(process "registry://$src/$app" "registry://$dst/cached/app:latest" -f normalize-timestamps)
+archive=$work/app.tar
+skopeo copy -q --src-tls-verify=false "docker://$src/$app" "docker-archive:$archive:bench/app:latest"
 cachefile=$work/layers.json
 q() { printf '%q ' "$@"; }
 
-# Cold: empty destination, no cache entries. Warm runs start from what one cold push with the cache left behind.
-hyperfine --runs "$runs" --warmup 0 \
-  --prepare "rm -rf $(q "$storage")/docker $(q "$cachefile")" \
-  -n 'first push (cold)' "$(q "${occy[@]}" --layer-cache "$cachefile" "${push[@]}")"
-"${occy[@]}" --layer-cache "$cachefile" "${push[@]}" 2>/dev/null
-hyperfine --runs "$runs" --warmup 1 \
-  -n 'repeat push, no cache' "$(q "${occy[@]}" "${push[@]}")" \
-  -n 'repeat push, --layer-cache' "$(q "${occy[@]}" --layer-cache "$cachefile" "${push[@]}")"
+measure() {  # measure LABEL PROCESS-ARGS...: cold push, then repeats without and with the cache
+  local label=$1
+  shift
+  rm -f "$cachefile"
+  # Cold: empty destination, no cache entries. Warm runs start from what one cold push with the cache left behind.
+  hyperfine --runs "$runs" --warmup 0 \
+    --prepare "rm -rf $(q "$storage")/docker $(q "$cachefile")" \
+    -n "$label: first push (cold)" "$(q "${occy[@]}" --layer-cache "$cachefile" "$@")"
+  "${occy[@]}" --layer-cache "$cachefile" "$@" 2>/dev/null
+  hyperfine --runs "$runs" --warmup 1 \
+    -n "$label: repeat push, no cache" "$(q "${occy[@]}" "$@")" \
+    -n "$label: repeat push, --layer-cache" "$(q "${occy[@]}" --layer-cache "$cachefile" "$@")"
+}
+
+measure 'docker save tarball' process "tar://$archive" "registry://$dst/cached/app:latest"
+measure 'normalize-timestamps' process "registry://$src/$app" "registry://$dst/cached/app:norm" -f normalize-timestamps
