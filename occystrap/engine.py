@@ -5,13 +5,13 @@ data is streamed both ways in chunks, never held whole in memory. Every failure 
 that names the socket.
 """
 
-import io
 import json
 import os
 import urllib.parse
 
 import httpx
 
+from occystrap import streams
 from occystrap.errors import OccystrapError
 
 CHUNK = 1024 * 1024
@@ -75,7 +75,7 @@ def one_line(text, limit=300):
     return text if len(text) <= limit else text[:limit - 3] + '...'
 
 
-class _ResponseReader(io.RawIOBase):
+class _ResponseReader(streams.ChunkReader):
     """A readable binary stream over a streamed httpx response; close() releases the connection."""
 
     def __init__(self, response, socket_path):
@@ -84,9 +84,6 @@ class _ResponseReader(io.RawIOBase):
         self._buffer = b''
         self._socket_path = socket_path
         self._eof = False
-
-    def readable(self):
-        return True
 
     def read(self, size=-1):
         if size is None or size < 0:
@@ -100,11 +97,6 @@ class _ResponseReader(io.RawIOBase):
                 raise EngineError('engine at %s broke off the export: %s' % (self._socket_path, e or type(e).__name__))
         data, self._buffer = self._buffer[:size], self._buffer[size:]
         return data
-
-    def readinto(self, buffer):
-        data = self.read(len(buffer))
-        buffer[:len(data)] = data
-        return len(data)
 
     def close(self):
         if not self.closed:

@@ -47,7 +47,19 @@ def new_hasher(digest):
     return hashlib.new(algorithm)
 
 
-class HashingReader(io.RawIOBase):
+class ChunkReader(io.RawIOBase):
+    """Base of our readable streams: a subclass implements read(size); readable() and readinto() follow."""
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        data = self.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+
+class HashingReader(ChunkReader):
     """Wraps a readable stream, hashing every byte read and counting them.
 
     If `expected` is given the digest is checked when the stream reaches its end, and a mismatch raises
@@ -63,9 +75,6 @@ class HashingReader(io.RawIOBase):
         self.count = 0
         self.verified = False
 
-    def readable(self):
-        return True
-
     def read(self, size=-1):
         data = self.raw.read(size if size is not None and size >= 0 else CHUNK * 4)
         if data:
@@ -74,11 +83,6 @@ class HashingReader(io.RawIOBase):
         elif size != 0:
             self.check()
         return data
-
-    def readinto(self, buffer):
-        data = self.read(len(buffer))
-        buffer[:len(data)] = data
-        return len(data)
 
     @property
     def digest(self):
@@ -123,7 +127,7 @@ def sniff_compression(head):
     return 'none'
 
 
-class _GzipReader(io.RawIOBase):
+class _GzipReader(ChunkReader):
     """Streaming gzip decompression that handles concatenated members."""
 
     def __init__(self, raw, first=b''):
@@ -132,9 +136,6 @@ class _GzipReader(io.RawIOBase):
         self.decomp = fast_zlib.decompressobj(31)
         self.buffer = b''
         self.eof = False
-
-    def readable(self):
-        return True
 
     def read(self, size=-1):
         if size is None or size < 0:
@@ -171,14 +172,11 @@ class _GzipReader(io.RawIOBase):
             super().close()
 
 
-class _ZstdReader(io.RawIOBase):
+class _ZstdReader(ChunkReader):
     def __init__(self, raw, first=b''):
         import zstandard
         self.raw = raw
         self.reader = zstandard.ZstdDecompressor().stream_reader(_Prefixed(raw, first), read_across_frames=True)
-
-    def readable(self):
-        return True
 
     def read(self, size=-1):
         if size is None or size < 0:
@@ -195,15 +193,12 @@ class _ZstdReader(io.RawIOBase):
             super().close()
 
 
-class _Prefixed(io.RawIOBase):
+class _Prefixed(ChunkReader):
     """A stream that returns some already-read bytes before the rest of `raw`."""
 
     def __init__(self, raw, first):
         self.raw = raw
         self.first = first
-
-    def readable(self):
-        return True
 
     def read(self, size=-1):
         if self.first:
@@ -314,7 +309,7 @@ def move_file(src, dst):
     return False
 
 
-class PrefetchReader(io.RawIOBase):
+class PrefetchReader(ChunkReader):
     """Reads `raw` ahead in a background thread, so network reads and hashing overlap with decompression.
 
     At most `depth` chunks are buffered, so memory stays bounded. Errors in the reader thread are raised from
@@ -352,9 +347,6 @@ class PrefetchReader(io.RawIOBase):
                 self._queue.put(e, timeout=5)
             except queue.Full:
                 pass
-
-    def readable(self):
-        return True
 
     def read(self, size=-1):
         while not self._buffer and not self._done:

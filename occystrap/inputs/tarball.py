@@ -17,7 +17,6 @@ Every layer is verified while it is read: the blob digest and then the diffid th
 
 import dataclasses
 import hashlib
-import io
 import json
 import logging
 import os
@@ -53,7 +52,7 @@ class Member:
     size: int
 
 
-class RangeReader(io.RawIOBase):
+class RangeReader(streams.ChunkReader):
     """Reads `size` bytes at `offset` of a file through its own file handle (safe to use beside other readers)."""
 
     def __init__(self, path, member):
@@ -66,9 +65,6 @@ class RangeReader(io.RawIOBase):
         except OSError as e:
             raise OccystrapError('cannot read tarball %s: %s' % (path, e.strerror or e))
 
-    def readable(self):
-        return True
-
     def read(self, size=-1):
         if self.remaining <= 0:
             return b''
@@ -79,11 +75,6 @@ class RangeReader(io.RawIOBase):
                                     % (self.path, self.member.name))
         self.remaining -= len(data)
         return data
-
-    def readinto(self, buffer):
-        data = self.read(len(buffer))
-        buffer[:len(data)] = data
-        return len(data)
 
     def close(self):
         try:

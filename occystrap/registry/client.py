@@ -584,7 +584,7 @@ class RegistryClient:
         return digest
 
 
-class BlobReader(io.RawIOBase):
+class BlobReader(streams.ChunkReader):
     """A blob download that resumes where it broke off (Range: bytes=N-), memory bounded to one chunk."""
 
     def __init__(self, client, name, digest, size, on_bytes):
@@ -602,9 +602,6 @@ class BlobReader(io.RawIOBase):
         self._failures = 0
         self._received_at_failure = 0
         self._connect()
-
-    def readable(self):
-        return True
 
     def _connect(self):
         response, what = self.client._blob_response(self.name, self.digest, self.received)
@@ -681,11 +678,6 @@ class BlobReader(io.RawIOBase):
                 return b''.join(parts)
             parts.append(self._buffer)
             self._buffer = b''
-
-    def readinto(self, buffer):
-        data = self.read(len(buffer))
-        buffer[:len(data)] = data
-        return len(data)
 
     def _close_response(self):
         if self._response is not None:
