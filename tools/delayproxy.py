@@ -31,11 +31,15 @@ import http.server
 import re
 import signal
 import socket
-import socketserver
 import sys
 import threading
 import time
 import urllib.parse
+
+try:
+    from tools.loopback import BackgroundHTTPServer
+except ImportError:  # run as a script from tools/
+    from loopback import BackgroundHTTPServer
 
 CHUNK = 64 * 1024
 DEFAULT_WINDOW = 4 * 1024 * 1024
@@ -421,12 +425,7 @@ class _FaultHandler(http.server.BaseHTTPRequestHandler):
             pass
 
 
-class _ThreadingServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-
-class FaultProxy:
+class FaultProxy(BackgroundHTTPServer):
     """A plain-HTTP reverse proxy to target_url that injects the faults described by rules.
 
     start() binds 127.0.0.1 on a free port and serves in a thread; url is then 'http://127.0.0.1:PORT'.
@@ -444,31 +443,11 @@ class FaultProxy:
         self.rules = list(rules)
         self.hits = {rule.name: 0 for rule in self.rules}
         self.requests = []
-        self.url = None
         self._lock = threading.Lock()
-        self._server = None
-        self._thread = None
+        super().__init__()
 
-    def start(self):
-        self._server = _ThreadingServer(('127.0.0.1', 0), _FaultHandler)
-        self._server.owner = self
-        self.url = 'http://127.0.0.1:%d' % self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name='faultproxy', daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self):
-        if self._server:
-            self._server.shutdown()
-            self._server.server_close()
-            self._thread.join(10)
-            self._server = None
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
+    thread_name = 'faultproxy'
+    handler = _FaultHandler
 
     def _claim(self, method, path, kinds, body_length=0):
         """Find the first rule of one of `kinds` that should fire now, and count it."""

@@ -41,13 +41,17 @@ import email.utils
 import http.server
 import json
 import signal
-import socketserver
 import sys
 import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+
+try:
+    from tools.loopback import BackgroundHTTPServer
+except ImportError:  # run as a script from tools/
+    from loopback import BackgroundHTTPServer
 
 MANIFEST_ACCEPT = ', '.join((
     'application/vnd.oci.image.index.v1+json',
@@ -171,7 +175,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         pass
 
     def do_GET(self):
-        standin = self.server.standin
+        standin = self.server.owner
         standin._count()
         if standin.delay_ms:
             time.sleep(standin.delay_ms / 1000.0)
@@ -200,12 +204,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(payload)
 
 
-class _ThreadingServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-
-class QuayStandin:
+class QuayStandin(BackgroundHTTPServer):
     """The stand-in server. start() serves on 127.0.0.1 (port 0: a free one) in a thread; url is its base URL.
 
     Give registry_url (a registry v2 base URL) or data (the static dict described in the module docstring).
@@ -221,35 +220,13 @@ class QuayStandin:
         self.token = token
         self.page_size = page_size
         self.rate_limit = rate_limit
-        self.port = port
+        super().__init__(port)
         self.request_count = 0
-        self.url = None
         self._lock = threading.Lock()
         self._recent = collections.defaultdict(collections.deque)
-        self._server = None
-        self._thread = None
 
-    def start(self):
-        self._server = _ThreadingServer(('127.0.0.1', self.port), _Handler)
-        self._server.standin = self
-        self.url = 'http://127.0.0.1:%d' % self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name='quay-standin',
-                                        daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self):
-        if self._server:
-            self._server.shutdown()
-            self._server.server_close()
-            self._thread.join(10)
-            self._server = None
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
+    thread_name = 'quay-standin'
+    handler = _Handler
 
     def _count(self):
         with self._lock:
