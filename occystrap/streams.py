@@ -135,12 +135,13 @@ class _GzipReader(ChunkReader):
         self.pending = first
         self.decomp = fast_zlib.decompressobj(31)
         self.buffer = b''
+        self.offset = 0        # how much of buffer has been returned: slicing off the front would copy the rest
         self.eof = False
 
     def read(self, size=-1):
         if size is None or size < 0:
             size = CHUNK * 4
-        while not self.buffer and not self.eof:
+        while self.offset >= len(self.buffer) and not self.eof:
             data = self.pending or self.raw.read(CHUNK)
             self.pending = b''
             if not data:
@@ -153,6 +154,7 @@ class _GzipReader(ChunkReader):
                 self.buffer = self.decomp.decompress(data)
             except (zlib.error, fast_zlib.error) as e:
                 blame_source(self.raw, 'gzip stream is corrupt: %s' % e)
+            self.offset = 0
             if self.decomp.eof:
                 rest = self.decomp.unused_data
                 self.decomp = fast_zlib.decompressobj(31)
@@ -160,8 +162,12 @@ class _GzipReader(ChunkReader):
                 # Trailing zero padding after the last member is legal in some writers.
                 if rest.strip(b'\x00'):
                     self.pending = rest
-        out, self.buffer = self.buffer[:size], self.buffer[size:]
-        return out
+        start = self.offset
+        if start == 0 and size >= len(self.buffer):
+            out, self.buffer = self.buffer, b''     # the whole block, without a copy
+            return out
+        self.offset = min(start + size, len(self.buffer))
+        return self.buffer[start:self.offset]
 
     _started = False
 

@@ -1,0 +1,85 @@
+"""Byte streams: gzip and zstd decompression in every read size, digest checks, read-ahead."""
+
+import gzip
+import hashlib
+import io
+import os
+
+import pytest
+import zstandard
+
+from occystrap import streams
+from occystrap.errors import CorruptImageError, DigestMismatchError
+
+
+def payload(size=3 * 1024 * 1024 + 17):
+    # Compressible but not trivially so: many blocks of inflated output per compressed chunk.
+    return b''.join(hashlib.sha256(b'%d' % i).hexdigest().encode() * 4 for i in range(size // 256 + 1))[:size]
+
+
+def read_in(reader, size):
+    parts = []
+    while True:
+        data = reader.read(size)
+        if not data:
+            return b''.join(parts)
+        assert len(data) <= size
+        parts.append(data)
+
+
+@pytest.mark.parametrize('size', [1, 511, 4096, streams.CHUNK, 8 * streams.CHUNK])
+def test_gzip_reader_returns_every_byte_in_any_read_size(size):
+    data = payload(300_000 if size == 1 else 3 * 1024 * 1024 + 17)
+    reader = streams.decompressing_reader(io.BytesIO(gzip.compress(data, 6)))
+    assert read_in(reader, size) == data
+
+
+def test_gzip_reader_handles_concatenated_members_and_zero_padding():
+    a, b = payload(200_000), payload(300_000)[::-1]
+    blob = gzip.compress(a) + gzip.compress(b) + b'\x00' * 1024
+    assert read_in(streams.decompressing_reader(io.BytesIO(blob)), 65536) == a + b
+
+
+def test_gzip_reader_reports_truncation_and_corruption():
+    blob = gzip.compress(payload(500_000))
+    with pytest.raises(CorruptImageError, match='truncated'):
+        read_in(streams.decompressing_reader(io.BytesIO(blob[:len(blob) // 2])), 65536)
+    broken = bytearray(blob)
+    broken[len(broken) // 2] ^= 0xff
+    with pytest.raises(CorruptImageError):
+        read_in(streams.decompressing_reader(io.BytesIO(bytes(broken))), 65536)
+
+
+def test_zstd_and_uncompressed_streams_pass_through():
+    data = payload(1_000_000)
+    assert read_in(streams.decompressing_reader(io.BytesIO(zstandard.compress(data))), 100_000) == data
+    assert read_in(streams.decompressing_reader(io.BytesIO(data)), 100_000) == data
+
+
+def test_hashing_reader_checks_digest_and_size_at_end():
+    data = os.urandom(100_000)
+    good = 'sha256:' + hashlib.sha256(data).hexdigest()
+    assert read_in(streams.HashingReader(io.BytesIO(data), good, expected_size=len(data)), 4096) == data
+    with pytest.raises(DigestMismatchError):
+        read_in(streams.HashingReader(io.BytesIO(data[:-1] + b'x'), good), 4096)
+    with pytest.raises(CorruptImageError, match='bytes'):
+        read_in(streams.HashingReader(io.BytesIO(data), good, expected_size=len(data) + 1), 4096)
+
+
+def test_prefetch_reader_keeps_order_and_raises_errors_of_its_thread():
+    data = payload(5 * 1024 * 1024)
+    reader = streams.PrefetchReader(io.BytesIO(data), chunk=100_000, depth=2)
+    assert read_in(reader, 70_000) == data
+    reader.close()
+
+    class Failing(io.RawIOBase):
+        def readable(self):
+            return True
+
+        def read(self, size=-1):
+            raise OSError('disk gone')
+
+    reader = streams.PrefetchReader(Failing())
+    with pytest.raises(OSError, match='disk gone'):
+        reader.read(10)
+    reader.close()
