@@ -11,7 +11,7 @@ import time
 import pytest
 
 from occystrap.registry.client import RegistryClient
-from occystrap.registry.http import ConnectionFailed, HttpClient, RetryPolicy, parse_retry_after
+from occystrap.registry.http import READ_SIZE, ConnectionFailed, HttpClient, RetryPolicy, parse_retry_after
 from occystrap.registry.ratelimit import TokenBucket
 from occystrap.settings import Settings
 from tests.services import free_port
@@ -166,6 +166,27 @@ def test_rate_limit_caps_requests_of_the_run(registry):
     assert elapsed >= 1.0
     assert http.requests <= 20 + 20 * elapsed + 1
     http.close()
+
+
+def test_blob_downloads_read_more_than_64k_per_socket_read(registry):
+    # httpcore reads 64 KiB per recv unless told otherwise; every read costs a trip through h11 and our readers.
+    http = HttpClient(Settings(insecure=True))
+    client = RegistryClient(http, registry.host)
+    blob = os.urandom(6 * 1024 * 1024)
+    digest = 'sha256:' + hashlib.sha256(blob).hexdigest()
+    client.upload_blob('reads/large', digest, blob, len(blob))
+    reader = client.open_blob('reads/large', digest, len(blob))
+    time.sleep(0.3)   # let the socket buffer fill, so one read can find more than 64 KiB waiting
+    sizes = []
+    while True:
+        chunk = reader.read(READ_SIZE)
+        if not chunk:
+            break
+        sizes.append(len(chunk))
+    reader.close()
+    http.close()
+    assert sum(sizes) == len(blob)
+    assert max(sizes) > 64 * 1024, sizes
 
 
 @pytest.mark.integration
