@@ -1,4 +1,4 @@
-from occystrap.cli import main
+from occystrap.cli import run
 
 if __name__ == '__main__':
-    main()
+    run()

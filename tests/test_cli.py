@@ -63,3 +63,40 @@ def test_missing_tarball_is_a_one_line_error(tmp_path):
     assert result.stderr.startswith('error: ') and len(result.stderr.strip().splitlines()) == 1
     assert 'absent.tar' in result.stderr
     assert os.listdir(tmp_path) == []
+
+
+def test_everything_printed_reaches_a_pipe_before_the_command_exits():
+    # The command exits without interpreter teardown (cli.run); what it printed must still all arrive.
+    expected = occystrap('--help').stdout
+    assert expected
+    reader = subprocess.Popen([sys.executable, '-c', 'import sys; print(len(sys.stdin.read()))'],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    writer = subprocess.Popen([sys.executable, '-m', 'occystrap', '--help'], stdout=reader.stdin)
+    reader.stdin.close()
+    assert writer.wait(timeout=60) == 0
+    assert int(reader.stdout.read()) == len(expected)
+    assert reader.wait(timeout=60) == 0
+
+
+PROBE = """
+import sys
+import occystrap.cli as cli
+
+def main():
+    import httpcore   # what every registry command imports
+    print(sys.modules.get('h2') is not None, flush=True)
+    sys.exit(3)
+
+cli.main = main
+sys.argv = ['occystrap'] + sys.argv[1:]
+cli.run()
+"""
+
+
+@pytest.mark.parametrize('args,env,h2', [([], {}, 'False'), (['--http2'], {}, 'True'),
+                                         ([], {'OCCYSTRAP_HTTP2': '1'}, 'True')])
+def test_run_keeps_the_exit_status_and_imports_h2_only_for_http2(args, env, h2):
+    result = subprocess.run([sys.executable, '-c', PROBE, *args], capture_output=True, text=True, timeout=60,
+                            env=dict(os.environ, **env))
+    assert result.returncode == 3, result.stderr
+    assert result.stdout.strip() == h2

@@ -293,6 +293,18 @@ def test_cli_info_over_tls_reports_http2(tls_registry, repo_name, oci_image):
     assert {e.protocol for e in served if e.method == 'GET' and '/blobs/' in e.path} == {'HTTP/1.1'}
 
 
+def test_cli_http2_from_the_environment(tls_registry, repo_name, oci_image):
+    # The command leaves h2 unimported unless HTTP/2 is asked for; OCCYSTRAP_HTTP2 asks for it too.
+    seed_image(tls_registry, repo_name, 'v1', oci_image.path)
+    seen = len(tls_registry.access_log())
+    result = subprocess.run([sys.executable, '-m', 'occystrap', '--ca-cert', str(tls_registry.ca_path), 'info',
+                             'registry://%s/%s:v1' % (tls_registry.host, repo_name)], capture_output=True, text=True,
+                            timeout=120, env=dict(os.environ, OCCYSTRAP_HTTP2='1'))
+    assert result.returncode == 0, result.stderr
+    served = tls_registry.access_log()[seen:]
+    assert {e.protocol for e in served if '/manifests/' in e.path} == {'HTTP/2.0'}
+
+
 def test_cli_pull_to_tar_and_dir(registry, repo_name, oci_image, tmp_path):
     seed_image(registry, repo_name, 'v1', oci_image.path)
     source = 'registry://%s/%s:v1' % (registry.host, repo_name)
