@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import tarfile
 import sys
 
 import pytest
@@ -314,6 +315,16 @@ def test_cli_pull_to_tar_and_dir(registry, repo_name, oci_image, tmp_path):
     # skopeo reads the tarball independently: same config, same uncompressed layers.
     config = skopeo_inspect('docker-archive:%s' % tarball, config=True, raw=True, parse=False)
     assert sha256(config) == oci_image.config_digest
+    assert skopeo_inspect('docker-archive:%s' % tarball)['Layers'] == oci_image.diff_ids
+    # One layer was decompressed straight into the tarball (header patched afterwards), the other copied in from
+    # its temporary file: GNU tar lists both with their sizes and every member's bytes hash to its diffid.
+    listing = subprocess.run(['tar', '-tvf', str(tarball)], capture_output=True, text=True, check=True).stdout
+    with tarfile.open(tarball) as tar:
+        for diffid in oci_image.diff_ids:
+            member = tar.getmember('blobs/sha256/' + diffid.split(':')[1])
+            assert sha256(tar.extractfile(member).read()) == diffid
+            assert ' %d 1970-01-01 00:00 %s' % (member.size, member.name) in listing
+    assert sorted(os.listdir(tmp_path)) == ['image.tar', 'oci-image']    # no temporary file left beside it
     directory = tmp_path / 'dir'
     result = run_cli('--insecure', 'process', source, 'dir://%s' % directory)
     assert result.returncode == 0, result.stderr

@@ -367,3 +367,21 @@ def test_image_without_layers_is_a_valid_archive(tmp_path):
     assert member_json(out, 'manifest.json') == [{'Config': member_json(out, 'manifest.json')[0]['Config'],
                                                   'RepoTags': ['scratch:1'], 'Layers': []}]
     assert skopeo_inspect(f'docker-archive:{out}')['Layers'] in ([], None)
+
+
+def test_patched_header_sizes_read_back_in_octal_and_base_256(tmp_path):
+    # A member streamed into the tarball gets its size written afterwards; from 8 GiB up, in base-256.
+    from occystrap.outputs.tarball import ustar_size_patched
+    for size in (0, 1, 75_000_000, 8 ** 11 - 1, 9 * 1024 ** 3):
+        info = tarfile.TarInfo('blobs/sha256/' + 'a' * 64)
+        header = ustar_size_patched(info.tobuf(tarfile.USTAR_FORMAT), size)
+        assert len(header) == tarfile.BLOCKSIZE
+        assert tarfile.TarInfo.frombuf(header, 'utf-8', 'surrogateescape').size == size
+    # GNU tar agrees, on an archive whose 9 GiB member is a hole in a sparse file.
+    path = tmp_path / 'big.tar'
+    size = 9 * 1024 ** 3
+    with open(path, 'wb') as f:
+        f.write(ustar_size_patched(tarfile.TarInfo('big').tobuf(tarfile.USTAR_FORMAT), size))
+        f.truncate(tarfile.BLOCKSIZE + size + 2 * tarfile.BLOCKSIZE)
+    listing = subprocess.run(['tar', '-tvf', str(path)], capture_output=True, text=True, check=True).stdout
+    assert ' %d ' % size in listing and listing.rstrip().endswith(' big')
