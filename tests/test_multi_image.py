@@ -322,3 +322,29 @@ def test_images_run_concurrently_through_one_client_and_rate_limit(fleet):
     # ...and its one token bucket: never more than the burst plus `rate` a second, whatever the threads.
     assert requests <= rate * (1 + elapsed) + 1, (requests, elapsed)
     assert http.limiter.waited > 0
+
+
+def test_map_starts_the_costliest_items_first_and_returns_results_in_order():
+    ctx = RunContext(Settings(parallel=2))
+    started, release = [], threading.Event()
+    lock = threading.Lock()
+
+    def work(item):
+        with lock:
+            started.append(item)
+        if not release.wait(10):
+            raise AssertionError('never released')
+        return item * 10
+
+    costs = {1: 5, 2: 90, 3: 1, 4: 70, 5: 30}
+    with concurrent.futures.ThreadPoolExecutor(1) as runner:
+        future = runner.submit(ctx.map, work, [1, 2, 3, 4, 5], cost=costs.get)
+        deadline = time.monotonic() + 10
+        while len(started) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.1)
+        # Two workers: the two costliest took them, and nothing else started while they ran.
+        assert sorted(started) == [2, 4]
+        release.set()
+        assert future.result(timeout=10) == [10, 20, 30, 40, 50]
+    assert sorted(started[2:]) == [1, 3, 5]

@@ -50,7 +50,7 @@ class Exclude(pipeline.Filter):
         return rewrite.rewrite_layer(layer, lambda info: None if self.excluded(info) else info, self.ctx.workdir)
 
     def apply(self, image):
-        layers = self.ctx.map(self._filter_layer, image.layers)
+        layers = self.ctx.map(self._filter_layer, image.layers, cost=pipeline.layer_cost)
         if all(new is old for new, old in zip(layers, image.layers)):
             return image
         return image.replace(layers=layers)

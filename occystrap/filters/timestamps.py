@@ -51,7 +51,7 @@ class NormalizeTimestamps(pipeline.Filter):
 
     def apply(self, image):
         layers = self.ctx.map(lambda layer: rewrite.rewrite_layer(layer, self.normalize, self.ctx.workdir),
-                              image.layers)
+                              image.layers, cost=pipeline.layer_cost)
         config = json.loads(image.config_bytes)
         created = rfc3339(self.ts)
         config['created'] = created

@@ -41,7 +41,7 @@ import threading
 
 from occystrap import extract
 from occystrap.errors import CorruptImageError, OccystrapError
-from occystrap.pipeline import ImageOutput
+from occystrap.pipeline import ImageOutput, layer_cost
 
 LOG = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ class DirectoryOutput(ImageOutput):
         if len(diffids) != len(image.layers):
             raise CorruptImageError('%s: config lists %d layers, the image has %d'
                                     % (image.reference, len(diffids), len(image.layers)))
-        files = self.ctx.map(self.store_layer, image.layers)
+        files = self.ctx.map(self.store_layer, image.layers, cost=layer_cost)
         config_name = digest_hex(image.config_digest) + '.json'
         config_path = os.path.join(self.path, config_name)
         if not os.path.exists(config_path):

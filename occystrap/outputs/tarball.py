@@ -45,7 +45,7 @@ import threading
 from occystrap import streams
 from occystrap.errors import CorruptImageError, OccystrapError
 from occystrap.model import MEDIA_OCI_CONFIG, MEDIA_OCI_INDEX, MEDIA_OCI_LAYER_TAR, MEDIA_OCI_MANIFEST
-from occystrap.pipeline import ImageOutput
+from occystrap.pipeline import ImageOutput, layer_cost
 
 FIXED_MTIME = 0
 COPY_BUFFER = streams.CHUNK
@@ -296,7 +296,7 @@ class TarballOutput(ImageOutput):
                      key=lambda layer: layer.origin.size or 0, default=None)
         try:
             if direct is None:
-                self.ctx.map(lambda layer: layer.materialize(self.ctx.workdir), fetch)
+                self.ctx.map(lambda layer: layer.materialize(self.ctx.workdir), fetch, cost=layer_cost)
             with self._lock:
                 self._open()
                 before = len(self._blobs)
@@ -307,7 +307,7 @@ class TarballOutput(ImageOutput):
                         # members, so a failure can still cut the whole image back out.
                         tasks = [(self._stream_layer, direct)] + [(self._materialize, layer) for layer in fetch
                                                                   if layer is not direct]
-                        self.ctx.map(lambda task: task[0](task[1]), tasks)
+                        self.ctx.map(lambda task: task[0](task[1]), tasks, cost=lambda task: layer_cost(task[1]))
                     self._append(image, needed)
                 except BaseException as e:
                     self._restore(snapshot)
