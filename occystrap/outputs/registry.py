@@ -41,7 +41,7 @@ import threading
 from occystrap import model, streams
 from occystrap.errors import OccystrapError, RegistryError
 from occystrap.layercache import LayerCache
-from occystrap.pipeline import ImageOutput
+from occystrap.pipeline import ImageOutput, layer_cost
 
 LOG = logging.getLogger(__name__)
 
@@ -132,12 +132,20 @@ class RegistryOutput(ImageOutput):
         oci = self._oci(image)
         LOG.info('pushing %s to %s/%s:%s (%s manifest, %s layers)', image.reference, self.host, repository,
                  tag or '<digest>', 'OCI' if oci else 'Docker', self.compression)
-        descriptors = self.ctx.map(lambda layer: self._push_layer(job, layer), image.layers)
         # The config usually sits beside the layers in the source repository: mount it from there too.
         sources = [(layer.origin.location.registry, layer.origin.location.repository) for layer in image.layers
                    if layer.origin is not None and layer.origin.location is not None]
         config_bytes = image.config_bytes
-        self._send_blob(job, image.config_digest, len(config_bytes), config_bytes, list(dict.fromkeys(sources)))
+
+        def push(layer):
+            if layer is None:
+                return self._send_blob(job, image.config_digest, len(config_bytes), config_bytes,
+                                       list(dict.fromkeys(sources)))
+            return self._push_layer(job, layer)
+
+        # The config goes alongside the layers (first, it is small) rather than after them: one round trip fewer.
+        descriptors = self.ctx.map(push, [None] + list(image.layers),
+                                   cost=lambda layer: float('inf') if layer is None else layer_cost(layer))[1:]
         manifest_bytes, media_type = self._manifest(image, descriptors, oci)
         digest = streams.sha256_bytes(manifest_bytes)
         if tag is None and self.uri.digest and not getattr(self.ctx, 'multi_image', False) \
