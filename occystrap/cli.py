@@ -241,14 +241,16 @@ def run():
 
 
 def _skip_unused_imports(args):
-    """Keep two optional imports that httpx and httpcore try at import time out of a command that cannot use them.
+    """Keep optional imports that httpx and httpcore try at import time out of a command that cannot use them.
 
-    httpcore imports h2 (HTTP/2) when it is installed, ~25 ms, though only --http2 uses it; httpx imports its own
-    command line when pygments happens to be installed (as in a development venv), ~12 ms. Both treat the module
-    as absent when sys.modules says None. Only the `occystrap` command does this, never an importer of the package.
+    httpcore imports h2 (HTTP/2) when it is installed, ~25 ms, though only --http2 uses it, and anyio, ~15 ms,
+    which only its async API uses; httpx imports its own command line when pygments happens to be installed (as in
+    a development venv), ~12 ms. Each treats the module as absent when sys.modules says None. Only the `occystrap`
+    command does this, never an importer of the package.
     """
     if '--http2' not in args and not os.environ.get('OCCYSTRAP_HTTP2') and 'h2' not in sys.modules:
         sys.modules['h2'] = None
+    sys.modules.setdefault('anyio', None)
     sys.modules.setdefault('httpx._main', None)
 
 

@@ -84,6 +84,7 @@ import occystrap.cli as cli
 
 def main():
     import httpcore   # what every registry command imports
+    assert sys.modules.get('anyio') is None   # httpcore's sync API runs without it
     print(sys.modules.get('h2') is not None, flush=True)
     sys.exit(3)
 
