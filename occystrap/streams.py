@@ -18,6 +18,7 @@ except ImportError:  # pragma: no cover - isal is a dependency, zlib keeps us wo
     fast_zlib = zlib
 
 CHUNK = 1024 * 1024
+INFLATE_MAX = 1024 * 1024   # most bytes one inflate step produces
 GZIP_MAGIC = b'\x1f\x8b'
 ZSTD_MAGIC = b'\x28\xb5\x2f\xfd'
 
@@ -128,40 +129,53 @@ def sniff_compression(head):
 
 
 class _GzipReader(ChunkReader):
-    """Streaming gzip decompression that handles concatenated members."""
+    """Streaming gzip decompression that handles concatenated members.
+
+    Each inflate step yields at most INFLATE_MAX bytes (the rest of its input waits in unconsumed_tail), so memory
+    stays bounded however well a layer compresses, and blocks are handed out by offset, without copying the rest.
+    """
 
     def __init__(self, raw, first=b''):
         self.raw = raw
         self.pending = first
         self.decomp = fast_zlib.decompressobj(31)
         self.buffer = b''
-        self.offset = 0        # how much of buffer has been returned: slicing off the front would copy the rest
+        self.offset = 0        # how much of buffer has been returned
+        self.more = False      # the last step stopped at INFLATE_MAX: input or output is still waiting in decomp
         self.eof = False
 
-    def read(self, size=-1):
-        if size is None or size < 0:
-            size = CHUNK * 4
-        while self.offset >= len(self.buffer) and not self.eof:
+    def _inflate(self):
+        if self.more:
+            data = self.decomp.unconsumed_tail
+        else:
             data = self.pending or self.raw.read(CHUNK)
             self.pending = b''
             if not data:
-                if not self.decomp.eof and (self.decomp.unconsumed_tail or self._started):
+                if self._started:
                     raise CorruptImageError('gzip stream is truncated')
                 self.eof = True
-                break
-            self._started = True
-            try:
-                self.buffer = self.decomp.decompress(data)
-            except (zlib.error, fast_zlib.error) as e:
-                blame_source(self.raw, 'gzip stream is corrupt: %s' % e)
-            self.offset = 0
-            if self.decomp.eof:
-                rest = self.decomp.unused_data
-                self.decomp = fast_zlib.decompressobj(31)
-                self._started = False
-                # Trailing zero padding after the last member is legal in some writers.
-                if rest.strip(b'\x00'):
-                    self.pending = rest
+                return
+        self._started = True
+        try:
+            self.buffer = self.decomp.decompress(data, INFLATE_MAX)
+        except (zlib.error, fast_zlib.error) as e:
+            blame_source(self.raw, 'gzip stream is corrupt: %s' % e)
+        self.offset = 0
+        self.more = bool(self.decomp.unconsumed_tail) or len(self.buffer) >= INFLATE_MAX
+        if self.decomp.eof:
+            rest = self.decomp.unused_data
+            self.decomp = fast_zlib.decompressobj(31)
+            self._started = False
+            self.more = False
+            # Trailing zero padding after the last member is legal in some writers.
+            if rest.strip(b'\x00'):
+                self.pending = rest
+
+    def read(self, size=-1):
+        if size is None or size < 0:
+            size = INFLATE_MAX
+        while self.offset >= len(self.buffer) and not self.eof:
+            self._inflate()
         start = self.offset
         if start == 0 and size >= len(self.buffer):
             out, self.buffer = self.buffer, b''     # the whole block, without a copy
@@ -322,7 +336,7 @@ class PrefetchReader(ChunkReader):
     read(); close() stops the thread.
     """
 
-    def __init__(self, raw, chunk=CHUNK, depth=8):
+    def __init__(self, raw, chunk=CHUNK, depth=4):
         import queue
         import threading
         self.raw = raw

@@ -83,3 +83,17 @@ def test_prefetch_reader_keeps_order_and_raises_errors_of_its_thread():
     with pytest.raises(OSError, match='disk gone'):
         reader.read(10)
     reader.close()
+
+
+def test_gzip_reader_memory_is_bounded_whatever_the_ratio():
+    # 64 MiB of zeros compress to ~64 KiB: one compressed read must not inflate into one 64 MiB block.
+    blob = gzip.compress(b'\0' * (64 * 1024 * 1024), 9)
+    reader = streams.decompressing_reader(io.BytesIO(blob))
+    total = 0
+    while True:
+        data = reader.read()
+        if not data:
+            break
+        assert len(data) <= streams.INFLATE_MAX
+        total += len(data)
+    assert total == 64 * 1024 * 1024

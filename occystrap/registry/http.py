@@ -24,9 +24,10 @@ LOG = logging.getLogger(__name__)
 TIMEOUT = httpx.Timeout(connect=30.0, read=120.0, write=120.0, pool=600.0)
 MAX_RETRY_AFTER = 300.0
 # Bytes asked of the socket per read of an HTTP/1.1 response. httpcore's default is 64 KiB; every read then costs a
-# pass through h11, our stream wrappers and a GIL hand-off per hash, inflate and write. 1 MiB reads cut the CPU of a
-# 190 MB pull by a fifth and its time by a quarter on 2 cores (docs/performance.md, "Read size").
-READ_SIZE = 1024 * 1024
+# pass through h11, our stream wrappers and a GIL hand-off for each hash, inflate and write. 256 KiB reads took the
+# 24-layer 190 MB pull from 2.5 to 1.7 s on 2 cores; 1 MiB reads were no faster and doubled peak memory (each read
+# allocates its full size first), see docs/performance.md, "Where the time goes".
+READ_SIZE = 256 * 1024
 REDIRECT_STATUSES = (301, 302, 303, 307, 308)
 
 
