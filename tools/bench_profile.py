@@ -13,6 +13,7 @@ on 3.12+ only one profiler may be active at a time, so only the main thread is p
 import argparse
 import cProfile
 import io
+import os
 import pstats
 import runpy
 import sys
@@ -48,10 +49,23 @@ def summary(stats, top=30):
     return text.getvalue()
 
 
+class _HardExit(SystemExit):
+    """os._exit, turned into an exception so that the statistics are still written."""
+
+
+def _raise_instead(code):
+    raise _HardExit(code)
+
+
 def profile_module(module, argv, out, summary_path=None, top=30):
-    """Run module as __main__ with sys.argv = [module] + argv under the profilers; return its exit status."""
+    """Run module as __main__ with sys.argv = [module] + argv under the profilers; return its exit status.
+
+    A module that leaves with os._exit (occystrap's command does, skipping interpreter teardown) gets SystemExit
+    instead while it runs here.
+    """
     threading.Thread.run = _profiled_run(threading.Thread.run)
     sys.argv = [module] + list(argv)
+    os._exit = _raise_instead
     main_profile = cProfile.Profile()
     status = 0
     main_profile.enable()
