@@ -128,9 +128,8 @@ class Layer:
         if self._diffid is not None and self.origin.digest == self._diffid:
             # An uncompressed blob is its own diffid: one hash checks both.
             return self.origin.open_verified()
-        # Reading ahead in a thread overlaps the download and blob hashing with decompression.
-        return streams.HashingReader(streams.decompressing_reader(streams.PrefetchReader(self.origin.open_verified())),
-                                     expected=self._diffid, what='layer %s' % (self._diffid or self.origin.digest))
+        return streams.HashingReader(streams.inflating_reader(self.origin.open_verified()), expected=self._diffid,
+                                     what='layer %s' % (self._diffid or self.origin.digest))
 
     def materialize(self, workdir=None):
         """Make sure the uncompressed tar is in a verified file on disk and return its path.

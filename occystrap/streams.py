@@ -8,6 +8,7 @@ import hashlib
 import io
 import os
 import shutil
+import threading
 import zlib
 
 from occystrap.errors import CorruptImageError, DigestMismatchError
@@ -248,6 +249,58 @@ def decompressing_reader(raw):
     if kind == 'zstd':
         return _ZstdReader(raw, head)
     return _Prefixed(raw, head)
+
+
+_CPUS = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
+_inflating = 0
+_inflating_lock = threading.Lock()
+
+
+class _Counted(ChunkReader):
+    """A layer stream that counts as inflating until closed."""
+
+    def __init__(self, raw):
+        self.raw = raw
+
+    def read(self, size=-1):
+        return self.raw.read(size)
+
+    def check(self):
+        if hasattr(self.raw, 'check'):
+            self.raw.check()
+
+    def close(self):
+        global _inflating
+        if not self.closed:
+            with _inflating_lock:
+                _inflating -= 1
+            try:
+                self.raw.close()
+            finally:
+                super().close()
+
+
+def inflating_reader(blob):
+    """The uncompressed bytes of a compressed blob stream, in as many threads as there are cores to spare.
+
+    The blob is always read ahead in a thread (download and blob hashing overlap the inflating). While fewer
+    layers are being inflated than there are cores, the inflating gets a thread of its own too, so that the reader
+    (hashing the diffid, writing the file) runs beside it: a one-layer pull takes 0.6 s instead of 0.7. When every
+    core already inflates a layer, the extra thread would only add hand-offs (the 24-layer pull was 7% slower).
+    """
+    global _inflating
+    with _inflating_lock:
+        spare = _inflating < _CPUS
+        _inflating += 1
+    try:
+        reader = decompressing_reader(PrefetchReader(blob))
+        if spare:
+            reader = PrefetchReader(reader)
+    except BaseException:
+        with _inflating_lock:
+            _inflating -= 1
+        raise
+    return _Counted(reader)
 
 
 def read_all_to(reader, writer, chunk=CHUNK):

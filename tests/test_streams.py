@@ -97,3 +97,29 @@ def test_gzip_reader_memory_is_bounded_whatever_the_ratio():
         assert len(data) <= streams.INFLATE_MAX
         total += len(data)
     assert total == 64 * 1024 * 1024
+
+
+def test_inflating_reader_uses_a_spare_core_and_gives_it_back():
+    data = payload(2 * 1024 * 1024)
+    blob = gzip.compress(data)
+    assert streams._inflating == 0
+    readers = [streams.inflating_reader(io.BytesIO(blob)) for _ in range(streams._CPUS + 1)]
+    assert streams._inflating == streams._CPUS + 1
+    # While a core is spare the inflating runs in a thread of its own (read ahead); beyond that, in the reader's.
+    threaded = [isinstance(r.raw, streams.PrefetchReader) for r in readers]
+    assert threaded == [True] * streams._CPUS + [False]
+    for reader in readers:
+        assert read_in(reader, 300_000) == data
+        reader.close()
+        reader.close()      # twice is harmless and counts once
+    assert streams._inflating == 0
+
+
+def test_inflating_reader_reports_corruption_from_its_threads():
+    blob = bytearray(gzip.compress(payload(2 * 1024 * 1024)))
+    blob[len(blob) // 3] ^= 0x55
+    reader = streams.inflating_reader(io.BytesIO(bytes(blob)))
+    with pytest.raises(CorruptImageError):
+        read_in(reader, 65536)
+    reader.close()
+    assert streams._inflating == 0
