@@ -105,13 +105,22 @@ def test_inflating_reader_uses_a_spare_core_and_gives_it_back():
     assert streams._inflating == 0
     readers = [streams.inflating_reader(io.BytesIO(blob)) for _ in range(streams._CPUS + 1)]
     assert streams._inflating == streams._CPUS + 1
-    # While a core is spare the inflating runs in a thread of its own (read ahead); beyond that, in the reader's.
-    threaded = [isinstance(r.raw, streams.PrefetchReader) for r in readers]
-    assert threaded == [True] * streams._CPUS + [False]
-    for reader in readers:
+    # More layers inflating than cores: the last one inflates in its reader's thread...
+    last = readers[-1]
+    first_part = last.read(100_000)
+    assert not last.threaded and not isinstance(last.reader, streams.PrefetchReader)
+    # ...until another finishes and a core is spare: then a thread takes over where the direct reads stopped.
+    assert read_in(readers[0], 300_000) == data
+    readers[0].close()
+    readers[0].close()      # twice is harmless and counts once
+    assert streams._inflating == streams._CPUS
+    rest = read_in(last, 300_000)
+    assert last.threaded and isinstance(last.reader, streams.PrefetchReader)
+    assert first_part + rest == data
+    for reader in readers[1:-1]:
         assert read_in(reader, 300_000) == data
+    for reader in readers[1:]:
         reader.close()
-        reader.close()      # twice is harmless and counts once
     assert streams._inflating == 0
 
 
