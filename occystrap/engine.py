@@ -81,22 +81,20 @@ class _ResponseReader(streams.ChunkReader):
     def __init__(self, response, socket_path):
         self._response = response
         self._chunks = response.iter_bytes(CHUNK)
-        self._buffer = b''
         self._socket_path = socket_path
         self._eof = False
 
     def read(self, size=-1):
         if size is None or size < 0:
             size = CHUNK * 4
-        while not self._buffer and not self._eof:
+        while not self._held() and not self._eof:
             try:
-                self._buffer = next(self._chunks)
+                self._hold(next(self._chunks))
             except StopIteration:
                 self._eof = True
             except httpx.HTTPError as e:
                 raise EngineError('engine at %s broke off the export: %s' % (self._socket_path, e or type(e).__name__))
-        data, self._buffer = self._buffer[:size], self._buffer[size:]
-        return data
+        return self._take(size)
 
     def close(self):
         if not self.closed:

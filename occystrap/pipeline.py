@@ -98,8 +98,6 @@ class Stats:
 
 def layer_cost(layer):
     """Roughly how much work a layer is, without fetching it: its compressed size, else its file's size."""
-    if layer is None:
-        return 0
     if layer.origin is not None and layer.origin.size is not None:
         return layer.origin.size
     if layer.path is not None:
@@ -164,11 +162,11 @@ class RunContext:
         """
         items = list(items)
         workers = max(1, min(workers or self.settings.parallel, len(items) or 1))
-        order = list(range(len(items)))
-        if cost is not None and workers > 1:
-            order.sort(key=lambda i: -cost(items[i]))
         if workers == 1:
             return [fn(item) for item in items]
+        order = list(range(len(items)))
+        if cost is not None:
+            order.sort(key=lambda i: -cost(items[i]))
         with concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix='layer') as pool:
             submitted = {i: pool.submit(fn, items[i]) for i in order}
             futures = [submitted[i] for i in range(len(items))]

@@ -7,6 +7,7 @@ compression uses the fastest library present (isal, which releases the GIL, fall
 import hashlib
 import io
 import os
+import queue
 import shutil
 import threading
 import zlib
@@ -50,10 +51,39 @@ def new_hasher(digest):
 
 
 class ChunkReader(io.RawIOBase):
-    """Base of our readable streams: a subclass implements read(size); readable() and readinto() follow."""
+    """Base of our readable streams: a subclass implements read(size); readable() and readinto() follow.
+
+    Streams that receive data in blocks keep the current one with _hold() and hand it out with _take(): a read
+    smaller than the block gets a slice and the offset is remembered, so the rest of the block is never copied.
+    """
+
+    _block = b''
+    _taken = 0
 
     def readable(self):
         return True
+
+    def _hold(self, block):
+        self._block = block
+        self._taken = 0
+
+    def _held(self):
+        """Bytes of the held block not handed out yet."""
+        return len(self._block) - self._taken
+
+    def _take(self, size):
+        """Up to `size` bytes (all when negative) of the held block; the whole block is returned without a copy."""
+        start, length = self._taken, len(self._block)
+        end = length if size is None or size < 0 else min(start + size, length)
+        if start == 0 and end == length:
+            out = self._block
+        else:
+            out = self._block[start:end]
+        if end == length:
+            self._block, self._taken = b'', 0
+        else:
+            self._taken = end
+        return out
 
     def readinto(self, buffer):
         data = self.read(len(buffer))
@@ -133,15 +163,13 @@ class _GzipReader(ChunkReader):
     """Streaming gzip decompression that handles concatenated members.
 
     Each inflate step yields at most INFLATE_MAX bytes (the rest of its input waits in unconsumed_tail), so memory
-    stays bounded however well a layer compresses, and blocks are handed out by offset, without copying the rest.
+    stays bounded however well a layer compresses.
     """
 
     def __init__(self, raw, first=b''):
         self.raw = raw
         self.pending = first
         self.decomp = fast_zlib.decompressobj(31)
-        self.buffer = b''
-        self.offset = 0        # how much of buffer has been returned
         self.more = False      # the last step stopped at INFLATE_MAX: input or output is still waiting in decomp
         self.eof = False
 
@@ -158,11 +186,11 @@ class _GzipReader(ChunkReader):
                 return
         self._started = True
         try:
-            self.buffer = self.decomp.decompress(data, INFLATE_MAX)
+            block = self.decomp.decompress(data, INFLATE_MAX)
         except (zlib.error, fast_zlib.error) as e:
             blame_source(self.raw, 'gzip stream is corrupt: %s' % e)
-        self.offset = 0
-        self.more = bool(self.decomp.unconsumed_tail) or len(self.buffer) >= INFLATE_MAX
+        self._hold(block)
+        self.more = bool(self.decomp.unconsumed_tail) or len(block) >= INFLATE_MAX
         if self.decomp.eof:
             rest = self.decomp.unused_data
             self.decomp = fast_zlib.decompressobj(31)
@@ -175,14 +203,9 @@ class _GzipReader(ChunkReader):
     def read(self, size=-1):
         if size is None or size < 0:
             size = INFLATE_MAX
-        while self.offset >= len(self.buffer) and not self.eof:
+        while not self._held() and not self.eof:
             self._inflate()
-        start = self.offset
-        if start == 0 and size >= len(self.buffer):
-            out, self.buffer = self.buffer, b''     # the whole block, without a copy
-            return out
-        self.offset = min(start + size, len(self.buffer))
-        return self.buffer[start:self.offset]
+        return self._take(size)
 
     _started = False
 
@@ -394,19 +417,15 @@ class PrefetchReader(ChunkReader):
     """
 
     def __init__(self, raw, chunk=CHUNK, depth=4):
-        import queue
-        import threading
         self.raw = raw
         self.chunk = chunk
         self._queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
-        self._buffer = b''
         self._done = False
         self._thread = threading.Thread(target=self._run, name='prefetch', daemon=True)
         self._thread.start()
 
     def _run(self):
-        import queue
         try:
             while not self._stop.is_set():
                 data = self.raw.read(self.chunk)
@@ -426,7 +445,7 @@ class PrefetchReader(ChunkReader):
                 pass
 
     def read(self, size=-1):
-        while not self._buffer and not self._done:
+        while not self._held() and not self._done:
             item = self._queue.get()
             if item is None:
                 self._done = True
@@ -434,12 +453,8 @@ class PrefetchReader(ChunkReader):
                 self._done = True
                 raise item
             else:
-                self._buffer = item
-        if size is None or size < 0:
-            out, self._buffer = self._buffer, b''
-        else:
-            out, self._buffer = self._buffer[:size], self._buffer[size:]
-        return out
+                self._hold(item)
+        return self._take(size)
 
     def check(self):
         """Digest checks of the wrapped stream (a HashingReader) happen in the thread; nothing left to do."""

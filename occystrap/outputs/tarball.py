@@ -296,7 +296,7 @@ class TarballOutput(ImageOutput):
                      key=lambda layer: layer.origin.size or 0, default=None)
         try:
             if direct is None:
-                self.ctx.map(lambda layer: layer.materialize(self.ctx.workdir), fetch, cost=layer_cost)
+                self.ctx.map(self._materialize, fetch, cost=layer_cost)
             with self._lock:
                 self._open()
                 before = len(self._blobs)

@@ -596,7 +596,6 @@ class BlobReader(streams.ChunkReader):
         self.received = 0
         self._response = None
         self._chunks = None
-        self._buffer = b''
         self._skip = 0
         self._eof = False
         self._failures = 0
@@ -637,7 +636,7 @@ class BlobReader(streams.ChunkReader):
         self._connect()
 
     def _fill(self):
-        while not self._buffer and not self._eof:
+        while not self._held() and not self._eof:
             try:
                 chunk = next(self._chunks)
             except StopIteration:
@@ -658,26 +657,21 @@ class BlobReader(streams.ChunkReader):
                 self.received += len(chunk)
                 if self.on_bytes:
                     self.on_bytes(len(chunk))
-                self._buffer = chunk
+                self._hold(chunk)
 
     def read(self, size=-1):
         if size is None or size < 0:
             return self.readall()
         self._fill()
-        if size >= len(self._buffer):
-            out, self._buffer = self._buffer, b''
-        else:
-            out, self._buffer = self._buffer[:size], self._buffer[size:]
-        return out
+        return self._take(size)
 
     def readall(self):
         parts = []
         while True:
             self._fill()
-            if not self._buffer:
+            if not self._held():
                 return b''.join(parts)
-            parts.append(self._buffer)
-            self._buffer = b''
+            parts.append(self._take(-1))
 
     def _close_response(self):
         if self._response is not None:
