@@ -60,6 +60,17 @@ class ServiceError(RuntimeError):
     """A real component failed to start or a command against it failed; the message carries its output."""
 
 
+def tree_digests(path):
+    """{relative path: sha256 hex} of every file under path, hidden temporary files included."""
+    found = {}
+    for root, _, files in os.walk(path):
+        for name in files:
+            full = os.path.join(root, name)
+            with open(full, 'rb') as f:
+                found[os.path.relpath(full, path)] = hashlib.sha256(f.read()).hexdigest()
+    return found
+
+
 def free_port():
     """Return a TCP port on 127.0.0.1 that was free a moment ago (the caller retries if it is taken meanwhile)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

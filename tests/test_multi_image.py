@@ -7,7 +7,6 @@ tools/quay_standin.py serves the Quay API over that registry with 8 repositories
 """
 
 import concurrent.futures
-import hashlib
 import json
 import os
 import subprocess
@@ -23,7 +22,7 @@ from occystrap.inputs.registry import glob_matches
 from occystrap.pipeline import RunContext
 from occystrap.settings import Settings
 from occystrap.uris import parse_uri
-from tests.services import Registry, build_oci_layout, seed_image
+from tests.services import Registry, build_oci_layout, seed_image, tree_digests
 from tools.quay_standin import QuayStandin
 
 pytestmark = pytest.mark.integration
@@ -103,17 +102,6 @@ def occystrap(*args, timeout=180):
                           timeout=timeout)
 
 
-def tree(path):
-    """{relative path: sha256} of every file under path (hidden temporary files would show up too)."""
-    found = {}
-    for root, _, files in os.walk(path):
-        for name in files:
-            full = os.path.join(root, name)
-            with open(full, 'rb') as f:
-                found[os.path.relpath(full, path)] = hashlib.sha256(f.read()).hexdigest()
-    return found
-
-
 def name_in_image(directory, manifest_name):
     """The content of etc/name in the top layer of an image written by dir://?unique_names=true."""
     with open(os.path.join(directory, manifest_name)) as f:
@@ -151,7 +139,7 @@ def test_quay_glob_process_is_the_same_at_any_image_parallelism(fleet, tmp_path)
         assert [r['image'] for r in summary['results']] == ['org/%s:v1' % n for n in WITH_V1]
         assert all(r['ok'] for r in summary['results'])
         assert_catalog(out, ['org/' + n for n in WITH_V1])
-        outputs[jobs] = tree(out)
+        outputs[jobs] = tree_digests(out)
     assert outputs['1'] == outputs['6']
     # Every image shares the base layer; it is stored once.
     base_diffid = images['org/app-00'].diff_ids[0].split(':')[1]

@@ -15,6 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tests.services import tree_digests  # noqa: E402
 from tools import imagegen  # noqa: E402
 
 SCALE = 0.01
@@ -25,16 +26,6 @@ def app_image(tmp_path_factory):
     """The app model at a tiny scale, generated once for the tests that only read it."""
     [info] = imagegen.generate('app', str(tmp_path_factory.mktemp('imagegen') / 'app'), scale=SCALE, tag='v1')
     return info
-
-
-def _tree_digests(path):
-    result = {}
-    for dirpath, _, files in os.walk(path):
-        for name in files:
-            full = os.path.join(dirpath, name)
-            with open(full, 'rb') as f:
-                result[os.path.relpath(full, path)] = hashlib.sha256(f.read()).hexdigest()
-    return result
 
 
 def _skopeo_inspect(ref):
@@ -53,7 +44,7 @@ def test_same_seed_gives_byte_identical_layouts(tmp_path):
     second = imagegen.generate('app', str(tmp_path / 'b'), seed=7, scale=SCALE / 2)
     other = imagegen.generate('base', str(tmp_path / 'c'), seed=8, scale=SCALE / 2)
 
-    assert _tree_digests(tmp_path / 'a') == _tree_digests(tmp_path / 'b')
+    assert tree_digests(tmp_path / 'a') == tree_digests(tmp_path / 'b')
     assert first[0].manifest_digest == second[0].manifest_digest
     assert other[0].layers[0].digest != first[0].layers[0].digest
     assert sorted(os.listdir(tmp_path)) == ['a', 'b', 'c']
