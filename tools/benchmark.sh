@@ -30,14 +30,16 @@
 #   tool workflow j J runs mean_s stddev_s min_s max_s peak_rss_mb mb_per_s [baseline_mean_s ratio] status
 # mb_per_s is the compressed image bytes the workflow moves over the mean time; "-" means not applicable.
 # Results directory: results.tsv, results.json, images.json, meta.json, chart.png, logs/.
-set -euo pipefail
+set -eEuo pipefail
+# Whatever stops the run early says where, instead of leaving an empty table and a bare exit status.
+trap 'echo "benchmark: FAILED (exit $?) at line $LINENO: $BASH_COMMAND" >&2' ERR
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 tools=$root/tools
 cache=${XDG_CACHE_HOME:-$HOME/.cache}/occystrap-bench
 
 usage() {
-  sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//'
+  sed -n '2,/^set -e/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//'
 }
 
 die() {
@@ -105,7 +107,10 @@ for cmd in hyperfine jq skopeo docker-registry git; do
 done
 
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
-results=${results:-$root/bench-results/$stamp$([ "$quick" -eq 1 ] && echo -quick)}
+# Not `$([ "$quick" -eq 1 ] && echo -quick)`: a substitution that exits 1 fails the assignment under set -e.
+suffix=''
+[ "$quick" -eq 0 ] || suffix=-quick
+results=${results:-$root/bench-results/$stamp$suffix}
 mkdir -p "$results/logs" "$cache"
 results=$(cd "$results" && pwd)
 work=$(mktemp -d "$cache/run.XXXXXX")
