@@ -2,12 +2,13 @@
 
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.services import Registry
+from tests.services import Registry, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / 'tools' / 'benchmark.sh'
@@ -96,3 +97,21 @@ def test_a_failing_cell_is_reported_and_the_rest_go_on(bench_registry, bench_cac
     assert [line.split('\t')[-1] for line in lines[1:]] == ['failed', 'failed']
     assert result.stderr.count('FAILED: occystrap single-') == 2
     assert 'retries' in result.stderr
+
+
+def test_a_full_run_gets_as_far_as_its_environment(tmp_path):
+    # Without --quick and --results the script names its own results directory; that step once ended every full run
+    # silently with status 1. Against a port nobody listens on, it must now get to the registry check and say so.
+    port = free_port()
+    before = set((ROOT / 'bench-results').glob('*')) if (ROOT / 'bench-results').is_dir() else set()
+    environment = {k: v for k, v in os.environ.items() if not k.startswith('OCCYSTRAP_')}
+    environment.update(XDG_CACHE_HOME=str(tmp_path / 'cache'))
+    try:
+        result = subprocess.run([str(SCRIPT), '--registry', f'127.0.0.1:{port}', '--workflows', 'single-pull'],
+                                capture_output=True, text=True, env=environment, stdin=subprocess.DEVNULL, timeout=240)
+    finally:
+        for made in set((ROOT / 'bench-results').glob('*')) - before:
+            shutil.rmtree(made)
+    assert result.returncode == 2, result.stderr
+    assert f'no registry answers at http://127.0.0.1:{port}/v2/' in result.stderr
+    assert 'the benchmark environment did not start' in result.stderr
