@@ -274,6 +274,39 @@ def decompressing_reader(raw):
     return _Prefixed(raw, head)
 
 
+# glibc's mallopt parameters (malloc.h), and what tune_allocator sets them to.
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+ALLOCATOR_KEEP = 4 * 1024 * 1024
+_allocator_tuned = False
+
+
+def tune_allocator():
+    """Let glibc keep freed layer buffers for reuse instead of returning them to the kernel at once.
+
+    Streaming a layer allocates and frees buffers of 256 KiB to 1 MiB for every read, inflate step and hand-off.
+    glibc's defaults return free memory at the top of a heap to the kernel once ~2 MiB are free, so the next buffer
+    faults in fresh zeroed pages: 40,000 page faults in the 24-layer pull. Serving allocations up to 4 MiB from the
+    heaps and trimming only beyond 4 MiB free halves them, for ~3% less CPU and ~14 MB more peak memory
+    (docs/performance.md). Done once per process, on glibc only, and never over the user's own MALLOC_* settings.
+    """
+    global _allocator_tuned
+    if _allocator_tuned:
+        return
+    _allocator_tuned = True
+    if os.environ.get('MALLOC_TRIM_THRESHOLD_') or os.environ.get('MALLOC_MMAP_THRESHOLD_'):
+        return
+    try:
+        if not os.confstr('CS_GNU_LIBC_VERSION'):
+            return
+        import ctypes
+        libc = ctypes.CDLL(None)
+        libc.mallopt(_M_MMAP_THRESHOLD, ALLOCATOR_KEEP)
+        libc.mallopt(_M_TRIM_THRESHOLD, ALLOCATOR_KEEP)
+    except (AttributeError, ValueError, OSError):   # not glibc, or no mallopt: the defaults stay
+        return
+
+
 _CPUS = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
 _inflating = 0
 _inflating_lock = threading.Lock()
@@ -320,6 +353,7 @@ def inflating_reader(blob):
     one per layer), so a layer starts without it and takes one when the others finish and a core comes free.
     """
     global _inflating
+    tune_allocator()
     with _inflating_lock:
         _inflating += 1
     try:

@@ -4,6 +4,8 @@ import gzip
 import hashlib
 import io
 import os
+import subprocess
+import sys
 
 import pytest
 import zstandard
@@ -132,3 +134,25 @@ def test_inflating_reader_reports_corruption_from_its_threads():
         read_in(reader, 65536)
     reader.close()
     assert streams._inflating == 0
+
+
+ALLOCATOR_PROBE = '''
+import sys
+from occystrap import streams
+streams.tune_allocator()
+streams.tune_allocator()
+print(streams._allocator_tuned, 'ctypes' in sys.modules)
+'''
+
+
+@pytest.mark.parametrize('user_setting', [None, 'MALLOC_TRIM_THRESHOLD_', 'MALLOC_MMAP_THRESHOLD_'])
+def test_allocator_tuning_is_applied_once_and_never_over_the_users_settings(user_setting):
+    if not os.confstr('CS_GNU_LIBC_VERSION'):
+        pytest.fail('these tests expect glibc (Debian); tune_allocator leaves other C libraries alone')
+    env = {k: v for k, v in os.environ.items() if not k.startswith('MALLOC_')}
+    if user_setting:
+        env[user_setting] = '1048576'
+    result = subprocess.run([sys.executable, '-c', ALLOCATOR_PROBE], capture_output=True, text=True, env=env,
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), check=True)
+    # mallopt is reached through ctypes, which nothing else in a pull imports: its absence means it was not called.
+    assert result.stdout.split() == ['True', 'False' if user_setting else 'True']
