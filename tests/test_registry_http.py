@@ -11,7 +11,8 @@ import time
 import pytest
 
 from occystrap.registry.client import RegistryClient
-from occystrap.registry.http import READ_SIZE, ConnectionFailed, HttpClient, RetryPolicy, parse_retry_after
+from occystrap.registry.http import (READ_SIZE, ConnectionFailed, HttpClient, RetryPolicy, parse_retry_after,
+                                     use_lean_body_reads)
 from occystrap.registry.ratelimit import TokenBucket
 from occystrap.settings import Settings
 from tests.services import free_port
@@ -187,6 +188,48 @@ def test_blob_downloads_read_more_than_64k_per_socket_read(registry):
     http.close()
     assert sum(sizes) == len(blob)
     assert max(sizes) > 64 * 1024, sizes
+
+
+def test_lean_body_reads_apply_to_this_h11_and_parse_the_same():
+    # If this fails after an h11 upgrade, its ReceiveBuffer changed: check use_lean_body_reads against the new one.
+    import h11
+    from h11._receivebuffer import ReceiveBuffer
+    assert use_lean_body_reads()
+    assert ReceiveBuffer._occystrap_lean
+
+    buffer = ReceiveBuffer()
+    assert buffer.maybe_extract_at_most(10) is None
+    buffer += b'abcdef'
+    assert buffer.maybe_extract_at_most(0) is None
+    assert bytes(buffer.maybe_extract_at_most(2)) == b'ab'
+    taken = buffer.maybe_extract_at_most(100)
+    assert bytes(taken) == b'cdef' and len(buffer) == 0
+    buffer += b'gh'   # the buffer handed out is not the one that fills next
+    assert bytes(taken) == b'cdef' and bytes(buffer) == b'gh'
+
+    # Two responses on one connection, fed in awkward pieces: a Content-Length body and a chunked one.
+    body = os.urandom(300000)
+    chunked = b''.join(b'%x\r\n%s\r\n' % (len(part), part) for part in (body[:70000], body[70000:])) + b'0\r\n\r\n'
+    wire = (b'HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s' % (len(body), body)
+            + b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n' + chunked)
+    connection = h11.Connection(h11.CLIENT)
+    received = []
+    pieces = [wire[i:i + 65536] for i in range(0, len(wire), 65536)]   # pieces that split bodies and heads
+    for response in range(2):
+        connection.send(h11.Request(method='GET', target='/', headers=[('Host', 'x')]))
+        connection.send(h11.EndOfMessage())
+        data = b''
+        while True:
+            event = connection.next_event()
+            if event is h11.NEED_DATA:
+                connection.receive_data(pieces.pop(0) if pieces else b'')
+            elif isinstance(event, h11.Data):
+                data += bytes(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                break
+        received.append(data)
+        connection.start_next_cycle()
+    assert received == [body, body]
 
 
 @pytest.mark.integration
