@@ -190,32 +190,13 @@ def test_blob_downloads_read_more_than_64k_per_socket_read(registry):
     assert max(sizes) > 64 * 1024, sizes
 
 
-def test_lean_body_reads_apply_to_this_h11_and_parse_the_same():
-    # If this fails after an h11 upgrade, its ReceiveBuffer changed: check use_lean_body_reads against the new one.
+def _h11_bodies(pieces, responses):
+    """Drive an h11 client connection through `responses` responses fed as `pieces`; return their bodies."""
     import h11
-    from h11._receivebuffer import ReceiveBuffer
-    assert use_lean_body_reads()
-    assert ReceiveBuffer._occystrap_lean
-
-    buffer = ReceiveBuffer()
-    assert buffer.maybe_extract_at_most(10) is None
-    buffer += b'abcdef'
-    assert buffer.maybe_extract_at_most(0) is None
-    assert bytes(buffer.maybe_extract_at_most(2)) == b'ab'
-    taken = buffer.maybe_extract_at_most(100)
-    assert bytes(taken) == b'cdef' and len(buffer) == 0
-    buffer += b'gh'   # the buffer handed out is not the one that fills next
-    assert bytes(taken) == b'cdef' and bytes(buffer) == b'gh'
-
-    # Two responses on one connection, fed in awkward pieces: a Content-Length body and a chunked one.
-    body = os.urandom(300000)
-    chunked = b''.join(b'%x\r\n%s\r\n' % (len(part), part) for part in (body[:70000], body[70000:])) + b'0\r\n\r\n'
-    wire = (b'HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s' % (len(body), body)
-            + b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n' + chunked)
     connection = h11.Connection(h11.CLIENT)
-    received = []
-    pieces = [wire[i:i + 65536] for i in range(0, len(wire), 65536)]   # pieces that split bodies and heads
-    for response in range(2):
+    pieces = list(pieces)
+    bodies = []
+    for _ in range(responses):
         connection.send(h11.Request(method='GET', target='/', headers=[('Host', 'x')]))
         connection.send(h11.EndOfMessage())
         data = b''
@@ -223,13 +204,49 @@ def test_lean_body_reads_apply_to_this_h11_and_parse_the_same():
             event = connection.next_event()
             if event is h11.NEED_DATA:
                 connection.receive_data(pieces.pop(0) if pieces else b'')
+            elif isinstance(event, h11.Response):
+                assert event.status_code == 200 and event.headers
             elif isinstance(event, h11.Data):
                 data += bytes(event.data)
             elif isinstance(event, h11.EndOfMessage):
                 break
-        received.append(data)
+        bodies.append(data)
         connection.start_next_cycle()
-    assert received == [body, body]
+    return bodies
+
+
+def test_lean_body_reads_apply_to_this_h11_and_parse_the_same():
+    # If this fails after an h11 upgrade, its ReceiveBuffer changed: check use_lean_body_reads against the new one.
+    from h11._receivebuffer import ReceiveBuffer
+    assert use_lean_body_reads()
+    assert ReceiveBuffer._occystrap_lean
+
+    buffer = ReceiveBuffer()
+    assert buffer.maybe_extract_at_most(10) is None
+    received = os.urandom(1000)
+    buffer += received
+    assert buffer.maybe_extract_at_most(0) is None
+    assert buffer.maybe_extract_at_most(5000) is received   # handed over as it came, not copied
+    buffer += b'abcdef'
+    buffer += b'gh'
+    assert bytes(buffer.maybe_extract_at_most(2)) == b'ab'
+    taken = buffer.maybe_extract_at_most(100)
+    assert bytes(taken) == b'cdefgh' and len(buffer) == 0
+    buffer += b'ij'   # the buffer handed out is not the one that fills next
+    assert bytes(taken) == b'cdefgh' and bytes(buffer) == b'ij'
+    buffer += b'\r\nrest'
+    line = buffer.maybe_extract_next_line()
+    assert isinstance(line, bytearray) and line == b'ij\r\n' and bytes(buffer) == b'rest'
+
+    # Two responses on one connection, a Content-Length body and a chunked one, fed in pieces that split heads
+    # and bodies anywhere, and in pieces that end exactly where each part does (a head alone, then the body).
+    body = os.urandom(300000)
+    head1 = b'HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n' % len(body)
+    head2 = b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n'
+    chunked = b''.join(b'%x\r\n%s\r\n' % (len(part), part) for part in (body[:70000], body[70000:])) + b'0\r\n\r\n'
+    wire = head1 + body + head2 + chunked
+    assert _h11_bodies([wire[i:i + 65536] for i in range(0, len(wire), 65536)], 2) == [body, body]
+    assert _h11_bodies([head1, body[:100000], body[100000:], head2, chunked], 2) == [body, body]
 
 
 @pytest.mark.integration

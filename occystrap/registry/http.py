@@ -150,32 +150,57 @@ def use_large_reads(size=READ_SIZE):
         connection.READ_NUM_BYTES = size
 
 
-def _extract(self, count):
-    """h11 ReceiveBuffer._extract that hands over the whole buffer, uncopied, when everything is taken."""
-    if count >= len(self._data):
-        out = self._data
-        self._data = bytearray()
+def _receive(self, data):
+    """h11 ReceiveBuffer.__iadd__ that adopts a received bytes object as the buffer when the buffer is empty."""
+    if not self._data and type(data) is bytes:
+        self._data = data
     else:
-        out = self._data[:count]
-        del self._data[:count]
+        if type(self._data) is bytes:
+            self._data = bytearray(self._data)
+        self._data += data
+    return self
+
+
+def _take_all(self):
+    out = self._data
+    self._data = bytearray()
+    self._next_line_search = 0
+    self._multiple_lines_search = 0
+    return out
+
+
+def _extract(self, count):
+    """h11 ReceiveBuffer._extract, returning a bytearray as h11 expects, without copying when it takes everything."""
+    if type(self._data) is bytes:
+        self._data = bytearray(self._data)
+    if count >= len(self._data):
+        return _take_all(self)
+    out = self._data[:count]
+    del self._data[:count]
     self._next_line_search = 0
     self._multiple_lines_search = 0
     return out
 
 
 def _maybe_extract_at_most(self, count):
-    """h11 ReceiveBuffer.maybe_extract_at_most without the slice it made only to see whether it was empty."""
+    """h11 ReceiveBuffer.maybe_extract_at_most (body bytes) handing over the buffer, as received, when it takes all."""
     if not self._data or count <= 0:
         return None
-    return self._extract(count)
+    if count >= len(self._data):
+        return _take_all(self)
+    return _extract(self, count)
 
 
 def use_lean_body_reads():
-    """Save h11 two copies of every response body chunk it parses (h11 0.16's ReceiveBuffer copies each chunk out
-    twice: once only to test it for emptiness, once to return it). Applied only to the buffer layout this code was
-    written against; another h11 keeps its own methods (and tests/test_registry_http.py fails, to have this looked
-    at again).
-    About 3% of the CPU of the 24-layer pull (docs/performance.md, "Where the time goes").
+    """Let response bodies pass through h11 without being copied.
+
+    h11 0.16's ReceiveBuffer copies every body chunk three times: into its bytearray, out of it to test it for
+    emptiness, and out again to return it; httpcore then copies the bytearray into bytes. With these methods a
+    socket read that arrives in an empty buffer and is taken whole (the usual case for a streamed blob) is the same
+    bytes object all the way, and httpcore's bytes() of it is free; lines (status and headers) still come out as
+    the bytearrays h11 edits in place. Applied only to the buffer layout this was written against; another h11 keeps
+    its own methods, and tests/test_registry_http.py fails so that this is looked at again. About 8% of the CPU of
+    the 24-layer pull (docs/performance.md, "Where the time goes").
     """
     try:
         from h11._receivebuffer import ReceiveBuffer
@@ -185,6 +210,7 @@ def use_lean_body_reads():
         return True
     if set(vars(ReceiveBuffer())) != {'_data', '_next_line_search', '_multiple_lines_search'}:
         return False
+    ReceiveBuffer.__iadd__ = _receive
     ReceiveBuffer._extract = _extract
     ReceiveBuffer.maybe_extract_at_most = _maybe_extract_at_most
     ReceiveBuffer._occystrap_lean = True
