@@ -287,7 +287,7 @@ def tune_allocator():
     Streaming a layer allocates and frees buffers of 256 KiB to 1 MiB for every read, inflate step and hand-off.
     glibc's defaults return free memory at the top of a heap to the kernel once ~2 MiB are free, so the next buffer
     faults in fresh zeroed pages: 40,000 page faults in the 24-layer pull. Serving allocations up to 4 MiB from the
-    heaps and trimming only beyond 4 MiB free halves them, for ~3% less CPU and ~14 MB more peak memory
+    heaps and trimming only beyond 4 MiB free halves them, for ~3% less CPU and up to ~14 MB more peak memory
     (docs/performance.md). Done once per process, on glibc only, and never over the user's own MALLOC_* settings.
     """
     global _allocator_tuned

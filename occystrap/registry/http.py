@@ -199,7 +199,7 @@ def use_lean_body_reads():
     socket read that arrives in an empty buffer and is taken whole (the usual case for a streamed blob) is the same
     bytes object all the way, and httpcore's bytes() of it is free; lines (status and headers) still come out as
     the bytearrays h11 edits in place. Applied only to the buffer layout this was written against; another h11 keeps
-    its own methods, and tests/test_registry_http.py fails so that this is looked at again. About 8% of the CPU of
+    its own methods, and tests/test_registry_http.py fails so that this is looked at again. About 6% of the CPU of
     the 24-layer pull (docs/performance.md, "Where the time goes").
     """
     try:
