@@ -180,6 +180,13 @@ class TokenRequest:
     status: int
 
 
+class _BackloggedServer(http.server.ThreadingHTTPServer):
+    """ThreadingHTTPServer with room for many connections at once (socketserver's backlog of 5 drops the SYNs of a
+    -j 8 run's simultaneous token requests, which then wait a second to retry)."""
+    daemon_threads = True
+    request_queue_size = 128
+
+
 class TokenServer:
     """A Docker registry token server (the ``auth.token`` flow) on a loopback port.
 
@@ -234,8 +241,7 @@ class TokenServer:
     def start(self):
         """Listen on a free loopback port in a background thread; returns self."""
         handler = _token_handler(self)
-        self._server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
-        self._server.daemon_threads = True
+        self._server = _BackloggedServer(('127.0.0.1', 0), handler)
         self._thread = threading.Thread(target=self._server.serve_forever, name='token-server', daemon=True)
         self._thread.start()
         return self

@@ -8,6 +8,9 @@ import threading
 class _ThreadingServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # socketserver listens with a backlog of 5: a client opening more connections at once than that (occystrap -J 6
+    # checks 24 tags in parallel) has its SYNs dropped and retried after a second, which a real server would not do.
+    request_queue_size = 128
 
 
 class BackgroundHTTPServer:
