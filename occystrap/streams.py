@@ -262,6 +262,7 @@ class _Prefixed(ChunkReader):
 
 def decompressing_reader(raw):
     """Wrap a raw blob stream so that reading yields uncompressed bytes, whatever the blob's compression."""
+    tune_allocator()
     head = raw.read(4)
     kind = sniff_compression(head)
     if kind == 'gzip':
@@ -288,7 +289,8 @@ def tune_allocator():
     glibc's defaults return free memory at the top of a heap to the kernel once ~2 MiB are free, so the next buffer
     faults in fresh zeroed pages: 40,000 page faults in the 24-layer pull. Serving allocations up to 4 MiB from the
     heaps and trimming only beyond 4 MiB free halves them, for ~3% less CPU and up to ~14 MB more peak memory
-    (docs/performance.md). Done once per process, on glibc only, and never over the user's own MALLOC_* settings.
+    (docs/performance.md). Done once per process, when the first layer is decompressed (from a registry or a
+    tarball), on glibc only, and never over the user's own MALLOC_* settings.
     """
     global _allocator_tuned
     if _allocator_tuned:
@@ -353,7 +355,6 @@ def inflating_reader(blob):
     one per layer), so a layer starts without it and takes one when the others finish and a core comes free.
     """
     global _inflating
-    tune_allocator()
     with _inflating_lock:
         _inflating += 1
     try:

@@ -48,6 +48,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
+from tools.loopback import LoopbackServer
+
 REGISTRY_BINARY = '/usr/bin/docker-registry'
 SKOPEO_BINARY = '/usr/bin/skopeo'
 PODMAN_BINARY = '/usr/bin/podman'
@@ -180,13 +182,6 @@ class TokenRequest:
     status: int
 
 
-class _BackloggedServer(http.server.ThreadingHTTPServer):
-    """ThreadingHTTPServer with room for many connections at once (socketserver's backlog of 5 drops the SYNs of a
-    -j 8 run's simultaneous token requests, which then wait a second to retry)."""
-    daemon_threads = True
-    request_queue_size = 128
-
-
 class TokenServer:
     """A Docker registry token server (the ``auth.token`` flow) on a loopback port.
 
@@ -241,7 +236,7 @@ class TokenServer:
     def start(self):
         """Listen on a free loopback port in a background thread; returns self."""
         handler = _token_handler(self)
-        self._server = _BackloggedServer(('127.0.0.1', 0), handler)
+        self._server = LoopbackServer(('127.0.0.1', 0), handler)
         self._thread = threading.Thread(target=self._server.serve_forever, name='token-server', daemon=True)
         self._thread.start()
         return self

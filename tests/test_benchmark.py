@@ -32,11 +32,17 @@ def bench_cache(tmp_path_factory):
     return tmp_path_factory.mktemp('bench-cache')
 
 
-def run_benchmark(registry, cache, results, *args, env=None):
+def bench_environment(cache, env=None):
+    """The caller's environment without OCCYSTRAP_* settings, with the benchmark cache in `cache`."""
     environment = {k: v for k, v in os.environ.items() if not k.startswith('OCCYSTRAP_')}
     environment.update(XDG_CACHE_HOME=str(cache), **(env or {}))
+    return environment
+
+
+def run_benchmark(registry, cache, results, *args, env=None):
     return subprocess.run([str(SCRIPT), '--quick', '--registry', registry.host, '--results', str(results), *args],
-                          capture_output=True, text=True, env=environment, stdin=subprocess.DEVNULL, timeout=240)
+                          capture_output=True, text=True, env=bench_environment(cache, env), stdin=subprocess.DEVNULL,
+                          timeout=240)
 
 
 def test_quick_json_covers_every_workflow(bench_registry, bench_cache, tmp_path):
@@ -104,11 +110,10 @@ def test_a_full_run_gets_as_far_as_its_environment(tmp_path):
     # silently with status 1. Against a port nobody listens on, it must now get to the registry check and say so.
     port = free_port()
     before = set((ROOT / 'bench-results').glob('*')) if (ROOT / 'bench-results').is_dir() else set()
-    environment = {k: v for k, v in os.environ.items() if not k.startswith('OCCYSTRAP_')}
-    environment.update(XDG_CACHE_HOME=str(tmp_path / 'cache'))
     try:
         result = subprocess.run([str(SCRIPT), '--registry', f'127.0.0.1:{port}', '--workflows', 'single-pull'],
-                                capture_output=True, text=True, env=environment, stdin=subprocess.DEVNULL, timeout=240)
+                                capture_output=True, text=True, env=bench_environment(tmp_path / 'cache'),
+                                stdin=subprocess.DEVNULL, timeout=240)
     finally:
         for made in set((ROOT / 'bench-results').glob('*')) - before:
             shutil.rmtree(made)

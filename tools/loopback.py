@@ -5,7 +5,9 @@ import socketserver
 import threading
 
 
-class _ThreadingServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
+class LoopbackServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    """A threaded HTTP server for the doubles: daemon request threads, and a listen backlog for bursts."""
+
     daemon_threads = True
     allow_reuse_address = True
     # socketserver listens with a backlog of 5: a client opening more connections at once than that (occystrap -J 6
@@ -29,7 +31,7 @@ class BackgroundHTTPServer:
         self._thread = None
 
     def start(self):
-        self._server = _ThreadingServer(('127.0.0.1', self.port), self.handler)
+        self._server = LoopbackServer(('127.0.0.1', self.port), self.handler)
         self._server.owner = self
         self.url = 'http://127.0.0.1:%d' % self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name=self.thread_name,
