@@ -1,4 +1,4 @@
-from occystrap.cli import run
+from occystrap.main import run
 
 if __name__ == '__main__':
     run()

@@ -3,9 +3,7 @@
 import dataclasses
 from typing import Optional
 
-DEFAULT_PARALLEL = 8
-DEFAULT_IMAGE_PARALLEL = 3
-DEFAULT_RETRIES = 3
+from occystrap.main import DEFAULT_IMAGE_PARALLEL, DEFAULT_PARALLEL, DEFAULT_RETRIES
 
 
 @dataclasses.dataclass

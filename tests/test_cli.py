@@ -66,7 +66,7 @@ def test_missing_tarball_is_a_one_line_error(tmp_path):
 
 
 def test_everything_printed_reaches_a_pipe_before_the_command_exits():
-    # The command exits without interpreter teardown (cli.run); what it printed must still all arrive.
+    # The command exits without interpreter teardown (main.run); what it printed must still all arrive.
     expected = occystrap('--help').stdout
     assert expected
     reader = subprocess.Popen([sys.executable, '-c', 'import sys; print(len(sys.stdin.read()))'],
@@ -80,7 +80,7 @@ def test_everything_printed_reaches_a_pipe_before_the_command_exits():
 
 PROBE = """
 import sys
-import occystrap.cli as cli
+import occystrap.main as entry
 
 def main():
     import httpcore   # what every registry command imports
@@ -88,9 +88,9 @@ def main():
     print(sys.modules.get('h2') is not None, flush=True)
     sys.exit(3)
 
-cli.main = main
+entry.main = main
 sys.argv = ['occystrap'] + sys.argv[1:]
-cli.run()
+entry.run()
 """
 
 

@@ -1,4 +1,4 @@
-"""The command line: global options, then process, info, search or check.
+"""The command line (the `occystrap` command and `python -m occystrap`): global options, then the commands.
 
 Heavy modules are imported inside the commands so that `occystrap --help` answers at once.
 """
@@ -12,7 +12,12 @@ import click
 
 from occystrap import __version__
 from occystrap.errors import OccystrapError, UsageError
-from occystrap.settings import DEFAULT_IMAGE_PARALLEL, DEFAULT_PARALLEL, DEFAULT_RETRIES, Settings
+
+# The defaults of -j and -J come from the benchmark (docs/performance.md, "Recommended settings"): change them only
+# with its numbers, in a commit of their own. settings.Settings takes its defaults from here.
+DEFAULT_PARALLEL = 8
+DEFAULT_IMAGE_PARALLEL = 3
+DEFAULT_RETRIES = 3
 
 LOG = logging.getLogger('occystrap')
 
@@ -72,6 +77,7 @@ def cli(ctx, parallel, image_parallel, rate_limit, retries, username, password, 
     DESTINATION: tar:///PATH.tar  dir:///PATH[?unique_names=true&expand=true]
                  oci:///PATH  mounts:///PATH  registry://HOST/NAME:TAG  docker://NAME:TAG
     """
+    from occystrap.settings import Settings
     if rate_limit is not None and rate_limit <= 0:
         raise click.BadParameter('must be greater than 0', param_hint='--rate-limit')
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING,
