@@ -77,7 +77,9 @@ def cli(ctx, parallel, image_parallel, rate_limit, retries, username, password, 
     DESTINATION: tar:///PATH.tar  dir:///PATH[?unique_names=true&expand=true]
                  oci:///PATH  mounts:///PATH  registry://HOST/NAME:TAG  docker://NAME:TAG
     """
+    from occystrap import tuning
     from occystrap.settings import Settings
+    tuning.apply()   # once per process, for every command run (in-process callers of main() included)
     if rate_limit is not None and rate_limit <= 0:
         raise click.BadParameter('must be greater than 0', param_hint='--rate-limit')
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING,

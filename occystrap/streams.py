@@ -262,7 +262,6 @@ class _Prefixed(ChunkReader):
 
 def decompressing_reader(raw):
     """Wrap a raw blob stream so that reading yields uncompressed bytes, whatever the blob's compression."""
-    tune_allocator()
     head = raw.read(4)
     kind = sniff_compression(head)
     if kind == 'gzip':
@@ -289,8 +288,8 @@ def tune_allocator():
     glibc's defaults return free memory at the top of a heap to the kernel once ~2 MiB are free, so the next buffer
     faults in fresh zeroed pages: 40,000 page faults in the 24-layer pull. Serving allocations up to 4 MiB from the
     heaps and trimming only beyond 4 MiB free halves them, for ~3% less CPU and up to ~14 MB more peak memory
-    (docs/performance.md). Done once per process, when the first layer is decompressed (from a registry or a
-    tarball), on glibc only, and never over the user's own MALLOC_* settings.
+    (docs/performance.md). Done once per process (tuning.apply(), from the command line), only on the glibc
+    releases of tuning.GLIBC_VERSIONS, and never over the user's own MALLOC_* settings.
     """
     global _allocator_tuned
     if _allocator_tuned:
@@ -298,9 +297,10 @@ def tune_allocator():
     _allocator_tuned = True
     if os.environ.get('MALLOC_TRIM_THRESHOLD_') or os.environ.get('MALLOC_MMAP_THRESHOLD_'):
         return
+    from occystrap import tuning
+    if not tuning.in_range(tuning.glibc_version(), tuning.GLIBC_VERSIONS):
+        return
     try:
-        if not os.confstr('CS_GNU_LIBC_VERSION'):
-            return
         import ctypes
         libc = ctypes.CDLL(None)
         libc.mallopt(_M_MMAP_THRESHOLD, ALLOCATOR_KEEP)

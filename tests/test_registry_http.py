@@ -10,9 +10,10 @@ import time
 
 import pytest
 
+from occystrap import tuning
 from occystrap.registry.client import RegistryClient
-from occystrap.registry.http import (READ_SIZE, ConnectionFailed, HttpClient, RetryPolicy, parse_retry_after,
-                                     use_lean_body_reads)
+from occystrap.registry.http import ConnectionFailed, HttpClient, RetryPolicy, parse_retry_after
+from occystrap.tuning import READ_SIZE, use_lean_body_reads
 from occystrap.registry.ratelimit import TokenBucket
 from occystrap.settings import Settings
 from tests.services import free_port
@@ -171,6 +172,7 @@ def test_rate_limit_caps_requests_of_the_run(registry):
 
 def test_blob_downloads_read_more_than_64k_per_socket_read(registry):
     # httpcore reads 64 KiB per recv unless told otherwise; every read costs a trip through h11 and our readers.
+    tuning.apply()   # as the command line does for every command
     http = HttpClient(Settings(insecure=True))
     client = RegistryClient(http, registry.host)
     blob = os.urandom(6 * 1024 * 1024)
@@ -216,7 +218,7 @@ def _h11_bodies(pieces, responses):
 
 
 def test_lean_body_reads_apply_to_this_h11_and_parse_the_same():
-    # If this fails after an h11 upgrade, its ReceiveBuffer changed: check use_lean_body_reads against the new one.
+    # If this fails after an h11 upgrade, its ReceiveBuffer changed: check tuning.use_lean_body_reads against it.
     from h11._receivebuffer import ReceiveBuffer
     assert use_lean_body_reads()
     assert ReceiveBuffer._occystrap_lean

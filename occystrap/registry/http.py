@@ -23,11 +23,6 @@ LOG = logging.getLogger(__name__)
 
 TIMEOUT = httpx.Timeout(connect=30.0, read=120.0, write=120.0, pool=600.0)
 MAX_RETRY_AFTER = 300.0
-# Bytes asked of the socket per read of an HTTP/1.1 response. httpcore's default is 64 KiB; every read then costs a
-# pass through h11, our stream wrappers and a GIL hand-off for each hash, inflate and write. 256 KiB reads took the
-# 24-layer 190 MB pull from 2.5 to 1.7 s on 2 cores; 1 MiB reads were no faster and doubled peak memory (each read
-# allocates its full size first), see docs/performance.md, "Where the time goes".
-READ_SIZE = 256 * 1024
 REDIRECT_STATUSES = (301, 302, 303, 307, 308)
 
 
@@ -142,87 +137,10 @@ class LazyTransport(httpx.BaseTransport):
             self._transport.close()
 
 
-def use_large_reads(size=READ_SIZE):
-    """Make httpcore's HTTP/1.1 connections read `size` bytes per recv (a class attribute it reads per call)."""
-    import httpcore
-    connection = getattr(httpcore, 'HTTP11Connection', None)
-    if connection is not None and getattr(connection, 'READ_NUM_BYTES', size) < size:
-        connection.READ_NUM_BYTES = size
-
-
-def _receive(self, data):
-    """h11 ReceiveBuffer.__iadd__ that adopts a received bytes object as the buffer when the buffer is empty."""
-    if not self._data and type(data) is bytes:
-        self._data = data
-    else:
-        if type(self._data) is bytes:
-            self._data = bytearray(self._data)
-        self._data += data
-    return self
-
-
-def _take_all(self):
-    out = self._data
-    self._data = bytearray()
-    self._next_line_search = 0
-    self._multiple_lines_search = 0
-    return out
-
-
-def _extract(self, count):
-    """h11 ReceiveBuffer._extract, returning a bytearray as h11 expects, without copying when it takes everything."""
-    if type(self._data) is bytes:
-        self._data = bytearray(self._data)
-    if count >= len(self._data):
-        return _take_all(self)
-    out = self._data[:count]
-    del self._data[:count]
-    self._next_line_search = 0
-    self._multiple_lines_search = 0
-    return out
-
-
-def _maybe_extract_at_most(self, count):
-    """h11 ReceiveBuffer.maybe_extract_at_most (body bytes) handing over the buffer, as received, when it takes all."""
-    if not self._data or count <= 0:
-        return None
-    if count >= len(self._data):
-        return _take_all(self)
-    return _extract(self, count)
-
-
-def use_lean_body_reads():
-    """Let response bodies pass through h11 without being copied.
-
-    h11 0.16's ReceiveBuffer copies every body chunk three times: into its bytearray, out of it to test it for
-    emptiness, and out again to return it; httpcore then copies the bytearray into bytes. With these methods a
-    socket read that arrives in an empty buffer and is taken whole (the usual case for a streamed blob) is the same
-    bytes object all the way, and httpcore's bytes() of it is free; lines (status and headers) still come out as
-    the bytearrays h11 edits in place. Applied only to the buffer layout this was written against; another h11 keeps
-    its own methods, and tests/test_registry_http.py fails so that this is looked at again. About 6% of the CPU of
-    the 24-layer pull (docs/performance.md, "Where the time goes").
-    """
-    try:
-        from h11._receivebuffer import ReceiveBuffer
-    except ImportError:   # pragma: no cover - h11 reorganised: nothing to do
-        return False
-    if getattr(ReceiveBuffer, '_occystrap_lean', False):
-        return True
-    if set(vars(ReceiveBuffer())) != {'_data', '_next_line_search', '_multiple_lines_search'}:
-        return False
-    ReceiveBuffer.__iadd__ = _receive
-    ReceiveBuffer._extract = _extract
-    ReceiveBuffer.maybe_extract_at_most = _maybe_extract_at_most
-    ReceiveBuffer._occystrap_lean = True
-    return True
-
-
 class HttpClient:
     """Wraps one httpx.Client for the whole run; see the module docstring."""
 
     def __init__(self, settings):
-        use_large_reads()
-        use_lean_body_reads()
         self.settings = settings
         self.retry = RetryPolicy(settings.retries)
         self.limiter = TokenBucket(settings.rate_limit) if settings.rate_limit else None
