@@ -105,7 +105,7 @@ class RegistryOutput(ImageOutput):
         self.compression = settings.compression
         # Credentials: the URI's, else --username/--password, else ~/.docker/config.json (the client decides).
         self.client = RegistryClient(ctx.http, uri.host, insecure=uri.flag('insecure'), username=uri.username,
-                                     password=uri.password)
+                                     password=uri.password, authenticators=ctx.authenticators)
         self.cache = LayerCache(settings.layer_cache, warn=ctx.warn)
         self.filters = tuple(getattr(ctx, 'filter_fingerprint', ()) or ())
         self.counters = PushCounters()

@@ -155,7 +155,7 @@ class HttpClient:
                                                         limits=limits))
         self.client = httpx.Client(transport=tls, mounts={'http://': plain}, timeout=TIMEOUT,
                                    follow_redirects=False, headers={'User-Agent': 'occystrap/%s' % __version__})
-        # Blob transfers (streamed blob downloads, and every request body) go over HTTP/1.1, one connection each:
+        # Transfers (request(transfer=True), and every request body) go over HTTP/1.1, one connection each:
         # - concurrent uploads on one HTTP/2 connection stalled in httpcore's flow-control wait until the write
         #   timeout (4 uploads through a 40 ms link), and would share the registry's ~1 MiB upload window anyway;
         # - through 40 ms and 200 Mbit/s per connection, the 24-layer pull took 8.3 s with every blob on one HTTP/2
@@ -166,7 +166,6 @@ class HttpClient:
         self.transfer_client = httpx.Client(transport=transfer_tls, mounts={'http://': plain}, timeout=TIMEOUT,
                                             follow_redirects=False,
                                             headers={'User-Agent': 'occystrap/%s' % __version__})
-        self._authenticators = {}
         self.versions = {}            # host -> HTTP version of its last answer ('HTTP/2', 'HTTP/1.1')
         self.last_http_version = None
         self.requests = 0             # answers received (retries included), for tests and --verbose
@@ -183,25 +182,19 @@ class HttpClient:
         """'http' when --insecure or the URI asks for it, else 'https'."""
         return 'http' if insecure or self.settings.insecure else 'https'
 
-    def authenticator(self, host, username=None, password=None):
-        """The shared Authenticator (token cache) for a registry host and set of credentials."""
-        from occystrap.registry.auth import Authenticator
-        key = (host, username, password)
-        with self._lock:
-            if key not in self._authenticators:
-                self._authenticators[key] = Authenticator(self, host, username, password)
-            return self._authenticators[key]
-
     def http_version(self, host):
         """The HTTP version the last answer from `host` came over, or None."""
         return self.versions.get(host)
 
-    def request(self, method, url, headers=None, content=None, stream=False, retry=True, params=None):
+    def request(self, method, url, headers=None, content=None, stream=False, retry=True, params=None,
+                transfer=False):
         """Send a request, retrying connection errors, 429 and 5xx; returns the httpx.Response.
 
         `content` is bytes, None, or a callable returning a fresh body (bytes or an iterator of bytes) for each
         attempt. With `stream=True` the body is left unread: the caller must close the response. Raises
-        ConnectionFailed when the server stays unreachable. With `retry=False` nothing is retried.
+        ConnectionFailed when the server stays unreachable. With `retry=False` nothing is retried. `transfer=True`
+        says the request moves bulk data (a blob download or upload): it goes over an HTTP/1.1 connection of its
+        own, as does every request that sends a body.
         """
         attempt = 0
         while True:
@@ -209,7 +202,7 @@ class HttpClient:
                 self.limiter.acquire()
             body = content() if callable(content) else content
             try:
-                bulk = body is not None or (stream and '/blobs/' in str(url))
+                bulk = transfer or body is not None
                 client = self.transfer_client if bulk else self.client
                 req = client.build_request(method, url, headers=headers, content=body, params=params)
                 response = client.send(req, stream=stream)
