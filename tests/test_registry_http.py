@@ -16,7 +16,6 @@ from occystrap.registry.http import ConnectionFailed, HttpClient, RetryPolicy, p
 from occystrap.tuning import READ_SIZE, use_lean_body_reads
 from occystrap.registry.ratelimit import TokenBucket
 from occystrap.settings import Settings
-from tests.services import free_port
 
 
 class ScriptedServer:
@@ -148,11 +147,13 @@ def test_no_retry_when_asked_not_to():
 
 
 def test_unreachable_server_fails_after_retries_with_a_one_line_error():
-    port = free_port()
-    http = _client(retries=2)
+    # A server that answered once and is gone; one that never answered fails at once (test_connection_refused.py).
+    with ScriptedServer([(200, {'Connection': 'close'}, b'')]) as server:
+        http = _client(retries=2)
+        assert http.request('GET', 'http://%s/v2/' % server.host).status_code == 200
     with pytest.raises(ConnectionFailed) as raised:
-        http.request('GET', 'http://127.0.0.1:%d/v2/' % port)
-    assert str(raised.value).startswith('cannot reach 127.0.0.1:%d: ' % port)
+        http.request('GET', 'http://%s/v2/' % server.host)
+    assert str(raised.value).startswith('cannot reach %s: ' % server.host)
     assert '(after 2 retries)' in str(raised.value) and len(http.slept) == 2
     http.close()
 

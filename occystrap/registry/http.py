@@ -112,9 +112,21 @@ def describe_transport_error(error):
 
 
 def _permanent(error):
-    # A certificate problem will not fix itself by retrying.
+    # A certificate problem, or a proxy refusing our credentials, will not fix itself by retrying.
     text = str(error)
-    return 'CERTIFICATE_VERIFY_FAILED' in text or 'WRONG_VERSION_NUMBER' in text
+    return ('CERTIFICATE_VERIFY_FAILED' in text or 'WRONG_VERSION_NUMBER' in text
+            or (isinstance(error, httpx.ProxyError) and text.startswith('407')))
+
+
+def connection_refused(error):
+    """True when a transport error is a refused TCP connection (nothing listens at that address and port)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, ConnectionRefusedError):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
 
 
 class LazyTransport(httpx.BaseTransport):
@@ -137,22 +149,49 @@ class LazyTransport(httpx.BaseTransport):
             self._transport.close()
 
 
+class ProxyRouter(httpx.BaseTransport):
+    """Sends each request through `proxied` unless NO_PROXY exempts its host and port, then through `direct`."""
+
+    def __init__(self, direct, proxied, no_proxy, default_port):
+        self.direct = direct
+        self.proxied = proxied
+        self.no_proxy = no_proxy
+        self.default_port = default_port
+
+    def handle_request(self, request):
+        url = request.url
+        exempt = self.no_proxy.matches(url.host, url.port or self.default_port)
+        return (self.direct if exempt else self.proxied).handle_request(request)
+
+    def close(self):
+        self.direct.close()
+        self.proxied.close()
+
+
 class HttpClient:
     """Wraps one httpx.Client for the whole run; see the module docstring."""
 
-    def __init__(self, settings):
+    def __init__(self, settings, environ=None):
+        """`environ` (default os.environ) supplies the proxy variables (registry/proxy.py)."""
+        from occystrap.registry.proxy import ProxyConfig
         self.settings = settings
         self.retry = RetryPolicy(settings.retries)
         self.limiter = TokenBucket(settings.rate_limit) if settings.rate_limit else None
+        self.proxies = ProxyConfig(environ)
+        for scheme in ('http', 'https'):
+            proxy = self.proxies.for_scheme(scheme)
+            if proxy is not None:
+                LOG.info('%s requests go through proxy %s (from %s)', scheme, proxy.display, proxy.variable)
         # Enough connections for every layer transfer of every image in flight, plus token and manifest requests.
         connections = max(8, settings.parallel * settings.image_parallel + 2 * settings.image_parallel)
         limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
         self._lock = threading.Lock()
         self._ssl = None
-        plain = httpx.HTTPTransport(verify=False, limits=limits)
+        self._answered = set()        # hosts that sent any answer in this run (see request())
+        plain = self._routed('http', lambda proxy: httpx.HTTPTransport(verify=False, limits=limits, proxy=proxy))
         # The TLS context costs ~0.15 s to build (certifi + system store), so a plain-HTTP run never builds it.
-        tls = LazyTransport(lambda: httpx.HTTPTransport(verify=self.ssl_context(), http2=settings.http2,
-                                                        limits=limits))
+        tls = self._routed('https', lambda proxy: httpx.HTTPTransport(verify=self.ssl_context(), http2=settings.http2,
+                                                                      limits=limits, proxy=proxy))
         self.client = httpx.Client(transport=tls, mounts={'http://': plain}, timeout=TIMEOUT,
                                    follow_redirects=False, headers={'User-Agent': 'occystrap/%s' % __version__})
         # Transfers (request(transfer=True), and every request body) go over HTTP/1.1, one connection each:
@@ -161,8 +200,8 @@ class HttpClient:
         # - through 40 ms and 200 Mbit/s per connection, the 24-layer pull took 8.3 s with every blob on one HTTP/2
         #   connection and 5.5 s over HTTP/1.1 connections (docs/performance.md).
         # Manifests, configs, tags, catalogs, HEAD checks and tokens stay on HTTP/2, multiplexed on one connection.
-        transfer_tls = LazyTransport(lambda: httpx.HTTPTransport(verify=self.ssl_context(), http2=False,
-                                                                 limits=limits))
+        transfer_tls = self._routed('https', lambda proxy: httpx.HTTPTransport(verify=self.ssl_context(), http2=False,
+                                                                               limits=limits, proxy=proxy))
         self.transfer_client = httpx.Client(transport=transfer_tls, mounts={'http://': plain}, timeout=TIMEOUT,
                                             follow_redirects=False,
                                             headers={'User-Agent': 'occystrap/%s' % __version__})
@@ -170,6 +209,37 @@ class HttpClient:
         self.last_http_version = None
         self.requests = 0             # answers received (retries included), for tests and --verbose
         self.retried = 0
+
+    def _routed(self, scheme, make):
+        """The transport for URLs of `scheme`: make(None), or make(proxy) where the environment sets one.
+
+        Passing a transport to httpx turns its own reading of the proxy variables off, so they are read here.
+        """
+        proxy = self.proxies.for_scheme(scheme)
+        direct = LazyTransport(lambda: make(None))
+        if proxy is None:
+            return direct
+
+        def proxied():
+            # An https:// proxy is verified like a registry (certifi, the system store and --ca-cert).
+            context = self.ssl_context() if proxy.url.startswith('https:') else None
+            return make(httpx.Proxy(proxy.url, ssl_context=context))
+        return ProxyRouter(direct, LazyTransport(proxied), self.proxies.no_proxy,
+                           80 if scheme == 'http' else 443)
+
+    def _unreachable(self, url, error, attempt, refused_first=False):
+        """The ConnectionFailed for a request that got no answer, naming the proxy (never its credentials)."""
+        host = host_of(url)
+        proxy = self.proxies.for_url(url)
+        via = ' through proxy %s' % proxy.display if proxy else ''
+        if refused_first:
+            port_of = "the proxy's port" if proxy else 'the port'
+            return ConnectionFailed('cannot reach %s%s: connection refused (is %s right?)' % (host, via, port_of))
+        suffix = ' (after %d retries)' % attempt if attempt else ''
+        reason = describe_transport_error(error)
+        if proxy is not None and proxy.password:
+            reason = reason.replace(proxy.password, '***')
+        return ConnectionFailed('cannot reach %s%s: %s%s' % (host, via, reason, suffix))
 
     def ssl_context(self):
         """The run's one verifying TLS context, built on first use."""
@@ -207,10 +277,11 @@ class HttpClient:
                 req = client.build_request(method, url, headers=headers, content=body, params=params)
                 response = client.send(req, stream=stream)
             except httpx.TransportError as e:
-                if not retry or attempt >= self.retry.retries or _permanent(e):
-                    suffix = ' (after %d retries)' % attempt if attempt else ''
-                    reason = describe_transport_error(e)
-                    raise ConnectionFailed('cannot reach %s: %s%s' % (host_of(url), reason, suffix))
+                # A refused connection to a host that has not answered once in this run is a wrong port or nothing
+                # running there: retrying would only wait. One that answered before may be restarting: retry.
+                refused_first = connection_refused(e) and host_of(url) not in self._answered
+                if not retry or attempt >= self.retry.retries or _permanent(e) or refused_first:
+                    raise self._unreachable(url, e, attempt, refused_first)
                 waited = self.retry.wait(attempt)
                 LOG.info('%s %s failed (%s); retry %d in %.2fs', method, without_query(url),
                          type(e).__name__, attempt + 1, waited)
@@ -235,6 +306,7 @@ class HttpClient:
         host = host_of(url)
         with self._lock:
             self.requests += 1
+            self._answered.add(host)
             if not bulk:   # what was negotiated for the host; blob transfers are HTTP/1.1 by choice
                 self.versions[host] = response.http_version
                 self.last_http_version = response.http_version
