@@ -1,8 +1,10 @@
 """The run's one HTTP client: pooled (HTTP/2 where offered) connections, one retry policy, one rate limiter.
 
-RunContext.http creates a single HttpClient per run; every thread and image shares it, so connections, tokens and
-the rate limit are shared too. Redirects are not followed here: the registry client follows them itself so that
-Authorization is dropped when a redirect leads to another host.
+RunContext.http creates a single HttpClient per run; every thread and image shares it, so connections and the rate
+limit are shared too (tokens are the run's auth.Authenticators'). It knows HTTP, not the registry protocol: callers
+say which requests are blob transfers. Requests go through the environment's proxies (registry/proxy.py). Redirects
+are not followed here: the registry client follows them itself so that Authorization is dropped when a redirect
+leads to another host.
 """
 
 import email.utils
