@@ -313,3 +313,29 @@ def test_https_to_a_plain_registry_suggests_insecure(registry):
         RegistryClient(http, registry.host).ping()
     assert '--insecure' in str(raised.value)
     http.close()
+
+
+@pytest.mark.integration
+def test_callers_choose_the_transfer_connections_not_the_url(tls_registry):
+    # The transport routes by what the caller says, whatever the path looks like.
+    http = HttpClient(Settings(ca_cert=str(tls_registry.ca_path), http2=True))
+    before = len(tls_registry.access_log())
+    http.request('GET', 'https://%s/v2/' % tls_registry.host, transfer=True).close()
+    blob_path = '/v2/transfer/choice/blobs/sha256:' + '0' * 64
+    http.request('HEAD', 'https://%s%s' % (tls_registry.host, blob_path), stream=True).close()
+    http.close()
+    served = tls_registry.access_log()[before:]
+    assert [(e.path, e.protocol) for e in served] == [('/v2/', 'HTTP/1.1'), (blob_path, 'HTTP/2.0')]
+
+
+def test_registry_clients_of_a_run_share_one_authenticator_per_host_and_credentials():
+    from occystrap.pipeline import RunContext
+    ctx = RunContext(Settings(insecure=True))
+    first = RegistryClient(ctx.http, '127.0.0.1:5000', username='u', password='p', authenticators=ctx.authenticators)
+    second = RegistryClient(ctx.http, '127.0.0.1:5000', username='u', password='p', authenticators=ctx.authenticators)
+    other = RegistryClient(ctx.http, '127.0.0.1:5000', username='v', password='p', authenticators=ctx.authenticators)
+    alone = RegistryClient(ctx.http, '127.0.0.1:5000', username='u', password='p')
+    assert first.auth is second.auth
+    assert other.auth is not first.auth and alone.auth is not first.auth
+    assert not hasattr(ctx.http, 'authenticator')
+    ctx.close()
