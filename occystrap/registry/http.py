@@ -201,7 +201,8 @@ class HttpClient:
         #   timeout (4 uploads through a 40 ms link), and would share the registry's ~1 MiB upload window anyway;
         # - through 40 ms and 200 Mbit/s per connection, the 24-layer pull took 8.3 s with every blob on one HTTP/2
         #   connection and 5.5 s over HTTP/1.1 connections (docs/performance.md).
-        # Manifests, configs, tags, catalogs, HEAD checks and tokens stay on HTTP/2, multiplexed on one connection.
+        # Manifests, tags, catalogs, the API root and tokens stay on HTTP/2, multiplexed on one connection;
+        # RegistryClient marks every blob request a transfer, HEAD checks and configs included.
         transfer_tls = self._routed('https', lambda proxy: httpx.HTTPTransport(verify=self.ssl_context(), http2=False,
                                                                                limits=limits, proxy=proxy))
         self.transfer_client = httpx.Client(transport=transfer_tls, mounts={'http://': plain}, timeout=TIMEOUT,
