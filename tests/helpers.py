@@ -16,6 +16,7 @@ import tarfile
 import threading
 
 from occystrap.model import Blob, Image, Layer
+from tools.loopback import LoopbackServer
 
 
 def sha256(data):
@@ -189,8 +190,7 @@ class ScriptedServer:
 
             do_GET = do_HEAD = do_POST = do_PUT = _answer
 
-        self.httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
-        self.httpd.daemon_threads = True
+        self.httpd = LoopbackServer(('127.0.0.1', 0), Handler)
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
     @property
