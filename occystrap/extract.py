@@ -30,6 +30,7 @@ import stat
 import tarfile
 import threading
 
+from occystrap import streams
 from occystrap.errors import CorruptImageError, OccystrapError
 
 LOG = logging.getLogger(__name__)
@@ -43,7 +44,6 @@ WHITEOUT_META_PREFIX = '.wh..wh.'
 OPAQUE = '.wh..wh..opq'
 # Layers may carry extended attributes in these namespaces; trusted.* could steer overlayfs and is never taken.
 XATTR_PREFIXES = ('user.', 'security.', 'system.posix_acl_')
-CHUNK = 1024 * 1024
 # Errors that concern one member (a name too long, an operation this filesystem or user may not do), not the run.
 MEMBER_ERRORS = (errno.ENAMETOOLONG, errno.EINVAL, errno.EPERM, errno.EEXIST, errno.EMLINK, errno.EOPNOTSUPP)
 DIR_OPEN_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -301,7 +301,7 @@ class _LayerApplier:
         with os.fdopen(fd, 'wb') as out:
             source = tar.extractfile(m)
             if source is not None:
-                shutil.copyfileobj(source, out, CHUNK)
+                shutil.copyfileobj(source, out, streams.CHUNK)
             out.flush()
             self.summary.bytes += m.size
             self.metadata_fd(out.fileno(), m)
@@ -519,17 +519,10 @@ def extract_layer(stream, root, whiteouts=APPLY, allow_devices=False, xattrs=Tru
             raise OccystrapError('cannot extract %s into %s: %s' % (what, root, e))
     finally:
         tree.close()
-    _drain(stream)
+    # Whatever follows the tar's end-of-archive blocks is read too, so a verifying reader (streams.HashingReader)
+    # reaches its end and checks its digest; the stream may be a plain file.
+    streams.drain(stream)
     return summary
-
-
-def _drain(stream):
-    """Read whatever follows the tar's end-of-archive blocks, so a digest-checking stream sees all of its bytes."""
-    while stream.read(CHUNK):
-        pass
-    check = getattr(stream, 'check', None)
-    if check is not None:
-        check()
 
 
 def read_file_in(root, path, limit=1 << 20):

@@ -147,9 +147,7 @@ class Layer:
                 with os.fdopen(fd, 'wb') as out:
                     reader = self.open()
                     try:
-                        size = streams.read_all_to(reader, out)
-                        reader.read(1)  # reaches EOF handling in every wrapper so digests get checked
-                        reader.check()
+                        size = streams.copy_verified(reader, out)
                     finally:
                         reader.close()
             except BaseException:

@@ -19,6 +19,8 @@ try:
 except ImportError:  # pragma: no cover - isal is a dependency, zlib keeps us working without it
     fast_zlib = zlib
 
+# What zlib and isal raise for a corrupt compressed stream that no reader here turned into a CorruptImageError.
+DECOMPRESS_ERRORS = tuple({zlib.error, fast_zlib.error})
 CHUNK = 1024 * 1024
 INFLATE_MAX = 1024 * 1024   # most bytes one inflate step produces
 GZIP_MAGIC = b'\x1f\x8b'
@@ -89,6 +91,15 @@ class ChunkReader(io.RawIOBase):
         data = self.read(len(buffer))
         buffer[:len(data)] = data
         return len(data)
+
+    def check(self):
+        """Raise if what was read fails verification; here nothing is verified, so nothing happens.
+
+        Only HashingReader verifies. The decompressing and read-ahead readers have nothing of their own to check:
+        the blob's HashingReader below them checks itself when they read it to its end, in whatever thread that
+        is, and read() raises what it found. So every reader here answers check(), and callers never ask whether
+        it can.
+        """
 
 
 class HashingReader(ChunkReader):
@@ -187,7 +198,7 @@ class _GzipReader(ChunkReader):
         self._started = True
         try:
             block = self.decomp.decompress(data, INFLATE_MAX)
-        except (zlib.error, fast_zlib.error) as e:
+        except DECOMPRESS_ERRORS as e:
             blame_source(self.raw, 'gzip stream is corrupt: %s' % e)
         self._hold(block)
         self.more = bool(self.decomp.unconsumed_tail) or len(block) >= INFLATE_MAX
@@ -330,10 +341,6 @@ class _Inflating(ChunkReader):
             self.threaded = True
         return self.reader.read(size)
 
-    def check(self):
-        if hasattr(self.reader, 'check'):
-            self.reader.check()
-
     def close(self):
         global _inflating
         if not self.closed:
@@ -371,12 +378,47 @@ def read_all_to(reader, writer, chunk=CHUNK):
     while True:
         try:
             data = reader.read(chunk)
-        except (zlib.error, fast_zlib.error) as e:
+        except DECOMPRESS_ERRORS as e:
             raise CorruptImageError('compressed stream is corrupt: %s' % e)
         if not data:
             return total
         writer.write(data)
         total += len(data)
+
+
+def copy_verified(reader, writer, chunk=CHUNK):
+    """Copy a reader of this module to `writer` up to its end, then verify it; returns the byte count.
+
+    Raises DigestMismatchError or CorruptImageError when what was read is not what the reader expects; the writer
+    has then received bytes that must be thrown away.
+    """
+    total = read_all_to(reader, writer, chunk)
+    reader.check()
+    return total
+
+
+def drain(stream, chunk=CHUNK):
+    """Read any readable stream to its end, dropping the bytes; returns how many there were.
+
+    A HashingReader verifies itself when it gets there; use drain_verified where the stream is one of ours.
+    """
+    total = 0
+    while True:
+        data = stream.read(chunk)
+        if not data:
+            return total
+        total += len(data)
+
+
+def drain_verified(reader, chunk=CHUNK):
+    """Read a reader of this module to its end, then verify it; returns the number of bytes read.
+
+    For callers that need the check, not the bytes (`check`), or that stopped reading before the end (a tar
+    stream's trailing blocks). Raises like copy_verified.
+    """
+    total = drain(reader, chunk)
+    reader.check()
+    return total
 
 
 class Compressor:
@@ -490,11 +532,6 @@ class PrefetchReader(ChunkReader):
             else:
                 self._hold(item)
         return self._take(size)
-
-    def check(self):
-        """Digest checks of the wrapped stream (a HashingReader) happen in the thread; nothing left to do."""
-        if hasattr(self.raw, 'check'):
-            self.raw.check()
 
     def close(self):
         self._stop.set()

@@ -20,7 +20,6 @@ import hashlib
 import os
 import tarfile
 import tempfile
-import zlib
 
 from occystrap import model, streams
 from occystrap.errors import CorruptImageError
@@ -36,9 +35,6 @@ _TYPE_NAMES = {tarfile.REGTYPE: 'file', tarfile.AREGTYPE: 'file', tarfile.CONTTY
                tarfile.GNUTYPE_SPARSE: 'file', tarfile.DIRTYPE: 'dir', tarfile.SYMTYPE: 'symlink',
                tarfile.LNKTYPE: 'hardlink', tarfile.CHRTYPE: 'char', tarfile.BLKTYPE: 'block',
                tarfile.FIFOTYPE: 'fifo'}
-
-# What zlib and isal raise for a corrupt compressed stream that nothing below turned into a CorruptImageError.
-DECOMPRESS_ERRORS = tuple({zlib.error, streams.fast_zlib.error})
 
 
 def member_path(name):
@@ -95,12 +91,10 @@ def iter_members(layer, data=True):
                 for info in tar:
                     yield info, (tar.extractfile(info) if data and info.isreg() else None)
         if reader is not None:
-            while reader.read(streams.CHUNK):
-                pass
-            reader.check()
+            streams.drain_verified(reader)
     except tarfile.TarError as e:
         raise CorruptImageError('%s is not a valid tar: %s' % (what, e))
-    except DECOMPRESS_ERRORS as e:
+    except streams.DECOMPRESS_ERRORS as e:
         raise CorruptImageError('%s is corrupt: %s' % (what, e))
     except EOFError as e:
         raise CorruptImageError('%s is truncated: %s' % (what, e))

@@ -228,9 +228,7 @@ class TarballOutput(ImageOutput):
         def copy(out):
             reader = layer.open()
             try:
-                size = streams.read_all_to(reader, out)
-                reader.read(1)    # EOF reaches every wrapper, so both digests are checked
-                reader.check()
+                size = streams.copy_verified(reader, out)
             finally:
                 reader.close()
             return size
