@@ -30,7 +30,7 @@ import stat
 import tarfile
 import threading
 
-from occystrap import streams
+from occystrap import layertar, streams
 from occystrap.errors import CorruptImageError, OccystrapError
 
 LOG = logging.getLogger(__name__)
@@ -39,9 +39,6 @@ APPLY = 'apply'
 KEEP = 'keep'
 OVERLAY = 'overlay'
 
-WHITEOUT_PREFIX = '.wh.'
-WHITEOUT_META_PREFIX = '.wh..wh.'
-OPAQUE = '.wh..wh..opq'
 # Layers may carry extended attributes in these namespaces; trusted.* could steer overlayfs and is never taken.
 XATTR_PREFIXES = ('user.', 'security.', 'system.posix_acl_')
 # Errors that concern one member (a name too long, an operation this filesystem or user may not do), not the run.
@@ -79,13 +76,9 @@ def is_root():
 
 def split_member_name(name):
     """The path components of a member name below the root; raises _Refused for a `..` component."""
-    parts = []
-    for part in name.split('/'):
-        if part in ('', '.'):
-            continue
-        if part == '..':
-            raise _Refused('has a .. component')
-        parts.append(part)
+    parts = layertar.member_parts(name)
+    if '..' in parts:
+        raise _Refused('has a .. component')
     return parts
 
 
@@ -215,7 +208,7 @@ class _LayerApplier:
                 return                 # the root itself: its metadata belongs to the caller
             raise _Refused('names the root directory itself')
         parent, base = parts[:-1], parts[-1]
-        if base.startswith(WHITEOUT_PREFIX) and self.whiteouts != KEEP:
+        if base.startswith(layertar.WHITEOUT_PREFIX) and self.whiteouts != KEEP:
             return self.whiteout(parent, base)
         if m.isdev() and not self.allow_devices:
             kind = 'FIFO' if m.isfifo() else 'device node'
@@ -345,13 +338,13 @@ class _LayerApplier:
     # -- whiteouts --------------------------------------------------------------------------------------------------
 
     def whiteout(self, parent, base):
-        if base == OPAQUE:
+        if base == layertar.OPAQUE_WHITEOUT:
             self.summary.whiteouts += 1
             return self.opaque(parent)
-        if base.startswith(WHITEOUT_META_PREFIX):
+        if base.startswith(layertar.WHITEOUT_META_PREFIX):
             LOG.debug('%s: ignoring whiteout metadata %s', self.what, '/'.join(parent + [base]))
             return
-        name = base[len(WHITEOUT_PREFIX):]
+        name = base[len(layertar.WHITEOUT_PREFIX):]
         if name in ('', '.', '..'):
             raise _Refused('whiteout names %r' % name)
         hidden = tuple(parent + [name])

@@ -10,7 +10,7 @@ Decisions every rewrite shares:
 - The output is PAX format, members in input order. pax keys that mirror a TarInfo field (path, mtime, uname...)
   are dropped when the edit changes that field, because tarfile would otherwise write the stale pax value over it.
 - Whiteouts (`.wh.NAME`, `.wh..wh..opq`) are ordinary empty files to tar and are written through as they are; the
-  edit function decides about them like any other member (`whiteout_target` says which path one hides).
+  edit function decides about them like any other member (`layertar.whiteout_target` says which path one hides).
 - A hard link whose target was dropped earlier in the same layer is dropped too, rather than turned into a copy
   of the target: a dangling link would make the layer fail to extract, and a copy would bring back the very bytes
   the edit removed.
@@ -21,43 +21,12 @@ import os
 import tarfile
 import tempfile
 
-from occystrap import model, streams
+from occystrap import layertar, model, streams
 from occystrap.errors import CorruptImageError
-
-WHITEOUT_PREFIX = '.wh.'
-OPAQUE_WHITEOUT = '.wh..wh..opq'
 
 # TarInfo fields that a pax header can carry a copy of (pax keyword -> attribute).
 _PAX_MIRRORS = {'path': 'name', 'linkpath': 'linkname', 'uname': 'uname', 'gname': 'gname', 'uid': 'uid',
                 'gid': 'gid', 'mtime': 'mtime', 'size': 'size'}
-
-_TYPE_NAMES = {tarfile.REGTYPE: 'file', tarfile.AREGTYPE: 'file', tarfile.CONTTYPE: 'file',
-               tarfile.GNUTYPE_SPARSE: 'file', tarfile.DIRTYPE: 'dir', tarfile.SYMTYPE: 'symlink',
-               tarfile.LNKTYPE: 'hardlink', tarfile.CHRTYPE: 'char', tarfile.BLKTYPE: 'block',
-               tarfile.FIFOTYPE: 'fifo'}
-
-
-def member_path(name):
-    """A tar member name as a clean relative path: no leading './' or '/', no trailing '/', '' for the root."""
-    while name.startswith('./') or name.startswith('/'):
-        name = name[2:] if name.startswith('./') else name[1:]
-    name = name.rstrip('/')
-    return '' if name == '.' else name
-
-
-def member_type(info):
-    """'file', 'dir', 'symlink', 'hardlink', 'char', 'block', 'fifo' (or 'other') for a TarInfo."""
-    return _TYPE_NAMES.get(info.type, 'other')
-
-
-def whiteout_target(path):
-    """For a whiteout member path, the path it hides ('dir' for an opaque 'dir/.wh..wh..opq'); None otherwise."""
-    parent, _, base = path.rpartition('/')
-    if base == OPAQUE_WHITEOUT:
-        return parent
-    if base.startswith(WHITEOUT_PREFIX):
-        return (parent + '/' if parent else '') + base[len(WHITEOUT_PREFIX):]
-    return None
 
 
 def _layer_name(layer):
@@ -131,7 +100,7 @@ def _mirrored(info):
 def rewrite_layer(layer, edit, workdir=None):
     """A new Layer whose tar is `layer`'s with `edit` applied to every member.
 
-    `edit(info)` gets each TarInfo (use `member_path(info.name)` for its clean path) and returns the TarInfo to
+    `edit(info)` gets each TarInfo (`layertar.member_path(info.name)` is its clean path) and returns the TarInfo to
     write (usually the same object, changed in place) or None to drop the member. It must not change a regular
     file's size. Hard links to dropped members are dropped without asking `edit`. The new tar goes to a temporary
     file in `workdir` while it is hashed; the returned layer owns that file, keeps `created_by`, and has no origin.
@@ -145,8 +114,8 @@ def rewrite_layer(layer, edit, workdir=None):
             with tarfile.open(fileobj=out, mode='w', format=tarfile.PAX_FORMAT, copybufsize=streams.CHUNK) as tar:
                 dropped = set()
                 for info, data in iter_members(layer):
-                    path = member_path(info.name)
-                    if info.islnk() and member_path(info.linkname) in dropped:
+                    path = layertar.member_path(info.name)
+                    if info.islnk() and layertar.member_path(info.linkname) in dropped:
                         new = None
                     else:
                         before = _mirrored(info)

@@ -27,7 +27,7 @@ import tempfile
 import threading
 from typing import Optional
 
-from occystrap import streams
+from occystrap import layertar, streams
 from occystrap.errors import CorruptImageError, OccystrapError
 from occystrap.model import (Blob, Image, Layer, MANIFEST_LIST_TYPES, MEDIA_DOCKER_CONFIG, MEDIA_OCI_CONFIG,
                              MEDIA_OCI_MANIFEST, layer_media_type)
@@ -83,12 +83,6 @@ class RangeReader(streams.ChunkReader):
             super().close()
 
 
-def _clean_name(name):
-    """A member name as the manifests refer to it: no leading './' or '/', no '..' games."""
-    name = posixpath.normpath('/' + name.replace('\\', '/')).lstrip('/')
-    return name
-
-
 class TarIndex:
     """The regular files of a tarball by name, with symlinks and hard links between members resolved."""
 
@@ -108,7 +102,7 @@ class TarIndex:
             with tarfile.open(self.path, mode='r:') as tar:
                 last = None
                 for info in tar:
-                    name = _clean_name(info.name)
+                    name = layertar.archive_name(info.name)
                     if info.isreg():
                         if info.offset_data + info.size > file_size:
                             self._fail('is truncated: member %s needs %d bytes, the file ends %d bytes in'
@@ -116,10 +110,11 @@ class TarIndex:
                         self.files[name] = Member(name, info.offset_data, info.size)
                         self.links.pop(name, None)
                     elif info.issym():
-                        self.links[name] = _clean_name(posixpath.join(posixpath.dirname(name), info.linkname))
+                        target = posixpath.join(posixpath.dirname(name), info.linkname)
+                        self.links[name] = layertar.archive_name(target)
                         self.files.pop(name, None)
                     elif info.islnk():
-                        self.links[name] = _clean_name(info.linkname)
+                        self.links[name] = layertar.archive_name(info.linkname)
                         self.files.pop(name, None)
                     last = name
                 end = tar.offset
@@ -144,7 +139,7 @@ class TarIndex:
 
     def resolve(self, name):
         """The Member a name refers to (following links), or None when the tarball has no such file."""
-        name = _clean_name(name)
+        name = layertar.archive_name(name)
         for _ in range(MAX_LINK_DEPTH):
             if name in self.files:
                 return self.files[name]
@@ -369,7 +364,7 @@ class TarballInput(ImageInput):
             if not isinstance(layers, list) or not all(isinstance(name, str) and name for name in layers):
                 self._fail('%s has no list of Layers' % where)
             config_digest = None
-            blob = BLOB_PATH_RE.match(_clean_name(config))
+            blob = BLOB_PATH_RE.match(layertar.archive_name(config))
             legacy = LEGACY_CONFIG_RE.match(posixpath.basename(config))
             if blob:
                 config_digest = '%s:%s' % blob.groups()
@@ -378,7 +373,7 @@ class TarballInput(ImageInput):
             sources = entry.get('LayerSources') or {}
             layer_specs = []
             for name in layers:
-                layer_blob = BLOB_PATH_RE.match(_clean_name(name))
+                layer_blob = BLOB_PATH_RE.match(layertar.archive_name(name))
                 digest = '%s:%s' % layer_blob.groups() if layer_blob else None
                 media_type = None
                 source = sources.get(digest) if digest and isinstance(sources, dict) else None
