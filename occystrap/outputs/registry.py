@@ -42,6 +42,7 @@ from occystrap import model, streams
 from occystrap.errors import OccystrapError, RegistryError
 from occystrap.layercache import LayerCache
 from occystrap.pipeline import ImageOutput, layer_cost
+from occystrap.progress import human_bytes
 
 LOG = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ class PushCounters:
 
     def describe(self):
         text = '%d blob%s uploaded (%s), %d mounted, %d already present, %d compressed' % (
-            self.uploaded, '' if self.uploaded == 1 else 's', _human(self.uploaded_bytes), self.mounted,
+            self.uploaded, '' if self.uploaded == 1 else 's', human_bytes(self.uploaded_bytes), self.mounted,
             self.present, self.compressed)
         if self.cache_hits:
             text += ', %d from the layer cache' % self.cache_hits
@@ -384,10 +385,3 @@ class _CompressingWriter:
     @property
     def digest(self):
         return 'sha256:' + self.hasher.hexdigest()
-
-
-def _human(n):
-    for unit in ('B', 'KB', 'MB', 'GB'):
-        if n < 1000 or unit == 'GB':
-            return ('%d %s' % (n, unit)) if unit == 'B' else '%.1f %s' % (n, unit)
-        n /= 1000.0
