@@ -148,6 +148,29 @@ class HashingReader(ChunkReader):
             super().close()
 
 
+class HashingWriter:
+    """A write-only file object that hashes (sha256) and counts the bytes it passes on to `raw`."""
+
+    def __init__(self, raw):
+        self.raw = raw
+        self.hasher = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data):
+        if not data:
+            return 0
+        self.hasher.update(data)
+        self.size += len(data)
+        return self.raw.write(data)
+
+    def tell(self):
+        return self.size
+
+    @property
+    def digest(self):
+        return 'sha256:' + self.hasher.hexdigest()
+
+
 def blame_source(raw, message):
     """Raise for a stream that failed to decompress: a digest mismatch when the blob under it is corrupt, else
     CorruptImageError(message).

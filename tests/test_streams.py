@@ -289,3 +289,19 @@ def test_a_hashing_reader_checked_before_its_end_fails():
     reader.read(100)
     with pytest.raises(CorruptImageError, match='blob Z is 100 bytes'):
         reader.check()
+
+
+def test_hashing_writer_hashes_counts_and_passes_on_what_tarfile_writes():
+    import tarfile
+    raw = io.BytesIO()
+    out = streams.HashingWriter(raw)
+    data = os.urandom(70_000)
+    with tarfile.open(fileobj=out, mode='w', format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo('etc/data')
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    written = raw.getvalue()
+    assert out.size == out.tell() == len(written) and out.digest == sha256(written)
+    with tarfile.open(fileobj=io.BytesIO(written)) as tar:
+        assert tar.extractfile('etc/data').read() == data
+    assert out.write(b'') == 0 and out.size == len(written)

@@ -16,7 +16,6 @@ Decisions every rewrite shares:
   the edit removed.
 """
 
-import hashlib
 import os
 import tarfile
 import tempfile
@@ -72,27 +71,6 @@ def iter_members(layer, data=True):
             reader.close()
 
 
-class _HashingWriter:
-    """A write-only file object that hashes and counts what passes through it."""
-
-    def __init__(self, raw):
-        self.raw = raw
-        self.hasher = hashlib.sha256()
-        self.count = 0
-
-    def write(self, data):
-        self.hasher.update(data)
-        self.count += len(data)
-        return self.raw.write(data)
-
-    def tell(self):
-        return self.count
-
-    @property
-    def digest(self):
-        return 'sha256:' + self.hasher.hexdigest()
-
-
 def _mirrored(info):
     return {key: getattr(info, attr) for key, attr in _PAX_MIRRORS.items()}
 
@@ -108,7 +86,7 @@ def rewrite_layer(layer, edit, workdir=None):
     fd, tmp = tempfile.mkstemp(prefix='rewrite-', suffix='.tar', dir=workdir)
     try:
         with os.fdopen(fd, 'wb') as raw:
-            out = _HashingWriter(raw)
+            out = streams.HashingWriter(raw)
             # Plain 'w' mode writes each block straight through; stream mode ('w|') buffers by concatenating
             # bytes, which is quadratic in its buffer size.
             with tarfile.open(fileobj=out, mode='w', format=tarfile.PAX_FORMAT, copybufsize=streams.CHUNK) as tar:

@@ -360,28 +360,17 @@ def _reusable_manifest(image, descriptors, oci):
     return raw, wanted
 
 
-class _CompressingWriter:
-    """A file-like sink that compresses what is written to it into `out`, hashing the compressed bytes."""
+class _CompressingWriter(streams.HashingWriter):
+    """A file-like sink that compresses what is written to it into `out`; `digest` and `size` are the compressed
+    blob's."""
 
     def __init__(self, out, compressor):
-        self.out = out
+        super().__init__(out)
         self.compressor = compressor
-        self.hasher = streams.new_hasher('sha256:')
-        self.size = 0
 
     def write(self, data):
-        self._emit(self.compressor.compress(data))
+        streams.HashingWriter.write(self, self.compressor.compress(data))
         return len(data)
 
     def finish(self):
-        self._emit(self.compressor.flush())
-
-    def _emit(self, chunk):
-        if chunk:
-            self.hasher.update(chunk)
-            self.size += len(chunk)
-            self.out.write(chunk)
-
-    @property
-    def digest(self):
-        return 'sha256:' + self.hasher.hexdigest()
+        streams.HashingWriter.write(self, self.compressor.flush())
