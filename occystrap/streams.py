@@ -102,7 +102,20 @@ class ChunkReader(io.RawIOBase):
         """
 
 
-class HashingReader(ChunkReader):
+class _Wrapper(ChunkReader):
+    """A reader of another stream, `raw`, which it closes when closed."""
+
+    raw = None
+
+    def close(self):
+        try:
+            if self.raw is not None:
+                self.raw.close()
+        finally:
+            super().close()
+
+
+class HashingReader(_Wrapper):
     """Wraps a readable stream, hashing every byte read and counting them.
 
     If `expected` is given the digest is checked when the stream reaches its end, and a mismatch raises
@@ -140,12 +153,6 @@ class HashingReader(ChunkReader):
         if self.expected is not None and self.digest != self.expected:
             raise DigestMismatchError(self.what, self.expected, self.digest)
         self.verified = True
-
-    def close(self):
-        try:
-            self.raw.close()
-        finally:
-            super().close()
 
 
 class HashingWriter:
@@ -193,7 +200,7 @@ def sniff_compression(head):
     return 'none'
 
 
-class _GzipReader(ChunkReader):
+class _GzipReader(_Wrapper):
     """Streaming gzip decompression that handles concatenated members.
 
     Each inflate step yields at most INFLATE_MAX bytes (the rest of its input waits in unconsumed_tail), so memory
@@ -243,14 +250,8 @@ class _GzipReader(ChunkReader):
 
     _started = False
 
-    def close(self):
-        try:
-            self.raw.close()
-        finally:
-            super().close()
 
-
-class _ZstdReader(ChunkReader):
+class _ZstdReader(_Wrapper):
     def __init__(self, raw, first=b''):
         import zstandard
         self.raw = raw
@@ -264,14 +265,8 @@ class _ZstdReader(ChunkReader):
         except Exception as e:
             blame_source(self.raw, 'zstd stream is corrupt: %s' % e)
 
-    def close(self):
-        try:
-            self.raw.close()
-        finally:
-            super().close()
 
-
-class _Prefixed(ChunkReader):
+class _Prefixed(_Wrapper):
     """A stream that returns some already-read bytes before the rest of `raw`."""
 
     def __init__(self, raw, first):
@@ -286,12 +281,6 @@ class _Prefixed(ChunkReader):
             out, self.first = self.first[:size], self.first[size:]
             return out
         return self.raw.read(size)
-
-    def close(self):
-        try:
-            self.raw.close()
-        finally:
-            super().close()
 
 
 def decompressing_reader(raw):
@@ -509,7 +498,7 @@ def move_file(src, dst):
     return False
 
 
-class PrefetchReader(ChunkReader):
+class PrefetchReader(_Wrapper):
     """Reads `raw` ahead in a background thread, so network reads and hashing overlap with decompression.
 
     At most `depth` chunks are buffered, so memory stays bounded. Errors in the reader thread are raised from
@@ -559,7 +548,4 @@ class PrefetchReader(ChunkReader):
     def close(self):
         self._stop.set()
         self._thread.join()
-        try:
-            self.raw.close()
-        finally:
-            super().close()
+        super().close()
