@@ -370,20 +370,7 @@ class _LayerApplier:
             finally:
                 os.close(dfd)
             return
-        try:
-            dfd = self.tree.open_dir(parent)
-        except _Missing:
-            return
-        try:
-            self.remember_mtime(parent, dfd)
-            st = _lstat(name, dfd)
-            if st is not None and stat.S_ISDIR(st.st_mode):
-                shutil.rmtree(name, dir_fd=dfd)
-                self.tree.invalidate()
-            elif st is not None:
-                os.unlink(name, dir_fd=dfd)
-        finally:
-            os.close(dfd)
+        self.in_existing_dir(parent, lambda dfd: self.clear(dfd, name, keep_directory=False))
 
     def opaque(self, parent):
         if self.whiteouts == OVERLAY:
@@ -393,13 +380,17 @@ class _LayerApplier:
             finally:
                 os.close(dfd)
             return
+        self.in_existing_dir(parent, lambda dfd: self.prune(dfd, tuple(parent)))
+
+    def in_existing_dir(self, parent, change):
+        """Call change(fd of directory `parent`), keeping its mtime, when it exists; else there is nothing to hide."""
         try:
             dfd = self.tree.open_dir(parent)
         except _Missing:
             return
         try:
             self.remember_mtime(parent, dfd)
-            self.prune(dfd, tuple(parent))
+            change(dfd)
         finally:
             os.close(dfd)
 
