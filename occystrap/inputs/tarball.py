@@ -83,6 +83,15 @@ class RangeReader(streams.ChunkReader):
             super().close()
 
 
+def unreadable(shown, error):
+    """The one-line OccystrapError for a tarball `shown` that opening or reading failed with OSError `error`."""
+    if isinstance(error, FileNotFoundError):
+        return OccystrapError('tarball %s does not exist' % shown)
+    if isinstance(error, IsADirectoryError):
+        return OccystrapError('tarball %s is a directory, not a tar file' % shown)
+    return OccystrapError('cannot read tarball %s: %s' % (shown, error.strerror or error))
+
+
 class TarIndex:
     """The regular files of a tarball by name, with symlinks and hard links between members resolved."""
 
@@ -120,12 +129,8 @@ class TarIndex:
                 end = tar.offset
         except CorruptImageError:
             raise
-        except FileNotFoundError:
-            raise OccystrapError('tarball %s does not exist' % self.shown)
-        except IsADirectoryError:
-            raise OccystrapError('tarball %s is a directory, not a tar file' % self.shown)
         except OSError as e:
-            raise OccystrapError('cannot read tarball %s: %s' % (self.shown, e.strerror or e))
+            raise unreadable(self.shown, e)
         except (tarfile.TarError, EOFError, ValueError) as e:
             self._fail('is not a readable tar archive: %s' % e)
         # tarfile stops quietly at a damaged or missing header after the first member; a complete archive has a
@@ -311,12 +316,8 @@ class TarballInput(ImageInput):
         try:
             with open(self.path, 'rb') as f:
                 head = f.read(4)
-        except FileNotFoundError:
-            raise OccystrapError('tarball %s does not exist' % self.path)
-        except IsADirectoryError:
-            raise OccystrapError('tarball %s is a directory, not a tar file' % self.path)
         except OSError as e:
-            raise OccystrapError('cannot read tarball %s: %s' % (self.path, e.strerror or e))
+            raise unreadable(self.path, e)
         if streams.sniff_compression(head) == 'none':
             return self.path
         LOG.info('decompressing %s into the work directory', self.path)
