@@ -4,11 +4,13 @@ Everything that moves layer bytes goes through these few classes so that hashing
 compression uses the fastest library present (isal, which releases the GIL, falling back to zlib).
 """
 
+import contextlib
 import hashlib
 import io
 import os
 import queue
 import shutil
+import tempfile
 import threading
 import zlib
 
@@ -472,6 +474,19 @@ class Compressor:
         if self.kind == 'gzip':
             out += self._crc.to_bytes(4, 'little') + (self._size & 0xffffffff).to_bytes(4, 'little')
         return out
+
+
+@contextlib.contextmanager
+def temporary_file(directory, prefix, suffix=''):
+    """A new file in `directory` (None: the system's), yielded as (file open for writing, path); when the block
+    raises, the file is removed before the error goes on. The caller owns the file after a normal exit."""
+    fd, path = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=directory)
+    try:
+        with os.fdopen(fd, 'wb') as out:
+            yield out, path
+    except BaseException:
+        os.unlink(path)
+        raise
 
 
 def copy_file(src, dst):

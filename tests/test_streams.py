@@ -305,3 +305,17 @@ def test_hashing_writer_hashes_counts_and_passes_on_what_tarfile_writes():
     with tarfile.open(fileobj=io.BytesIO(written)) as tar:
         assert tar.extractfile('etc/data').read() == data
     assert out.write(b'') == 0 and out.size == len(written)
+
+
+def test_temporary_file_is_kept_when_filled_and_removed_when_filling_fails(tmp_path):
+    with streams.temporary_file(str(tmp_path), 'layer-', '.tar') as (out, path):
+        out.write(b'whole')
+    assert os.path.dirname(path) == str(tmp_path) and os.path.basename(path).startswith('layer-')
+    with open(path, 'rb') as f:
+        assert f.read() == b'whole'
+    data = payload(100_000)
+    with pytest.raises(DigestMismatchError):
+        with streams.temporary_file(str(tmp_path), 'layer-', '.tar') as (out, failed), \
+                streams.HashingReader(io.BytesIO(data), expected=sha256(data[:-1])) as reader:
+            streams.copy_verified(reader, out)
+    assert not os.path.exists(failed) and os.listdir(tmp_path) == [os.path.basename(path)]

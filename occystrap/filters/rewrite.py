@@ -16,9 +16,7 @@ Decisions every rewrite shares:
   the edit removed.
 """
 
-import os
 import tarfile
-import tempfile
 
 from occystrap import layertar, model, streams
 from occystrap.errors import CorruptImageError
@@ -83,9 +81,8 @@ def rewrite_layer(layer, edit, workdir=None):
     file's size. Hard links to dropped members are dropped without asking `edit`. The new tar goes to a temporary
     file in `workdir` while it is hashed; the returned layer owns that file, keeps `created_by`, and has no origin.
     """
-    fd, tmp = tempfile.mkstemp(prefix='rewrite-', suffix='.tar', dir=workdir)
     try:
-        with os.fdopen(fd, 'wb') as raw:
+        with streams.temporary_file(workdir, 'rewrite-', '.tar') as (raw, tmp):
             out = streams.HashingWriter(raw)
             # Plain 'w' mode writes each block straight through; stream mode ('w|') buffers by concatenating
             # bytes, which is quadratic in its buffer size.
@@ -110,9 +107,5 @@ def rewrite_layer(layer, edit, workdir=None):
                     tar.addfile(new, data if new.isreg() else None)
     except (tarfile.TarError, EOFError) as e:
         # Reading a member's data happens here, outside iter_members: a short member is a corrupt layer.
-        os.unlink(tmp)
         raise CorruptImageError('layer %s is truncated or not a valid tar: %s' % (_layer_name(layer), e))
-    except BaseException:
-        os.unlink(tmp)
-        raise
     return model.Layer.from_file(tmp, diffid=out.digest, created_by=layer.created_by, owned=True)

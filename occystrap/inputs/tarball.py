@@ -23,7 +23,6 @@ import os
 import posixpath
 import re
 import tarfile
-import tempfile
 import threading
 from typing import Optional
 
@@ -321,20 +320,12 @@ class TarballInput(ImageInput):
         if streams.sniff_compression(head) == 'none':
             return self.path
         LOG.info('decompressing %s into the work directory', self.path)
-        fd, tmp = tempfile.mkstemp(prefix='tarball-', suffix='.tar', dir=self.ctx.workdir)
         try:
-            with os.fdopen(fd, 'wb') as out:
-                reader = streams.decompressing_reader(open(self.path, 'rb'))
-                try:
-                    streams.read_all_to(reader, out)
-                finally:
-                    reader.close()
+            with streams.temporary_file(self.ctx.workdir, 'tarball-', '.tar') as (out, tmp), \
+                    streams.decompressing_reader(open(self.path, 'rb')) as reader:
+                streams.read_all_to(reader, out)
         except CorruptImageError as e:
-            os.unlink(tmp)
             raise CorruptImageError('tarball %s: %s' % (self.path, e))
-        except BaseException:
-            os.unlink(tmp)
-            raise
         self._temp = tmp
         return tmp
 

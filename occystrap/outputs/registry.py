@@ -35,7 +35,6 @@ import dataclasses
 import json
 import logging
 import os
-import tempfile
 import threading
 
 from occystrap import model, streams
@@ -249,19 +248,11 @@ class RegistryOutput(ImageOutput):
 
     def _compress(self, layer):
         """Compress the layer's uncompressed stream into a temporary file; returns (path, digest, size)."""
-        fd, path = tempfile.mkstemp(prefix='push-', suffix='.' + self.compression, dir=self.ctx.workdir)
-        try:
-            with os.fdopen(fd, 'wb') as out:
-                writer = _CompressingWriter(out, streams.Compressor(self.compression))
-                reader = layer.open()
-                try:
-                    streams.read_all_to(reader, writer)
-                finally:
-                    reader.close()
-                writer.finish()
-        except BaseException:
-            os.unlink(path)
-            raise
+        with streams.temporary_file(self.ctx.workdir, 'push-', '.' + self.compression) as (out, path):
+            writer = _CompressingWriter(out, streams.Compressor(self.compression))
+            with layer.open() as reader:
+                streams.read_all_to(reader, writer)
+            writer.finish()
         return path, writer.digest, writer.size
 
     # --- blobs
