@@ -6,6 +6,7 @@ import io
 import os
 import subprocess
 import sys
+import tarfile
 
 import pytest
 import zstandard
@@ -138,6 +139,7 @@ def test_inflating_reader_reports_corruption_from_its_threads():
 
 ALLOCATOR_PROBE = '''
 import sys
+import tarfile
 from occystrap import streams
 streams.tune_allocator()
 streams.tune_allocator()
@@ -292,7 +294,6 @@ def test_a_hashing_reader_checked_before_its_end_fails():
 
 
 def test_hashing_writer_hashes_counts_and_passes_on_what_tarfile_writes():
-    import tarfile
     raw = io.BytesIO()
     out = streams.HashingWriter(raw)
     data = os.urandom(70_000)
@@ -319,3 +320,30 @@ def test_temporary_file_is_kept_when_filled_and_removed_when_filling_fails(tmp_p
                 streams.HashingReader(io.BytesIO(data), expected=sha256(data[:-1])) as reader:
             streams.copy_verified(reader, out)
     assert not os.path.exists(failed) and os.listdir(tmp_path) == [os.path.basename(path)]
+
+
+def test_bytes_hidden_after_a_tars_end_are_still_verified_by_the_readers_of_layers(tmp_path):
+    # Tar readers stop at the end-of-archive blocks; whatever follows must still reach the digest check, in
+    # extraction (streams.drain on any stream) as in the filters' member walk (streams.drain_verified).
+    from occystrap import extract
+    from occystrap.filters import rewrite
+    from occystrap.model import Blob, Layer, MEDIA_OCI_LAYER_TAR
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode='w', format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo('etc/motd')
+        info.size = 5
+        tar.addfile(info, io.BytesIO(b'hello'))
+    clean = buffer.getvalue()
+    tampered = clean + b'\0' * 10240 + b'smuggled'
+    promised = sha256(clean)
+
+    reader = streams.HashingReader(io.BytesIO(tampered), expected=promised, what='layer %s' % promised)
+    with pytest.raises(DigestMismatchError, match=promised):
+        extract.extract_layer(reader, str(tmp_path))
+    assert streams.drain(io.BytesIO(tampered)) == len(tampered)
+
+    layer = Layer(diffid=promised, origin=Blob(promised, MEDIA_OCI_LAYER_TAR, None, lambda: io.BytesIO(tampered)))
+    with pytest.raises(DigestMismatchError, match=promised):
+        list(rewrite.iter_members(layer, data=False))
+    honest = Layer(diffid=promised, origin=Blob(promised, MEDIA_OCI_LAYER_TAR, None, lambda: io.BytesIO(clean)))
+    assert [info.name for info, _ in rewrite.iter_members(honest, data=False)] == ['etc/motd']
