@@ -13,40 +13,13 @@ import tempfile
 import threading
 from typing import Callable, Optional
 
-from occystrap import streams
+from occystrap import oci, streams
 from occystrap.errors import CorruptImageError
-
-MEDIA_DOCKER_MANIFEST = 'application/vnd.docker.distribution.manifest.v2+json'
-MEDIA_DOCKER_LIST = 'application/vnd.docker.distribution.manifest.list.v2+json'
-MEDIA_DOCKER_CONFIG = 'application/vnd.docker.container.image.v1+json'
-MEDIA_DOCKER_LAYER_GZIP = 'application/vnd.docker.image.rootfs.diff.tar.gzip'
-MEDIA_DOCKER_LAYER_TAR = 'application/vnd.docker.image.rootfs.diff.tar'
-MEDIA_OCI_MANIFEST = 'application/vnd.oci.image.manifest.v1+json'
-MEDIA_OCI_INDEX = 'application/vnd.oci.image.index.v1+json'
-MEDIA_OCI_CONFIG = 'application/vnd.oci.image.config.v1+json'
-MEDIA_OCI_LAYER_TAR = 'application/vnd.oci.image.layer.v1.tar'
-MEDIA_OCI_LAYER_GZIP = 'application/vnd.oci.image.layer.v1.tar+gzip'
-MEDIA_OCI_LAYER_ZSTD = 'application/vnd.oci.image.layer.v1.tar+zstd'
-
-MANIFEST_LIST_TYPES = (MEDIA_DOCKER_LIST, MEDIA_OCI_INDEX)
-
-
-def compression_of_media_type(media_type):
-    """'gzip', 'zstd' or 'none' as a layer media type says."""
-    if media_type.endswith('gzip'):
-        return 'gzip'
-    if media_type.endswith('zstd'):
-        return 'zstd'
-    return 'none'
-
-
-def layer_media_type(compression, oci=True):
-    """The layer media type for a compression, in the OCI or Docker vocabulary."""
-    if oci:
-        return {'gzip': MEDIA_OCI_LAYER_GZIP, 'zstd': MEDIA_OCI_LAYER_ZSTD, 'none': MEDIA_OCI_LAYER_TAR}[compression]
-    if compression == 'zstd':
-        return MEDIA_OCI_LAYER_ZSTD  # Docker's vocabulary has no zstd type; engines accept the OCI one
-    return {'gzip': MEDIA_DOCKER_LAYER_GZIP, 'none': MEDIA_DOCKER_LAYER_TAR}[compression]
+# The media types and their helpers live in occystrap.oci; these names stay importable from here.
+from occystrap.oci import (MANIFEST_LIST_TYPES, MEDIA_DOCKER_CONFIG, MEDIA_DOCKER_LAYER_GZIP,  # noqa: F401
+                           MEDIA_DOCKER_LAYER_TAR, MEDIA_DOCKER_LIST, MEDIA_DOCKER_MANIFEST, MEDIA_OCI_CONFIG,
+                           MEDIA_OCI_INDEX, MEDIA_OCI_LAYER_GZIP, MEDIA_OCI_LAYER_TAR, MEDIA_OCI_LAYER_ZSTD,
+                           MEDIA_OCI_MANIFEST, compression_of_media_type, layer_media_type)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,12 +189,7 @@ class Image:
     manifest_bytes: Optional[bytes] = None   # the source manifest as stored, so an unchanged push keeps its digest
 
     def __post_init__(self):
-        try:
-            self.config = json.loads(self.config_bytes)
-        except ValueError as e:
-            raise CorruptImageError('image config of %s is not JSON: %s' % (self.reference, e))
-        if not isinstance(self.config, dict):
-            raise CorruptImageError('image config of %s is not a JSON object' % self.reference)
+        self.config = oci.load_json_object(self.config_bytes, 'image config of %s' % self.reference)
 
     @property
     def reference(self):
@@ -229,7 +197,7 @@ class Image:
 
     @property
     def config_digest(self):
-        return streams.sha256_bytes(self.config_bytes)
+        return oci.digest_of(self.config_bytes)
 
     @property
     def diffids(self):
