@@ -209,9 +209,11 @@ class Image:
 
     @property
     def platform(self):
-        parts = [self.config.get('os', ''), self.config.get('architecture', '')]
-        if self.config.get('variant'):
-            parts.append(self.config['variant'])
+        """'os/architecture[/variant]' as the config says (fields that are not strings count as missing)."""
+        os_name, architecture, variant = (self.config.get(key) for key in ('os', 'architecture', 'variant'))
+        parts = [os_name if isinstance(os_name, str) else '', architecture if isinstance(architecture, str) else '']
+        if variant and isinstance(variant, str):
+            parts.append(variant)
         return '/'.join(parts)
 
     def replace(self, layers=None, config=None):
