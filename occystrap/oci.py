@@ -77,7 +77,8 @@ def layer_media_type(compression, oci=True):
 
 def is_digest(text):
     """True when `text` is a well-formed digest."""
-    return isinstance(text, str) and DIGEST_RE.match(text) is not None
+    # fullmatch: the shared patterns end in '$', which also matches before a trailing newline
+    return isinstance(text, str) and DIGEST_RE.fullmatch(text) is not None
 
 
 def parse_digest(text, what):
@@ -115,15 +116,29 @@ def valid_repository(name):
     parts = name.split('/')
     first = parts[0]
     if len(parts) > 1 and ('.' in first or ':' in first or first == 'localhost'):
-        if not HOST_RE.match(first):
+        if not _valid_host(first):
             return False
         parts = parts[1:]
-    return all(COMPONENT_RE.match(part) for part in parts)
+    return all(COMPONENT_RE.fullmatch(part) for part in parts)
+
+
+def _valid_host(host):
+    """A registry host[:port] as URIs accept it, with no empty or dash-edged labels ('..', '.x', 'x-')."""
+    if not HOST_RE.fullmatch(host):
+        return False
+    if host.startswith('['):
+        _, _, port = host.partition(']')
+        port = port[1:]
+    else:
+        name, _, port = host.partition(':')
+        if not all(label and label[0] != '-' and label[-1] != '-' for label in name.split('.')):
+            return False
+    return not port or 0 < int(port) <= 65535
 
 
 def valid_tag(tag):
     """True when `tag` is a tag URIs accept."""
-    return isinstance(tag, str) and TAG_RE.match(tag) is not None
+    return isinstance(tag, str) and TAG_RE.fullmatch(tag) is not None
 
 
 def check_name(name, tag, what):
