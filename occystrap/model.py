@@ -201,11 +201,16 @@ class Image:
 
     @property
     def diffids(self):
-        return list(self.config.get('rootfs', {}).get('diff_ids', []))
+        """The config's rootfs.diff_ids (empty when the config has none; inputs have validated them)."""
+        rootfs = self.config.get('rootfs')
+        diff_ids = rootfs.get('diff_ids') if isinstance(rootfs, dict) else None
+        return list(diff_ids) if isinstance(diff_ids, list) else []
 
     @property
     def history(self):
-        return self.config.get('history', [])
+        """The config's history entries (only the ones that are JSON objects)."""
+        history = self.config.get('history')
+        return [h for h in history if isinstance(h, dict)] if isinstance(history, list) else []
 
     @property
     def platform(self):

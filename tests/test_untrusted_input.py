@@ -17,7 +17,8 @@ import urllib.request
 
 import pytest
 
-from tests.services import layer_tar, skopeo_copy, build_oci_layout
+from occystrap.model import Image
+from tests.services import build_oci_layout, layer_tar, skopeo_copy
 
 MARKER = 'occystrap-injected-marker'
 
@@ -211,6 +212,16 @@ def test_hostile_manifest_digests_in_a_layout(tmp_path, where):
     line = assert_one_line_failure(occystrap('info', 'tar://%s' % archive), 'has a malformed digest')
     assert ('layer 0' if where == 'layer' else 'config') in line
     nothing_written(tmp_path, 'layout.tar')
+
+
+def test_config_fields_of_the_wrong_type_do_not_crash_the_model():
+    config = {'os': 5, 'architecture': ['x'], 'variant': {}, 'history': 'abc', 'rootfs': 'nope'}
+    image = Image(name='odd', tag='v1', config_bytes=json.dumps(config).encode(), layers=[])
+    assert (image.platform, image.history, image.diffids, image.created_by(0)) == ('/', [], [], None)
+    config = {'os': 'linux', 'architecture': 'arm64', 'variant': 'v8', 'history': [7, {'created_by': 'RUN x'}],
+              'rootfs': {'diff_ids': 'x'}}
+    image = Image(name='odd', tag='v1', config_bytes=json.dumps(config).encode(), layers=[])
+    assert (image.platform, image.diffids, image.created_by(0)) == ('linux/arm64/v8', [], 'RUN x')
 
 
 # --- registry catalogs -------------------------------------------------------------------------------------------
