@@ -232,9 +232,10 @@ class _CatalogProxy(http.server.ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, upstream, extra):
+    def __init__(self, upstream, extra, replace=None):
         self.upstream = upstream
         self.extra = extra
+        self.replace = replace          # bytes answered for the catalog instead of the registry's own
         self.requested = []
         super().__init__(('127.0.0.1', 0), _CatalogHandler)
 
@@ -252,7 +253,9 @@ class _CatalogHandler(http.server.BaseHTTPRequestHandler):
         except urllib.error.HTTPError as e:
             response = e
         body = response.read()
-        if self.path.startswith('/v2/_catalog') and response.status == 200:
+        if self.path.startswith('/v2/_catalog') and self.server.replace is not None:
+            body = self.server.replace
+        elif self.path.startswith('/v2/_catalog') and response.status == 200:
             document = json.loads(body)
             document['repositories'] = sorted(document['repositories'] + self.server.extra)
             body = json.dumps(document).encode()
@@ -296,3 +299,17 @@ def test_hostile_catalog_names_fail_alone(registry, tmp_path):
     # no request was ever made for a hostile name
     assert not any('bad' in path or '..' in path or '%1B' in path.upper() for path in proxy.requested)
     assert not os.path.exists('/tmp/' + MARKER)
+
+
+@pytest.mark.parametrize('answer', [b'[' * 100000, b'{"repositories": ' + b'[' * 100000, b'\xff\xfe', b'[1, 2]'])
+def test_garbage_catalog_is_one_line(registry, answer):
+    proxy = _CatalogProxy(registry.url, [], replace=answer)
+    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+    thread.start()
+    try:
+        host = '127.0.0.1:%d' % proxy.server_address[1]
+        result = occystrap('--insecure', 'info', 'registry://%s/catalogtest/*:latest' % host)
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+    assert_one_line_failure(result, 'answered the catalog with something that is not JSON')

@@ -364,7 +364,7 @@ class RegistryClient:
                 raise self._error(response, what)
             try:
                 found.extend(response.json().get(key) or [])
-            except (ValueError, AttributeError):
+            except (ValueError, AttributeError, RecursionError):    # RecursionError: JSON nested too deeply
                 raise RegistryError('registry %s answered %s with something that is not JSON' % (self.host, what))
             following = response.links.get('next', {}).get('url')
             url = urllib.parse.urljoin(str(response.request.url), following) if following else None
