@@ -47,10 +47,11 @@ class InvalidNameError(CorruptImageError):
 
 def shown(value, limit=SHOWN_MAX):
     """Untrusted text made safe to put in a one-line message: quoted, control characters escaped, truncated."""
-    text = value if isinstance(value, str) else repr(value)
-    cut = len(text) > limit
-    quoted = repr(text[:limit])
-    return quoted + '...' if cut else quoted
+    if not isinstance(value, str):
+        text = repr(value)       # None, numbers, lists: shown as JSON-ish Python values, without quotes
+        return text[:limit] + '...' if len(text) > limit else text
+    quoted = repr(value[:limit])
+    return quoted + '...' if len(value) > limit else quoted
 
 
 # --- media types -------------------------------------------------------------------------------------------------

@@ -43,6 +43,15 @@ def test_shown_value_is_escaped_and_truncated():
     assert len(message) < 200 and message.endswith('...' + " (expected sha256:<64 hex> or sha512:<128 hex>)")
 
 
+def test_shown_values():
+    assert oci.shown('a\nb') == "'a\\nb'"
+    assert oci.shown(None) == 'None' and oci.shown(5) == '5'
+    assert oci.shown('x' * 100) == repr('x' * 80) + '...'
+    assert oci.shown(list(range(100))).endswith('...')
+    for control in ('\x1b', '\x9b', '\u202e', '\r', '\x07'):
+        assert control not in oci.shown('a%sb' % control)
+
+
 def test_digest_of_and_blob_path():
     assert oci.digest_of(b'hello') == sha256(b'hello')
     assert oci.digest_of(b'hello', 'sha512') == 'sha512:' + hashlib.sha512(b'hello').hexdigest()
