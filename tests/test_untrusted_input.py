@@ -17,7 +17,12 @@ import urllib.request
 
 import pytest
 
+from occystrap import oci
+from occystrap.inputs.registry import RegistryInput
 from occystrap.model import Image
+from occystrap.pipeline import ImageRef, RunContext
+from occystrap.settings import Settings
+from occystrap.uris import parse_uri
 from tests.services import build_oci_layout, layer_tar, skopeo_copy
 
 MARKER = 'occystrap-injected-marker'
@@ -313,3 +318,20 @@ def test_garbage_catalog_is_one_line(registry, answer):
         proxy.shutdown()
         proxy.server_close()
     assert_one_line_failure(result, 'answered the catalog with something that is not JSON')
+
+
+@pytest.mark.parametrize('ref', [ImageRef('org/bad$(id)', 'latest'), ImageRef('org/..', 'latest'),
+                                 ImageRef('org/x', 'v1\n'), ImageRef('org/x', digest='sha256:../x')])
+def test_registry_input_refuses_bad_references_from_other_listings(registry, ref):
+    # A Quay organisation's repository list reaches RegistryInput.open as ImageRefs: none may reach a URL.
+    ctx = RunContext(Settings(insecure=True))
+    try:
+        source = RegistryInput(parse_uri('registry://%s/org/*:latest' % registry.host, 'input'), ctx)
+        source.client.ping()        # one request, so the access log is known to record this client's requests
+        before = registry.access_log()
+        assert before and before[-1].path == '/v2/'
+        with pytest.raises(oci.CorruptImageError, match='image .* (names an invalid|has a malformed digest)'):
+            source.open(ref)
+        assert registry.access_log() == before
+    finally:
+        ctx.close()

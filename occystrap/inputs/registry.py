@@ -95,6 +95,10 @@ class RegistryInput(ImageInput):
         """The Image a reference names, with lazy layers that stream (and resume) from the registry."""
         if ref in self._rejected:
             raise self._rejected[ref]
+        # References from other listings (a Quay organisation) reach here unchecked: never put a bad one in a URL.
+        oci.check_name(ref.name, ref.tag, 'image %s' % oci.shown(str(ref)))
+        if ref.digest is not None:
+            oci.parse_digest(ref.digest, 'image %s' % oci.shown(str(ref)))
         reference = ref.digest or ref.tag or 'latest'
         what = describe_reference(ref.name, reference)
         manifest_bytes, media_type, digest, manifest = self.client.resolve_image(ref.name, reference, self.platform)
