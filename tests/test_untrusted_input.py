@@ -4,15 +4,13 @@ Each tarball is built here byte by byte (skopeo and docker-registry refuse to pr
 end in one line on stderr, exit status 1, no traceback, nothing written at the destination and nothing outside it.
 """
 
-import hashlib
 import http.server
-import io
 import json
 import os
 import subprocess
 import sys
 import tarfile
-import threading
+import urllib.error
 import urllib.request
 
 import pytest
@@ -23,23 +21,11 @@ from occystrap.model import Image
 from occystrap.pipeline import ImageRef, RunContext
 from occystrap.settings import Settings
 from occystrap.uris import parse_uri
+from tests.helpers import sha256, write_tar
 from tests.services import build_oci_layout, layer_tar, skopeo_copy
+from tools.loopback import BackgroundHTTPServer
 
 MARKER = 'occystrap-injected-marker'
-
-
-def sha256(data):
-    return 'sha256:' + hashlib.sha256(data).hexdigest()
-
-
-def write_tar(path, members):
-    """A tar of {name: bytes} in order."""
-    with tarfile.open(path, 'w', format=tarfile.PAX_FORMAT) as tar:
-        for name, content in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(content)
-            tar.addfile(info, io.BytesIO(content))
-    return path
 
 
 def docker_save(path, images):
@@ -231,38 +217,25 @@ def test_config_fields_of_the_wrong_type_do_not_crash_the_model():
 
 # --- registry catalogs -------------------------------------------------------------------------------------------
 
-class _CatalogProxy(http.server.ThreadingHTTPServer):
-    """A loopback proxy in front of a real docker-registry that adds hostile names to /v2/_catalog answers (the
-    registry itself refuses such names, so nothing else can serve them)."""
-
-    daemon_threads = True
-
-    def __init__(self, upstream, extra, replace=None):
-        self.upstream = upstream
-        self.extra = extra
-        self.replace = replace          # bytes answered for the catalog instead of the registry's own
-        self.requested = []
-        super().__init__(('127.0.0.1', 0), _CatalogHandler)
-
-
 class _CatalogHandler(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
     def _forward(self, method):
-        self.server.requested.append(self.path)
-        request = urllib.request.Request(self.server.upstream + self.path, method=method,
+        proxy = self.server.owner
+        proxy.requested.append(self.path)
+        request = urllib.request.Request(proxy.upstream + self.path, method=method,
                                          headers={k: v for k, v in self.headers.items() if k.lower() != 'host'})
         try:
             response = urllib.request.urlopen(request, timeout=30)
         except urllib.error.HTTPError as e:
             response = e
         body = response.read()
-        if self.path.startswith('/v2/_catalog') and self.server.replace is not None:
-            body = self.server.replace
+        if self.path.startswith('/v2/_catalog') and proxy.replace is not None:
+            body = proxy.replace
         elif self.path.startswith('/v2/_catalog') and response.status == 200:
             document = json.loads(body)
-            document['repositories'] = sorted(document['repositories'] + self.server.extra)
+            document['repositories'] = sorted(document['repositories'] + proxy.extra)
             body = json.dumps(document).encode()
         self.send_response(response.status)
         for key, value in response.headers.items():
@@ -280,21 +253,29 @@ class _CatalogHandler(http.server.BaseHTTPRequestHandler):
         self._forward('HEAD')
 
 
+class _CatalogProxy(BackgroundHTTPServer):
+    """A loopback proxy in front of a real docker-registry that adds hostile names to /v2/_catalog answers (the
+    registry itself refuses such names, so nothing else can serve them) or answers `replace` for the catalog."""
+
+    handler = _CatalogHandler
+
+    def __init__(self, upstream, extra, replace=None):
+        super().__init__()
+        self.upstream = upstream
+        self.extra = extra
+        self.replace = replace
+        self.requested = []
+
+
 def test_hostile_catalog_names_fail_alone(registry, tmp_path):
     layout = build_oci_layout(tmp_path / 'seed', [{'etc/ok': b'ok\n'}])
     skopeo_copy('oci:%s:latest' % layout.path, 'docker://%s/catalogtest/good:latest' % registry.host)
     # the first has more components than the glob, so it is not even a match; the other three fail alone
     hostile = ['catalogtest/bad$(touch /tmp/%s)' % MARKER, 'catalogtest/bad$(reboot)', 'catalogtest/x\x1b[2J',
                'catalogtest/..']
-    proxy = _CatalogProxy(registry.url, hostile)
-    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
-    thread.start()
-    try:
-        host = '127.0.0.1:%d' % proxy.server_address[1]
+    with _CatalogProxy(registry.url, hostile) as proxy:
+        host = proxy.url.split('//', 1)[1]
         result = occystrap('--insecure', '-O', 'json', 'info', 'registry://%s/catalogtest/*:latest' % host)
-    finally:
-        proxy.shutdown()
-        proxy.server_close()
     assert result.returncode == 1, result.stderr
     report = json.loads(result.stdout)
     assert [entry['reference'] for entry in report if 'error' not in entry] == ['catalogtest/good:latest']
@@ -308,15 +289,9 @@ def test_hostile_catalog_names_fail_alone(registry, tmp_path):
 
 @pytest.mark.parametrize('answer', [b'[' * 100000, b'{"repositories": ' + b'[' * 100000, b'\xff\xfe', b'[1, 2]'])
 def test_garbage_catalog_is_one_line(registry, answer):
-    proxy = _CatalogProxy(registry.url, [], replace=answer)
-    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
-    thread.start()
-    try:
-        host = '127.0.0.1:%d' % proxy.server_address[1]
+    with _CatalogProxy(registry.url, [], replace=answer) as proxy:
+        host = proxy.url.split('//', 1)[1]
         result = occystrap('--insecure', 'info', 'registry://%s/catalogtest/*:latest' % host)
-    finally:
-        proxy.shutdown()
-        proxy.server_close()
     assert_one_line_failure(result, 'answered the catalog with something that is not JSON')
 
 
