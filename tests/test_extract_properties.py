@@ -208,7 +208,7 @@ def sandbox(top):
     return outside, dest, before, inodes
 
 
-@settings(max_examples=250, **PROPERTY_SETTINGS)
+@settings(max_examples=200, **PROPERTY_SETTINGS)
 @given(specs=layer_specs(), whiteouts=st.sampled_from([extract.APPLY, extract.KEEP, extract.OVERLAY]),
        allow_devices=st.booleans())
 @example(specs=[LayerSpec([Entry('evil', 'symlink', link='../outside'), Entry('evil/file', 'file', data=b'x')])],
@@ -237,7 +237,7 @@ def test_generated_layers_never_touch_anything_outside_the_root(specs, whiteouts
         assert_contained(dest, inodes)
 
 
-@settings(max_examples=50, **PROPERTY_SETTINGS)
+@settings(max_examples=40, **PROPERTY_SETTINGS)
 @given(specs=layer_specs(), parallel=st.sampled_from([1, 3]))
 def test_apply_layers_of_generated_layers_stays_inside(specs, parallel):
     """The same through apply_layers (the path oci:// and dir://?expand take), with layers as verified files."""

@@ -386,6 +386,8 @@ class TarballInput(ImageInput):
                     media_type = source['mediaType']
                 layer_specs.append(LayerSpec(name, digest, media_type))
             tags = entry.get('RepoTags') or []
+            if not isinstance(tags, list):
+                self._fail('%s has RepoTags that are not a list' % where)
             tag_text = next((t for t in tags if isinstance(t, str) and t), None)
             if tag_text:
                 name, tag = split_reference(tag_text)
@@ -408,8 +410,12 @@ class TarballInput(ImageInput):
             if not isinstance(descriptor, dict) or not isinstance(descriptor.get('digest'), str):
                 self._fail('member index.json entry %d has no digest' % number)
             annotations = descriptor.get('annotations') or {}
+            if not isinstance(annotations, dict):
+                self._fail('member index.json entry %d has annotations that are not an object' % number)
             full = annotations.get('io.containerd.image.name')
             ref_name = annotations.get('org.opencontainers.image.ref.name')
+            if not isinstance(full, (str, type(None))) or not isinstance(ref_name, (str, type(None))):
+                self._fail('member index.json entry %d has an image name annotation that is not a string' % number)
             if full:
                 name, tag = split_reference(full)
                 ref = ImageRef(name, tag or 'latest')
@@ -497,6 +503,9 @@ class TarballInput(ImageInput):
             self._fail('member %s (a manifest) has no config descriptor' % member)
         if not isinstance(layers, list):
             self._fail('member %s (a manifest) has no layers list' % member)
+        annotations = manifest.get('annotations') or {}
+        if not isinstance(annotations, dict):
+            self._fail('member %s (a manifest) has annotations that are not an object' % member)
         layer_specs = []
         for number, layer in enumerate(layers):
             if not isinstance(layer, dict) or not isinstance(layer.get('digest'), str):
@@ -510,7 +519,7 @@ class TarballInput(ImageInput):
                          manifest_digest=descriptor['digest'],
                          manifest_media_type=descriptor.get('mediaType') or manifest.get('mediaType')
                          or MEDIA_OCI_MANIFEST, manifest_bytes=raw,
-                         annotations=dict(manifest.get('annotations') or {}), what=member)
+                         annotations=dict(annotations), what=member)
 
     # --- images -----------------------------------------------------------------------------------------------
 
@@ -528,11 +537,13 @@ class TarballInput(ImageInput):
         if len(diffids) != len(spec.layers):
             self._fail('%s names %d layers but its config %s lists %d diff_ids'
                        % (spec.what, len(spec.layers), spec.config_member, len(diffids)))
-        history = [h for h in config.get('history') or [] if isinstance(h, dict) and not h.get('empty_layer')]
+        history = config.get('history') if isinstance(config.get('history'), list) else []   # display only
+        history = [h for h in history if isinstance(h, dict) and not h.get('empty_layer')]
         layers = []
         for number, (layer, diffid) in enumerate(zip(spec.layers, diffids)):
             blob = self._layer_blob(layer, diffid, spec)
             created_by = history[number].get('created_by') if number < len(history) else None
+            created_by = created_by if isinstance(created_by, str) else None
             layers.append(Layer(diffid=diffid, origin=blob, created_by=created_by))
         ref = spec.ref
         return Image(name=ref.name, tag=ref.tag, config_bytes=config_bytes, layers=layers, source=str(self.uri),
