@@ -107,6 +107,8 @@ def _summary(settings, stats, results=None):
     if settings.output_format == 'json':
         payload = {'images': stats.images, 'layers': stats.layers, 'bytes': stats.bytes, 'downloaded': stats.downloaded,
                    'seconds': round(stats.seconds, 3), 'failed': len(failed)}
+        if stats.push is not None:
+            payload['push'] = stats.push.as_dict()
         if results is not None:
             payload['results'] = [{'image': r.reference, 'ok': r.ok, 'error': r.error, 'layers': r.layers,
                                    'seconds': round(r.seconds, 3)} for r in results]

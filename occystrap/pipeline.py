@@ -82,6 +82,7 @@ class Stats:
         self.layers = 0
         self.bytes = 0          # bytes the outputs wrote (the summary's figure)
         self.downloaded = 0     # bytes read from the network (progress display)
+        self.push = None        # a registry output's PushCounters, for the JSON summary
         self.started = time.monotonic()
 
     def add(self, images=0, layers=0, nbytes=0, downloaded=0):

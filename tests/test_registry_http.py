@@ -3,7 +3,6 @@
 import concurrent.futures
 import email.utils
 import hashlib
-import http.server
 import os
 import threading
 import time
@@ -15,50 +14,8 @@ from occystrap.registry.http import (READ_SIZE, ConnectionFailed, HttpClient, Re
                                      use_lean_body_reads)
 from occystrap.registry.ratelimit import TokenBucket
 from occystrap.settings import Settings
+from tests.helpers import ScriptedServer
 from tests.services import free_port
-
-
-class ScriptedServer:
-    """A loopback HTTP/1.1 server answering each request with the next (status, headers, body) of a script."""
-
-    def __init__(self, script):
-        self.script = list(script)
-        self.seen = []
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = 'HTTP/1.1'
-
-            def log_message(self, *args):
-                pass
-
-            def _answer(self):
-                server.seen.append((self.command, self.path, dict(self.headers)))
-                status, headers, body = server.script.pop(0) if server.script else (200, {}, b'{}')
-                self.send_response(status)
-                for key, value in headers.items():
-                    self.send_header(key, value)
-                self.send_header('Content-Length', str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            do_GET = do_HEAD = do_POST = do_PUT = _answer
-
-        self.httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    @property
-    def host(self):
-        return '127.0.0.1:%d' % self.httpd.server_address[1]
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 def test_retry_after_accepts_seconds_and_http_dates():

@@ -62,6 +62,10 @@ class PushCounters:
         for field in dataclasses.fields(self):
             setattr(self, field.name, getattr(self, field.name) + getattr(other, field.name))
 
+    def as_dict(self):
+        """The counts by name, as the JSON summary of a run carries them under ``push``."""
+        return dataclasses.asdict(self)
+
     def describe(self):
         text = '%d blob%s uploaded (%s), %d mounted, %d already present, %d compressed' % (
             self.uploaded, '' if self.uploaded == 1 else 's', _human(self.uploaded_bytes), self.mounted,
@@ -108,7 +112,7 @@ class RegistryOutput(ImageOutput):
                                      password=uri.password)
         self.cache = LayerCache(settings.layer_cache, warn=ctx.warn)
         self.filters = tuple(getattr(ctx, 'filter_fingerprint', ()) or ())
-        self.counters = PushCounters()
+        self.counters = ctx.stats.push = PushCounters()
         self.pushed = []                  # (destination reference, manifest digest), in completion order
         self._lock = threading.Lock()
         self._key_locks = {}
