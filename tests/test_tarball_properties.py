@@ -20,7 +20,7 @@ from occystrap.inputs.tarball import TarballInput
 from occystrap.pipeline import RunContext
 from occystrap.settings import Settings
 from occystrap.uris import parse_uri
-from tests.test_extract_properties import assert_contained, picture, sandbox
+from tests.helpers import assert_contained, picture, sandbox
 
 PROPERTY_SETTINGS = dict(deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 
