@@ -33,6 +33,7 @@ INPUTS = {
     'docker': 'occystrap.inputs.docker:DockerInput',
     'tar': 'occystrap.inputs.tarball:TarballInput',
     'file': 'occystrap.inputs.tarball:TarballInput',
+    'ocidir': 'occystrap.inputs.ocidir:OCIDirInput',
 }
 
 OUTPUTS = {
@@ -43,6 +44,7 @@ OUTPUTS = {
     'mounts': 'occystrap.outputs.mounts:MountsOutput',
     'registry': 'occystrap.outputs.registry:RegistryOutput',
     'docker': 'occystrap.outputs.docker:DockerOutput',
+    'ocidir': 'occystrap.outputs.ocidir:OCIDirOutput',
 }
 
 FILTERS = {

@@ -10,9 +10,9 @@ from typing import Optional
 
 from occystrap.errors import UsageError
 
-INPUT_SCHEMES = ('registry', 'quay', 'docker', 'tar', 'file')
-OUTPUT_SCHEMES = ('tar', 'file', 'dir', 'oci', 'mounts', 'registry', 'docker')
-PATH_SCHEMES = ('tar', 'file', 'dir', 'oci', 'mounts')
+INPUT_SCHEMES = ('registry', 'quay', 'docker', 'tar', 'file', 'ocidir')
+OUTPUT_SCHEMES = ('tar', 'file', 'dir', 'oci', 'mounts', 'registry', 'docker', 'ocidir')
+PATH_SCHEMES = ('tar', 'file', 'dir', 'oci', 'mounts', 'ocidir')
 
 # Which query options each scheme accepts, per role.
 OPTIONS = {
@@ -22,7 +22,9 @@ OPTIONS = {
     ('docker', 'input'): ('socket',),
     ('docker', 'output'): ('socket',),
     ('tar', 'input'): (),
-    ('tar', 'output'): (),
+    ('tar', 'output'): ('format', 'ref'),
+    ('ocidir', 'input'): ('ref',),
+    ('ocidir', 'output'): ('ref',),
     ('dir', 'output'): ('unique_names', 'expand'),
     ('oci', 'output'): (),
     ('mounts', 'output'): (),

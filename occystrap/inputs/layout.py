@@ -72,6 +72,16 @@ def split_reference(text):
     return text, None
 
 
+def valid_ref_name(text):
+    """True when `text` may name an image of a layout: a tag, or NAME[:TAG] in the grammar of registry:// URIs."""
+    if oci.valid_tag(text):
+        return True
+    if not isinstance(text, str) or '@' in text:
+        return False
+    name, tag = split_reference(text)
+    return oci.valid_repository(name) and (tag is None or oci.valid_tag(tag))
+
+
 def named_ref(text, what, default_tag='latest'):
     """(ImageRef, error) for a name a tarball or layout gives an image: a valid ref and None, or a placeholder ref
     (the escaped text, never a usable name) and the error that opening it raises."""
