@@ -132,4 +132,4 @@ class RegistryInput(ImageInput):
                            source='registry://%s/%s' % (self.client.host, what), manifest_digest=digest,
                            manifest_media_type=media_type, manifest_bytes=manifest_bytes,
                            config_media_type=config_desc.media_type or oci.MEDIA_OCI_CONFIG,
-                           annotations=manifest.annotations)
+                           annotations=manifest.annotations, registry=self.client.host)
