@@ -10,8 +10,10 @@ PATH/index.json             one entry per image, named by its org.opencontainers
 
 - Layers keep the compressed blob they came from (gzip, zstd or plain tar, digest and media type unchanged); a
   layer a filter rewrote is stored as its uncompressed tar (its digest is its diffid), as `tar://` stores layers.
-- The manifest is the source's own bytes while they still describe the image (so a registry -> ocidir copy keeps
-  the manifest digest, Docker or OCI); otherwise a new OCI manifest.
+- The manifest is the source's own bytes while they are an OCI manifest that still describes the image (so a
+  registry -> ocidir copy of an OCI image keeps the manifest digest); otherwise a new OCI manifest. A Docker
+  schema 2 manifest is converted as skopeo converts it (skopeo, umoci and podman read only OCI manifests from a
+  layout): blobs unchanged, a new manifest digest, and a warning that says so.
 - Each image is named `?ref=NAME`, by default its source tag (an image known only by digest gets no name). An
   entry already there with the same ref is replaced (skopeo instead keeps it without its name; either way the
   name moves to the new image). Two images of one run that would take the same ref are an error for the second.
@@ -67,10 +69,12 @@ def _oci_layer(descriptor):
 
 
 def image_manifest(image, layers):
-    """(bytes, media type) of the manifest of `image` stored with layer blobs `layers` (Descriptors, in order).
+    """(bytes, media type) of the OCI manifest of `image` stored with layer blobs `layers` (Descriptors, in order).
 
-    The source manifest's exact bytes while they hash to the image's manifest digest and name the same config and
-    layer blobs (a copy then keeps the digest); otherwise a new, deterministic OCI image manifest.
+    The source manifest's exact bytes while they are an OCI manifest that hashes to the image's manifest digest and
+    names the same config and layer blobs (a copy then keeps the digest); otherwise a new, deterministic OCI image
+    manifest. A Docker schema 2 manifest is converted, as skopeo converts it for `oci:`: skopeo, umoci and podman
+    read only OCI manifests and indexes from a layout. The blobs stay as they are.
     """
     raw = image.manifest_bytes
     if raw and image.manifest_digest and oci.digest_of(raw) == image.manifest_digest:
@@ -78,7 +82,7 @@ def image_manifest(image, layers):
             manifest = oci.Manifest.parse(raw, image.manifest_media_type, source='manifest of %s' % image.reference)
         except CorruptImageError:
             manifest = None
-        if (manifest is not None and manifest.media_type in oci.IMAGE_MANIFEST_TYPES
+        if (manifest is not None and manifest.media_type == oci.MEDIA_OCI_MANIFEST
                 and manifest.config.digest == image.config_digest
                 and [d.digest for d in manifest.layers] == [d.digest for d in layers]):
             return manifest.raw, manifest.media_type
@@ -86,6 +90,16 @@ def image_manifest(image, layers):
     manifest = oci.Manifest.build(config, [_oci_layer(d) for d in layers], oci.MEDIA_OCI_MANIFEST,
                                   annotations=image.annotations or None)
     return manifest.raw, manifest.media_type
+
+
+def digest_change(image, digest):
+    """A warning when the manifest stored for an unchanged image has another digest than the source's (a Docker
+    manifest made OCI), else None: a copy never changes a digest silently."""
+    if image.manifest_digest and digest != image.manifest_digest:
+        kind = 'Docker' if image.manifest_media_type == oci.MEDIA_DOCKER_MANIFEST else 'non-OCI'
+        return ('%s: stored with OCI manifest %s, not the source\'s %s manifest %s (OCI layouts hold OCI manifests; '
+                'the layers and config are unchanged)' % (image.reference, digest, kind, image.manifest_digest))
+    return None
 
 
 def ref_of(entry):
@@ -380,6 +394,9 @@ class OCIDirOutput(ImageOutput):
             raw, media_type = image_manifest(image, layers)
             digest = oci.digest_of(raw)
             self._store_bytes(digest, raw)
+            change = digest_change(image, digest)
+            if change:
+                self.ctx.warn(change)
         except BaseException:
             self.refs.release(ref, image)
             raise

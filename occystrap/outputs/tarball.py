@@ -48,8 +48,8 @@ from occystrap import oci, streams
 from occystrap.errors import CorruptImageError, OccystrapError, UsageError
 from occystrap.inputs.layout import split_reference
 from occystrap.oci import MEDIA_OCI_CONFIG, MEDIA_OCI_LAYER_TAR, MEDIA_OCI_MANIFEST, blob_path
-from occystrap.outputs.ocidir import (LAYOUT_MARKER, RefNames, check_ref_for_run, image_manifest, index_entry,
-                                      layer_descriptor, merge_entries, new_index_document)
+from occystrap.outputs.ocidir import (LAYOUT_MARKER, RefNames, check_ref_for_run, digest_change, image_manifest,
+                                      index_entry, layer_descriptor, merge_entries, new_index_document)
 from occystrap.pipeline import ImageOutput, layer_cost
 
 FIXED_MTIME = 0
@@ -457,6 +457,9 @@ class TarballOutput(ImageOutput):
         raw, media_type = image_manifest(image, layers)
         digest = oci.digest_of(raw)
         self._add_blob_bytes(digest, raw)
+        change = digest_change(image, digest)
+        if change:
+            self.ctx.warn(change)
         entry = index_entry(oci.Descriptor(media_type, digest, len(raw)), ref)
         self._descriptors = merge_entries(self._descriptors, [entry])
 
