@@ -265,9 +265,10 @@ class Rule:
     kind 'status': answer `status` (429 or 503) with `Retry-After: retry_after` instead of forwarding.
     kind 'corrupt': flip one byte of the body (at `offset`, default the middle), keeping Content-Length.
     kind 'answer': answer `status` with `headers` and a body instead of forwarding. Header values may hold
-    {netloc} (the proxy's host:port) and {path} (the request's path and query). The body is `body`, or with `size`
-    that many bytes repeating `fill`, gzip-compressed when `encoding='gzip'` (the size is then the uncompressed
-    one); `framing` is 'length' (Content-Length), 'chunked' or 'close' (no length, the connection closes after).
+    {netloc} (the proxy's host:port), {port} and {path} (the request's path and query). The body is `body`,
+    or with `size` that many bytes repeating `fill`, gzip-compressed when `encoding='gzip'` (the size is then
+    the uncompressed one); `framing` is 'length' (Content-Length), 'chunked' or 'close' (no length, the
+    connection closes after).
     kind 'raw': write `body` to the connection as it is (not HTTP) and close it.
 
     A rule fires for the first `count` matching requests (None: always); 'drop' and 'corrupt' only count
@@ -366,7 +367,7 @@ def answer(path, status, headers=None, body=b'', count=None, **kwargs):
 
 
 def redirect(path, location, status=307, **kwargs):
-    """A rule that redirects matching requests to `location` (a template: {netloc}, {path})."""
+    """A rule that redirects matching requests to `location` (a template: {netloc}, {port}, {path})."""
     return answer(path, status, headers={'Location': location}, **kwargs)
 
 
@@ -497,7 +498,8 @@ class _FaultHandler(http.server.BaseHTTPRequestHandler):
         self._abort()
 
     def _send_answer(self, rule):
-        values = {'netloc': self.server.owner.netloc, 'path': self.path}
+        netloc = self.server.owner.netloc
+        values = {'netloc': netloc, 'port': netloc.rsplit(':', 1)[1], 'path': self.path}
         self.send_response(rule.status)
         for key, value in rule.headers.items():
             self.send_header(key, value.format(**values))

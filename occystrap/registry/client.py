@@ -19,7 +19,7 @@ from occystrap.errors import CorruptImageError, DigestMismatchError, RegistryErr
 from occystrap.registry import auth
 from occystrap.registry.http import (DOCUMENT_LIMIT, ERROR_BODY_LIMIT, LISTING_LIMIT, MAX_REDIRECTS,
                                      REDIRECT_STATUSES, ConnectionFailed, RetryPolicy, host_of, origin, read_capped,
-                                     speaks_tls, usable_url)
+                                     speaks_tls, unusable_redirect, usable_url)
 
 LOG = logging.getLogger(__name__)
 
@@ -235,6 +235,8 @@ class RegistryClient:
         except ValueError:
             target = None
         if target is None or not usable_url(target):
+            if kind == 'redirected':
+                raise unusable_redirect('%s from registry %s' % (what, self.host))
             raise RegistryError('registry %s %s %s to an unusable URL (not http or https with a host)'
                                 % (self.host, kind, what))
         if not self.plain and urllib.parse.urlsplit(target).scheme.lower() == 'http':

@@ -243,6 +243,11 @@ def buffered(response, limit, what, error=RegistryError):
                           extensions=response.extensions)
 
 
+def unusable_redirect(what):
+    """The error for a redirect to a URL that is not http(s) with a host (`what` names the thing asked for)."""
+    return RegistryError('%s was redirected to an unusable URL (not http or https with a host)' % what)
+
+
 def speaks_tls(netloc, timeout=5.0):
     """True when a TLS handshake with host:port succeeds (the certificate is not checked): a plain-HTTP request
     that was refused or not understood went to a TLS port."""
@@ -446,6 +451,7 @@ class HttpClient:
         is read (see `buffered`): more than `limit` bytes raise RegistryError naming `what`. Raises
         ConnectionFailed when the server stays unreachable. With `retry=False` nothing is retried.
         """
+        what = what or 'the answer to %s %s' % (method, without_query(url))
         attempt = 0
         while True:
             if self.limiter is not None:
@@ -457,8 +463,13 @@ class HttpClient:
                 req = client.build_request(method, url, headers=headers, content=body, params=params)
                 response = client.send(req, stream=True)
                 if not stream:
-                    response = buffered(response, limit, what or 'the answer to %s %s' % (method, without_query(url)))
+                    response = buffered(response, limit, what)
+            except httpx.InvalidURL:
+                # httpx parses a redirect's Location even when it does not follow it.
+                raise unusable_redirect(what) from None
             except httpx.TransportError as e:
+                if isinstance(e, httpx.RemoteProtocolError) and 'location header' in str(e):
+                    raise unusable_redirect(what) from None
                 if not retry or attempt >= self.retry.retries or _permanent(e):
                     suffix = ' (after %d retries)' % attempt if attempt else ''
                     reason = describe_transport_error(e)
