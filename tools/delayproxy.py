@@ -421,13 +421,15 @@ class _FaultHandler(http.server.BaseHTTPRequestHandler):
             if body is not None:
                 for _ in body:
                     pass
+            # Recorded first: a client that has the answer may look at the record at once.
+            owner._record(method, self.path, rule.status if rule.kind != 'raw' else None,
+                          None if rule.kind == 'status' else rule.kind)
             if rule.kind == 'status':
                 self._send_status_fault(rule)
             elif rule.kind == 'raw':
                 self._send_raw(rule)
             else:
                 self._send_answer(rule)
-            owner._record(method, self.path, rule.status if rule.kind != 'raw' else None, rule.kind)
             return
         # Without Content-Length, http.client re-frames a generator body as chunked, as the client sent it.
         headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP | {'host', 'expect'}}
