@@ -5,10 +5,13 @@ docker-registry, and runs `python -m occystrap` as a user would; peak memory is 
 """
 
 import gzip
+import http.server
 import json
 import os
+import socketserver
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -410,3 +413,75 @@ def test_tls_to_a_plain_registry_keeps_its_hint(registry, plain_seeded, tmp_path
     line = error_line(lines)
     assert line.startswith('error: cannot reach %s: TLS handshake failed' % registry.host)
     assert line.endswith('is it a plain HTTP registry? then use --insecure')
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# A hostile engine: the Docker API socket answering huge bodies (a real engine cannot be made to)
+# ----------------------------------------------------------------------------------------------------------------
+
+class _EngineHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = 'HTTP/1.1'
+
+    def log_message(self, fmt, *args):
+        pass
+
+    def address_string(self):
+        return 'unix'
+
+    def do_GET(self):
+        self._answer()
+
+    def do_POST(self):
+        length = int(self.headers.get('Content-Length') or 0)
+        while length:
+            length -= len(self.rfile.read(min(length, 1 << 20)))
+        self._answer()
+
+    def _answer(self):
+        status, size = self.server.answers.get(self.path.split('?')[0], (404, 0))
+        self.send_response(status)
+        self.send_header('Content-Type', 'application/json')
+        self.send_header('Transfer-Encoding', 'chunked')
+        self.end_headers()
+        block = b'[' * 65536
+        try:
+            for _ in range(size // len(block)):
+                self.wfile.write(b'%x\r\n%s\r\n' % (len(block), block))
+            self.wfile.write(b'0\r\n\r\n')
+        except OSError:
+            self.close_connection = True
+
+
+@pytest.fixture
+def hostile_engine(tmp_path):
+    """A Docker API socket whose answers are {path: (status, body size)}, served chunked."""
+    class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+        daemon_threads = True
+    path = str(tmp_path / 'engine.sock')
+    server = Server(path, _EngineHandler)
+    server.answers = {}
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield server, path
+    server.shutdown()
+    server.server_close()
+
+
+def test_huge_engine_answer_to_a_ping_is_refused(registry, plain_seeded, hostile_engine, tmp_path):
+    server, path = hostile_engine
+    server.answers['/_ping'] = (200, HUGE)
+    status, lines, peak = occystrap('--insecure', 'process', 'registry://%s/%s:v1' % (registry.host, plain_seeded),
+                                    'docker://hostile:v1?socket=%s' % path, tmp_path=tmp_path)
+    assert status == 1
+    assert error_line(lines) == ('error: the answer of the engine at %s to GET /_ping is larger than the limit of '
+                                 '16 MiB' % path)
+    assert peak < MAX_RSS_KB, 'peak RSS %d KiB' % peak
+
+
+def test_huge_engine_error_body_is_dropped(hostile_engine, tmp_path):
+    server, path = hostile_engine
+    server.answers['/images/hostile:v1/get'] = (500, HUGE)
+    status, lines, peak = occystrap('info', 'docker://hostile:v1?socket=%s' % path, tmp_path=tmp_path)
+    assert status == 1
+    assert error_line(lines) == 'error: engine at %s answered 500: Internal Server Error' % path
+    assert peak < MAX_RSS_KB, 'peak RSS %d KiB' % peak
