@@ -237,6 +237,16 @@ def test_gzip_manifest_within_the_limit_is_read(registry, plain_seeded, image, t
 
 
 @pytest.mark.parametrize('framing', ['length', 'chunked'])
+def test_huge_config_is_refused(registry, plain_seeded, image, framing, tmp_path):
+    with FaultProxy(registry.url, [huge(r'/blobs/' + image.config_digest, HUGE, framing=framing)]) as proxy:
+        status, lines, peak = info_through(proxy, plain_seeded + ':v1', tmp_path)
+    assert status == 1
+    assert error_line(lines) == ('error: blob %s in %s on registry %s is larger than %d bytes'
+                                 % (image.config_digest, plain_seeded, proxy.netloc, 64 * 1024 * 1024))
+    assert peak < MAX_RSS_KB, 'peak RSS %d KiB' % peak
+
+
+@pytest.mark.parametrize('framing', ['length', 'chunked'])
 def test_huge_error_body_is_dropped_and_the_status_kept(registry, plain_seeded, framing, tmp_path):
     with FaultProxy(registry.url, [huge(r'/manifests/v1$', HUGE, status=404, framing=framing)]) as proxy:
         status, lines, peak = info_through(proxy, plain_seeded + ':v1', tmp_path)

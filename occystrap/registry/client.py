@@ -422,6 +422,9 @@ class RegistryClient:
         try:
             if response.status_code != 200:
                 raise self._error(response, what)
+            length = response.headers.get('Content-Length', '').strip()
+            if length.isdigit() and int(length) > max_size:
+                raise RegistryError('%s on registry %s is larger than %d bytes' % (what, self.host, max_size))
             parts, total = [], 0
             for chunk in response.iter_raw(streams.CHUNK):
                 total += len(chunk)
