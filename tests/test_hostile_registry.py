@@ -126,6 +126,25 @@ def test_plain_http_token_realm_of_a_tls_registry_is_refused(basic_auth_registry
     assert [r for r in proxy.received if r.scheme == 'http'] == []
 
 
+@pytest.mark.parametrize('location, ending', [
+    ('http://{netloc}/v2/elsewhere/blobs/uploads/1', 'to plain HTTP; refusing to leave TLS (use ?insecure=true on '
+     'its URI only if this registry is meant to be reached over plain HTTP)'),
+    ('ftp://{netloc}/v2/elsewhere/blobs/uploads/1', 'to an unusable URL (not http or https with a host)')])
+def test_upload_location_of_a_tls_registry_is_checked_like_a_redirect(
+        registry, tls_registry, plain_seeded, proxy_tls, location, ending, tmp_path):
+    rule = answer(r'/blobs/uploads/$', 202, headers={'Location': location}, methods=('POST',), scheme='https')
+    with tls_front(tls_registry, proxy_tls, [rule]) as proxy:
+        status, lines, _ = occystrap('--ca-cert', str(proxy_tls['ca']), 'process',
+                                     'registry://%s/%s:v1?insecure=true' % (registry.host, plain_seeded),
+                                     'registry://%s/%s-moved:v1' % (proxy.netloc, plain_seeded), tmp_path=tmp_path)
+    assert status == 1
+    line = error_line(lines)
+    assert line.startswith('error: registry %s moved the upload of blob sha256:' % proxy.netloc), line
+    assert line.endswith(ending), line
+    assert [r for r in proxy.received if r.scheme == 'http'] == []
+    assert not [r for r in proxy.received if 'elsewhere' in r.path]
+
+
 @pytest.mark.parametrize('realm', ['file:///etc/passwd', 'ftp://{netloc}/token', 'https:///token',
                                    'https://user:pw@{netloc}/token'])
 def test_token_realm_must_be_an_http_url_with_a_host(registry, repo_name, image, realm, tmp_path):

@@ -245,6 +245,10 @@ class RegistryClient:
                                 % (self.host, kind, what))
         return target
 
+    def _upload_location(self, response, what):
+        """Where an upload goes on, from the answer's Location: checked as a redirect is."""
+        return self._follow(response, response.headers['Location'], what, 'moved the upload of')
+
     def _send(self, method, url, scopes, what, headers=None, content=None, stream=False, retry=True, follow=False,
               params=None, limit=ERROR_BODY_LIMIT):
         """An authenticated request; 401s are answered by authenticating, redirects followed when `follow`.
@@ -508,7 +512,7 @@ class RegistryClient:
         if response.status_code == 202 and response.headers.get('Location'):
             # The registry opened an ordinary upload instead; keep it for upload_blob rather than waste it.
             with self._lock:
-                self._pending_uploads[(name, digest)] = urllib.parse.urljoin(url, response.headers['Location'])
+                self._pending_uploads[(name, digest)] = self._upload_location(response, what)
             return False
         raise self._error(response, what)
 
@@ -518,7 +522,7 @@ class RegistryClient:
         response.close()
         if response.status_code != 202 or not response.headers.get('Location'):
             raise self._error(response, what)
-        return urllib.parse.urljoin(url, response.headers['Location'])
+        return self._upload_location(response, what)
 
     def upload_blob(self, name, digest, source, size=None, on_bytes=None):
         """Upload a blob unless told otherwise; returns its digest as the registry confirmed it.
@@ -615,7 +619,7 @@ class RegistryClient:
             if response is not None:
                 response.close()
                 if response.status_code == 202 and response.headers.get('Location'):
-                    return urllib.parse.urljoin(location, response.headers['Location'])
+                    return self._upload_location(response, what)
                 if not (RetryPolicy.retryable_status(response.status_code) or response.status_code == 416):
                     raise self._error(response, what)
                 reason = 'registry answered %d' % response.status_code
@@ -641,7 +645,7 @@ class RegistryClient:
         # '0--1' in older versions), so read '0-0' as empty: a lone byte that arrived would make the digest fail.
         have = int(match.group(2)) + 1 if match and match.group(2) not in ('0', '-1') else 0
         if response.headers.get('Location'):
-            location = urllib.parse.urljoin(location, response.headers['Location'])
+            location = self._upload_location(response, what)
         return location, max(0, have)
 
     def put_manifest(self, name, reference, data, media_type):
