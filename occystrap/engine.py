@@ -14,7 +14,6 @@ import httpx
 from occystrap import streams
 from occystrap.errors import OccystrapError
 
-CHUNK = 1024 * 1024
 # The most of an engine's answer held in memory (inspect JSON, version, the reply to a load); a longer error
 # message is dropped. Image data itself is streamed, never held.
 ANSWER_LIMIT = 16 * 1024 * 1024
@@ -83,13 +82,13 @@ class _ResponseReader(streams.ChunkReader):
 
     def __init__(self, response, socket_path):
         self._response = response
-        self._chunks = response.iter_bytes(CHUNK)
+        self._chunks = response.iter_bytes(streams.CHUNK)
         self._socket_path = socket_path
         self._eof = False
 
     def read(self, size=-1):
         if size is None or size < 0:
-            size = CHUNK * 4
+            size = streams.CHUNK * 4
         while not self._held() and not self._eof:
             try:
                 self._hold(next(self._chunks))
@@ -107,7 +106,7 @@ class _ResponseReader(streams.ChunkReader):
 
 def _file_chunks(f):
     while True:
-        chunk = f.read(CHUNK)
+        chunk = f.read(streams.CHUNK)
         if not chunk:
             return
         yield chunk
