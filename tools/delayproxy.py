@@ -262,7 +262,8 @@ class Rule:
     `scheme` is given ('http' or 'https'), that arrived over that scheme.
 
     kind 'drop': send the response headers and `after_bytes` bytes of the body, then close the connection.
-    kind 'status': answer `status` (429 or 503) with `Retry-After: retry_after` instead of forwarding.
+    kind 'status': answer `status` (429 or 503) with `Retry-After: retry_after` instead of forwarding; `payload`
+    (bytes) replaces the registry-style JSON error body, e.g. to send a hostile error message.
     kind 'corrupt': flip one byte of the body (at `offset`, default the middle), keeping Content-Length.
     kind 'answer': answer `status` with `headers` and a body instead of forwarding. Header values may hold
     {netloc} (the proxy's host:port), {port} and {path} (the request's path and query). The body is `body`,
@@ -276,8 +277,8 @@ class Rule:
     """
 
     def __init__(self, kind, path, count=1, methods=('GET',), after_bytes=0, status=429, retry_after='1',
-                 offset=None, name=None, headers=None, body=b'', size=None, fill=b'\0', framing='length',
-                 encoding=None, scheme=None):
+                 offset=None, name=None, payload=None, headers=None, body=b'', size=None, fill=b'\0',
+                 framing='length', encoding=None, scheme=None):
         if kind not in ('drop', 'status', 'corrupt', 'answer', 'raw'):
             raise ValueError(f'unknown fault kind {kind!r}')
         if framing not in FRAMINGS:
@@ -292,6 +293,7 @@ class Rule:
         self.status = status
         self.retry_after = retry_after
         self.offset = offset
+        self.payload = payload
         self.name = name or f'{kind}:{path}'
         self.headers = dict(headers or {})
         self.body = body
@@ -479,9 +481,11 @@ class _FaultHandler(http.server.BaseHTTPRequestHandler):
             self.rfile.readline()
 
     def _send_status_fault(self, rule):
-        payload = (b'{"errors":[{"code":"TOOMANYREQUESTS","message":"injected fault","detail":null}]}'
-                   if rule.status == 429 else
-                   b'{"errors":[{"code":"UNAVAILABLE","message":"injected fault","detail":null}]}')
+        payload = rule.payload
+        if payload is None:
+            payload = (b'{"errors":[{"code":"TOOMANYREQUESTS","message":"injected fault","detail":null}]}'
+                       if rule.status == 429 else
+                       b'{"errors":[{"code":"UNAVAILABLE","message":"injected fault","detail":null}]}')
         self.send_response(rule.status)
         self.send_header('Content-Type', 'application/json')
         self.send_header('Retry-After', str(rule.retry_after))
