@@ -4,10 +4,10 @@ from the bytes; many images and runs in one layout; hostile layouts as a source;
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import sys
-import tempfile
 
 import pytest
 
@@ -145,7 +145,8 @@ def test_our_layout_goes_to_a_registry_with_skopeo_and_back(registry, repo_name,
 @pytest.mark.integration
 def test_podman_pulls_our_layout(podman_service, image):
     # podman names what it pulls from oci:PATH after PATH, which must then be a valid image name
-    parent = tempfile.mkdtemp(prefix='occystrap-podman-')
+    parent = '/tmp/occystrap-podman-%d-%s' % (os.getpid(), secrets.token_hex(4))
+    os.mkdir(parent)
     out = os.path.join(parent, 'layout')
     try:
         ok('process', 'ocidir://%s' % image.path, 'ocidir://%s?ref=podman' % out)
@@ -265,6 +266,11 @@ def test_a_failed_run_names_nothing_new_and_leaves_no_partial_blob(image, tmp_pa
     result = occystrap('process', 'ocidir://%s' % bad.path, 'ocidir://%s' % (tmp_path / 'new'))
     assert_one_line(result, 1, 'digest mismatch')
     assert not (tmp_path / 'new').exists()
+    # into an empty directory that was there: it stays, empty again
+    (tmp_path / 'empty').mkdir()
+    result = occystrap('process', 'ocidir://%s' % bad.path, 'ocidir://%s' % (tmp_path / 'empty'))
+    assert_one_line(result, 1, 'digest mismatch')
+    assert os.listdir(tmp_path / 'empty') == []
 
 
 def test_destinations_that_are_not_layouts_are_refused(image, tmp_path):
@@ -405,3 +411,42 @@ def test_hostile_layouts_are_one_line_and_write_nothing(tmp_path, make_hostile):
         assert_one_line(result, 1, fragment)
         assert not out.exists() or os.listdir(out) == [], destination
     assert not os.path.exists('/tmp/' + MARKER)
+
+
+# --- in: layouts other tools wrote ------------------------------------------------------------------------------
+
+def _umoci(*args):
+    result = subprocess.run(['umoci', *args], capture_output=True, text=True)
+    assert result.returncode == 0, 'umoci %s failed: %s' % (' '.join(args), result.stderr)
+
+
+@pytest.mark.integration
+def test_a_layout_umoci_built_reads_and_copies_with_its_digest(tmp_path):
+    layout = tmp_path / 'umoci'
+    _umoci('init', '--layout', str(layout))
+    _umoci('new', '--image', '%s:made' % layout)
+    _umoci('unpack', '--rootless', '--image', '%s:made' % layout, str(tmp_path / 'bundle'))
+    (tmp_path / 'bundle' / 'rootfs' / 'hello').write_text('written through umoci\n')
+    _umoci('repack', '--image', '%s:made' % layout, str(tmp_path / 'bundle'))
+    made = skopeo_inspect('oci:%s:made' % layout, raw=True, parse=False)
+    report = json.loads(ok('-O', 'json', 'info', 'ocidir://%s?ref=made' % layout).stdout)
+    assert report[0]['manifest_digest'] == sha256(made)
+    out = tmp_path / 'out'
+    ok('process', 'ocidir://%s?ref=made' % layout, 'ocidir://%s' % out)
+    assert skopeo_inspect('oci:%s:made' % out, raw=True, parse=False) == made
+    rootfs = umoci_unpack(out, 'made', tmp_path / 'again')
+    assert (rootfs / 'hello').read_text() == 'written through umoci\n'
+
+
+@pytest.mark.integration
+def test_every_image_of_a_layout_skopeo_wrote_goes_to_a_registry(registry, repo_name, image, tmp_path):
+    other = build_oci_layout(tmp_path / 'other', [{'other': b'other\n'}], tag='v2')
+    layout = tmp_path / 'skopeo'
+    skopeo_copy('oci:%s:v1' % image.path, 'oci:%s:one' % layout)
+    skopeo_copy('oci:%s:v2' % other.path, 'oci:%s:two' % layout)
+    result = ok('--insecure', '-O', 'json', 'process', 'ocidir://%s' % layout,
+                'registry://%s/%s' % (registry.host, repo_name))
+    assert [r['image'] for r in json.loads(result.stdout)['results']] == ['skopeo:one', 'skopeo:two']
+    for tag, built in (('one', image), ('two', other)):
+        served = skopeo_inspect('docker://%s/%s/skopeo:%s' % (registry.host, repo_name, tag), raw=True, parse=False)
+        assert sha256(served) == built.manifest_digest

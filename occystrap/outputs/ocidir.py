@@ -207,7 +207,8 @@ class OCIDirOutput(ImageOutput):
         self._inflight = {}       # digest -> Future of the thread storing it
         self._entries = []        # index.json entries of this run's images, in the order they were written
         self._staging = None
-        self._created = False
+        self._created = False     # this run made the directory
+        self._fresh = not self.existed or not os.listdir(self.path)   # this run made the layout in it
 
     # --- the layout as found ------------------------------------------------------------------------------------
 
@@ -433,12 +434,21 @@ class OCIDirOutput(ImageOutput):
 
     def abort(self):
         self._discard()
-        if self._created:
-            # Made by this run: gone whole, unless some other run has named images in it meanwhile.
+        if self._fresh and os.path.isdir(self.path):
+            # A layout this run began is removed whole, unless some other run has named images in it meanwhile;
+            # a directory that was there (empty) stays, empty again.
             with contextlib.suppress(OSError), self._layout_lock():
                 if not os.path.exists(os.path.join(self.path, 'index.json')):
-                    shutil.rmtree(self.path, ignore_errors=True)
-            self._created = False
+                    if self._created:
+                        shutil.rmtree(self.path, ignore_errors=True)
+                    else:
+                        for name in os.listdir(self.path):
+                            full = os.path.join(self.path, name)
+                            if os.path.isdir(full) and not os.path.islink(full):
+                                shutil.rmtree(full, ignore_errors=True)
+                            else:
+                                os.unlink(full)
+        self._fresh = self._created = False
 
 
 def _present_size(path, size):
