@@ -92,11 +92,16 @@ def cli(ctx, parallel, image_parallel, rate_limit, retries, username, password, 
     DESTINATION: tar:///PATH.tar  dir:///PATH[?unique_names=true&expand=true]
                  oci:///PATH  mounts:///PATH  registry://HOST/NAME:TAG  docker://NAME:TAG
     """
+    from occystrap import tuning
     from occystrap.settings import Settings
+    tuning.apply()   # once per process, for every command run (in-process callers of main() included)
     if rate_limit is not None and rate_limit <= 0:
         raise click.BadParameter('must be greater than 0', param_hint='--rate-limit')
+    from occystrap.terminal import PrintableFormatter
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(PrintableFormatter('%(levelname)s: %(message)s'))   # log lines carry registry and image text
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING,
-                        format='%(levelname)s: %(message)s', stream=sys.stderr)
+                        handlers=[handler])
     for noisy in ('httpx', 'httpcore', 'hpack', 'h2'):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     ctx.obj = Settings(parallel=parallel, image_parallel=image_parallel, rate_limit=rate_limit, retries=retries,
@@ -114,6 +119,7 @@ def _context(settings):
 def _summary(settings, stats, results=None):
     """The one-line end-of-run summary on stderr (or a JSON object on stdout with -O json)."""
     from occystrap.progress import human_bytes
+    from occystrap.terminal import printable
     failed = [r for r in (results or []) if not r.ok]
     if settings.output_format == 'json':
         payload = {'images': stats.images, 'layers': stats.layers, 'bytes': stats.bytes, 'downloaded': stats.downloaded,
@@ -129,10 +135,10 @@ def _summary(settings, stats, results=None):
         click.echo(json.dumps(payload, indent=2))
         return
     if results is not None and len(results) > 1:
-        width = max(len(r.reference) for r in results)
+        width = max(len(printable(r.reference)) for r in results)
         for r in results:
             state = 'ok' if r.ok else 'FAILED: %s' % r.error
-            click.echo('%-*s  %6.2fs  %s' % (width, r.reference, r.seconds, state), err=True)
+            click.echo('%-*s  %6.2fs  %s' % (width, printable(r.reference), r.seconds, printable(state)), err=True)
     shard = ''
     if settings.shard is not None and stats.source_images is not None:
         shard = '; shard %s kept %d of %d images' % (settings.shard, len(results or []), stats.source_images)
@@ -227,7 +233,8 @@ def main(argv=None):
         click.echo('error: aborted', err=True)
         sys.exit(130)
     except click.ClickException as e:
-        click.echo('error: %s' % one_line(e.format_message()), err=True)
+        from occystrap.terminal import printable
+        click.echo('error: %s' % printable(one_line(e.format_message())), err=True)
         sys.exit(2)
     except UsageError as e:
         _fail(e, debug, 2)
@@ -292,6 +299,7 @@ def _fail(error, debug, code, prefix=''):
     if debug:
         import traceback
         traceback.print_exc()
+    from occystrap.terminal import printable
     from occystrap.uris import redact
-    click.echo('error: %s%s' % (prefix, redact(one_line(error))), err=True)
+    click.echo('error: %s%s' % (prefix, printable(redact(one_line(error)))), err=True)
     sys.exit(code)

@@ -111,13 +111,15 @@ def layer_cost(layer):
 
 
 class RunContext:
-    """What every component of one run shares: settings, counters, the HTTP client, a temporary workspace."""
+    """What every component of one run shares: settings, counters, the HTTP client and authenticators, a temporary
+    workspace."""
 
     def __init__(self, settings=None):
         self.settings = settings or Settings()
         self.stats = Stats()
         self._lock = threading.Lock()
         self._http = None
+        self._authenticators = None
         self._workdir = None
         self._workdir_parent = None
         self.warnings = []
@@ -132,12 +134,22 @@ class RunContext:
 
     @property
     def http(self):
-        """The run's one HTTP client (pooled connections, auth cache, rate limiter, retries)."""
+        """The run's one HTTP client (pooled connections, rate limiter, retries)."""
         with self._lock:
             if self._http is None:
                 from occystrap.registry.http import HttpClient
                 self._http = HttpClient(self.settings)
             return self._http
+
+    @property
+    def authenticators(self):
+        """The run's registry authenticators (credentials and token caches, one per host and credentials)."""
+        http = self.http
+        with self._lock:
+            if self._authenticators is None:
+                from occystrap.registry.auth import Authenticators
+                self._authenticators = Authenticators(http)
+            return self._authenticators
 
     def prefer_workdir_parent(self, path):
         """An output asks for temporary files on its own filesystem (so finished files can be renamed in place)."""
