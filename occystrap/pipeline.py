@@ -22,10 +22,16 @@ import threading
 import time
 from typing import Optional
 
+from occystrap.cancel import STOPS, Cancellation
 from occystrap.errors import OccystrapError, UsageError
 from occystrap.settings import Settings
 
 LOG = logging.getLogger(__name__)
+
+# How often a thread waiting for workers looks at the run's cancellation, and how long a cancelled run waits for
+# its running workers to unwind (their sockets are shut down, so they end in milliseconds) before cleaning up.
+POLL_SECONDS = 0.2
+CANCEL_GRACE = 1.0
 
 INPUTS = {
     'registry': 'occystrap.inputs.registry:RegistryInput',
@@ -121,6 +127,15 @@ class RunContext:
         self.warnings = []
         self.filter_fingerprint = ()   # the run's filter chain as strings, for caches keyed on what filters did
         self.multi_image = False       # the source can name many images (outputs derive destination names)
+        self.cancellation = Cancellation()
+
+    @property
+    def cancelled(self):
+        return self.cancellation.cancelled
+
+    def cancel(self, signum=None):
+        """Stop the run: queued work does not start, in-flight transfers end at their next chunk."""
+        self.cancellation.cancel(signum)
 
     def warn(self, message):
         """Record and log something the user should know (a refused path, a skipped device)."""
@@ -134,7 +149,7 @@ class RunContext:
         with self._lock:
             if self._http is None:
                 from occystrap.registry.http import HttpClient
-                self._http = HttpClient(self.settings)
+                self._http = HttpClient(self.settings, cancellation=self.cancellation)
             return self._http
 
     def prefer_workdir_parent(self, path):
@@ -163,19 +178,50 @@ class RunContext:
         items = list(items)
         workers = max(1, min(workers or self.settings.parallel, len(items) or 1))
         if workers == 1:
-            return [fn(item) for item in items]
+            results = []
+            for item in items:
+                self.cancellation.check()
+                results.append(fn(item))
+            return results
         order = list(range(len(items)))
         if cost is not None:
             order.sort(key=lambda i: -cost(items[i]))
-        with concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix='layer') as pool:
-            submitted = {i: pool.submit(fn, items[i]) for i in order}
-            futures = [submitted[i] for i in range(len(items))]
-            try:
-                return [f.result() for f in futures]
-            except BaseException:
-                for f in futures:
-                    f.cancel()
-                raise
+        return self.gather(fn, [items[i] for i in order], workers, 'layer', order)
+
+    def gather(self, fn, items, workers, name, positions=None):
+        """Run fn over items (started in the order given) on `workers` threads; results by `positions`.
+
+        The calling thread waits in short steps, so it notices a cancellation (and the main thread a signal) at
+        once. On the first error queued items are dropped; running ones are waited for, only briefly when the
+        run was cancelled (they are unwinding already).
+        """
+        positions = list(range(len(items))) if positions is None else positions
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
+        futures = [None] * len(items)
+        try:
+            for position, item in zip(positions, items):
+                futures[position] = pool.submit(self._guarded, fn, item)
+            results = []
+            for future in futures:
+                while True:
+                    try:
+                        results.append(future.result(timeout=POLL_SECONDS))
+                        break
+                    except concurrent.futures.TimeoutError:
+                        self.cancellation.check()
+            pool.shutdown(wait=True)
+            return results
+        except BaseException as e:
+            if isinstance(e, STOPS):
+                self.cancel(getattr(e, 'signum', None))
+            pool.shutdown(wait=False, cancel_futures=True)
+            running = [f for f in futures if f is not None and not f.done()]
+            concurrent.futures.wait(running, timeout=CANCEL_GRACE if self.cancelled else None)
+            raise
+
+    def _guarded(self, fn, item):
+        self.cancellation.check()
+        return fn(item)
 
     def close(self):
         if self._http is not None:
@@ -305,6 +351,7 @@ def for_each_image(source, fn, ctx, refs=None):
 
     def one(ref):
         started = time.monotonic()
+        ctx.cancellation.check()
         try:
             layers = fn(ref)
             return ImageResult(str(ref), True, layers=layers or 0, seconds=time.monotonic() - started)
@@ -317,8 +364,7 @@ def for_each_image(source, fn, ctx, refs=None):
     workers = max(1, min(ctx.settings.image_parallel, len(refs)))
     if workers == 1:
         return [one(ref) for ref in refs]
-    with concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix='image') as pool:
-        return list(pool.map(one, refs))
+    return ctx.gather(one, refs, workers, 'image')
 
 
 def run_process(source_uri, dest_uri, filters, ctx):
@@ -339,6 +385,9 @@ def run_process(source_uri, dest_uri, filters, ctx):
             output.finalize()
             finished = True
         return results
+    except STOPS as e:
+        ctx.cancel(getattr(e, 'signum', None))    # stop every worker before abort() removes what they write
+        raise
     finally:
         if not finished:
             output.abort()

@@ -16,6 +16,7 @@ import urllib.parse
 import httpx
 
 from occystrap import __version__
+from occystrap.cancel import Cancellation
 from occystrap.errors import OccystrapError, RegistryError
 from occystrap.registry.ratelimit import TokenBucket
 
@@ -220,11 +221,13 @@ def use_lean_body_reads():
 class HttpClient:
     """Wraps one httpx.Client for the whole run; see the module docstring."""
 
-    def __init__(self, settings):
+    def __init__(self, settings, cancellation=None):
         use_large_reads()
         use_lean_body_reads()
         self.settings = settings
-        self.retry = RetryPolicy(settings.retries)
+        # The run's stop switch (occystrap.cancel): retry waits end when the run is cancelled.
+        self.cancellation = cancellation or Cancellation()
+        self.retry = RetryPolicy(settings.retries, sleep=self.cancellation.sleep)
         self.limiter = TokenBucket(settings.rate_limit) if settings.rate_limit else None
         # Enough connections for every layer transfer of every image in flight, plus token and manifest requests.
         connections = max(8, settings.parallel * settings.image_parallel + 2 * settings.image_parallel)
@@ -293,7 +296,8 @@ class HttpClient:
             try:
                 bulk = body is not None or (stream and '/blobs/' in str(url))
                 client = self.transfer_client if bulk else self.client
-                req = client.build_request(method, url, headers=headers, content=body, params=params)
+                req = client.build_request(method, url, headers=headers, content=body, params=params,
+                                           extensions={'trace': self.cancellation.trace})
                 response = client.send(req, stream=stream)
             except httpx.TransportError as e:
                 if not retry or attempt >= self.retry.retries or _permanent(e):
