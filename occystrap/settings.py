@@ -30,3 +30,4 @@ class Settings:
     debug: bool = False
     progress: bool = False
     allow_devices: bool = False
+    max_extract_bytes: Optional[int] = None   # bytes extraction may write in one run (--max-extract-bytes)
