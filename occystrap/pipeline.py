@@ -12,7 +12,9 @@ Images of a multi-image run are processed `-J` at a time; layers of one image `-
 
 import abc
 import concurrent.futures
+import contextlib
 import dataclasses
+import errno
 import importlib
 import logging
 import os
@@ -367,6 +369,24 @@ def for_each_image(source, fn, ctx, refs=None):
     return ctx.gather(one, refs, workers, 'image')
 
 
+# A destination that cannot take more: said as "cannot write PATH: reason" wherever in an output it happens.
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO)
+FILE_OUTPUTS = ('tar', 'file', 'dir', 'oci', 'mounts')
+
+
+@contextlib.contextmanager
+def writing(dest_uri):
+    """Turn a full (or read-only, or failing) destination filesystem into one line naming the destination."""
+    try:
+        yield
+    except (OSError, OccystrapError) as e:
+        code = getattr(e, 'errno', None)
+        if code not in WRITE_ERRNOS or dest_uri.scheme not in FILE_OUTPUTS:
+            raise
+        path = 'standard output' if dest_uri.path == '-' else os.path.abspath(dest_uri.path)
+        raise OccystrapError('cannot write %s: %s' % (path, os.strerror(code))) from None
+
+
 def run_process(source_uri, dest_uri, filters, ctx):
     """Copy every image of source_uri through the filters into dest_uri. Returns the list of ImageResult."""
     source = build_input(source_uri, ctx)
@@ -376,13 +396,15 @@ def run_process(source_uri, dest_uri, filters, ctx):
     try:
         def copy_one(ref):
             image = source.open(ref)
-            output.write(image)
+            with writing(dest_uri):
+                output.write(image)
             ctx.stats.add(images=1, layers=len(image.layers))
             return len(image.layers)
 
         results = for_each_image(source, copy_one, ctx)
         if any(r.ok for r in results):
-            output.finalize()
+            with writing(dest_uri):
+                output.finalize()
             finished = True
         return results
     except STOPS as e:

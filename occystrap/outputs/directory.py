@@ -215,7 +215,8 @@ class DirectoryOutput(ImageOutput):
                 with open(path, 'rb') as stream:
                     extract.extract_layer(stream, work, whiteouts=extract.APPLY, warn=self.ctx.warn,
                                           allow_devices=self.ctx.settings.allow_devices,
-                                          what='%s layer %d' % (image.reference, index))
+                                          what='%s layer %d' % (image.reference, index),
+                                          budget=extract.run_budget(self.ctx))
             self._note(final)
             replace_directory(work, final)
         except BaseException:
