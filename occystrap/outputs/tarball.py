@@ -416,13 +416,14 @@ class TarballOutput(ImageOutput):
             if layer.diffid not in stored and layer.diffid not in seen:
                 needed.append(layer)
                 seen.add(layer.diffid)
+        fetch = [layer for layer in needed if not streams_directly(layer)]
+        direct = max((layer for layer in fetch if layer.path is None and layer.origin is not None),
+                     key=lambda layer: layer.origin.size or 0, default=None)
+        first = None
         if self.sequential:
             # Nothing is written before every layer is verified on disk: a pipe cannot be cut back or patched.
-            fetch, direct = needed, None
-        else:
-            fetch = [layer for layer in needed if not streams_directly(layer)]
-            direct = max((layer for layer in fetch if layer.path is None and layer.origin is not None),
-                         key=lambda layer: layer.origin.size or 0, default=None)
+            # The layer a file would have streamed still goes first, so that both give the same bytes.
+            fetch, direct, first = needed, None, direct
         try:
             if direct is None:
                 try:
@@ -440,6 +441,8 @@ class TarballOutput(ImageOutput):
                         tasks = [(self._stream_layer, direct)] + [(self._materialize, layer) for layer in fetch
                                                                   if layer is not direct]
                         self.ctx.map(lambda task: task[0](task[1]), tasks, cost=lambda task: layer_cost(task[1]))
+                    if first is not None:
+                        self._add_layer(first)
                     self._append(image, needed)
                 except BaseException as e:
                     self._roll_back(snapshot, e)
