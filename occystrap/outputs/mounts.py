@@ -26,8 +26,9 @@ PATH must not exist or be an empty directory.
 import json
 import os
 
-from occystrap import extract
-from occystrap.outputs.directory import StagedImageOutput, digest_hex, image_reference
+from occystrap import extract, oci
+from occystrap.outputs.directory import image_reference
+from occystrap.outputs.staging import StagedImageOutput
 
 EMPTY_LAYER = 'empty'
 
@@ -50,7 +51,8 @@ exec mount -t overlay overlay -o "lowerdir=$lower" "$1"
 
 
 def layer_directory(index, diffid):
-    return 'layers/%03d-%s' % (index, digest_hex(diffid))
+    """The directory of layer `index`, named by its diffid (checked against the digest grammar: it becomes a path)."""
+    return 'layers/%03d-%s' % (index, oci.digest_hex(diffid))
 
 
 class MountsOutput(StagedImageOutput):
