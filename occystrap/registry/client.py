@@ -27,7 +27,6 @@ MAX_CONFIG_BYTES = 64 * 1024 * 1024
 MAX_REDIRECTS = 5
 MONOLITHIC_MAX = 128 * 1024 * 1024    # blobs up to this size go up in one PUT; larger ones in PATCH chunks
 UPLOAD_CHUNK = 32 * 1024 * 1024
-UPLOAD_SLICE = 256 * 1024           # the most of a request body sent between two looks at the run's cancellation
 CATALOG_SCOPE = 'registry:catalog:*'
 _RANGE_RE = re.compile(r'^(?:bytes=)?(\d+)-(-?\d+)$')
 
@@ -470,16 +469,7 @@ class RegistryClient:
                         return
                     if on_bytes:
                         on_bytes(len(data))
-                    if len(data) <= UPLOAD_SLICE:
-                        yield data
-                        continue
-                    # Handed over in slices (views, no copy) so that a cancelled run stops sending within one slice
-                    # even on a slow link, instead of after a whole chunk has gone out.
-                    view = memoryview(data)
-                    for start in range(0, len(view), UPLOAD_SLICE):
-                        if cancellation.cancelled:
-                            raise cancel.Interrupted(cancellation.signum)
-                        yield view[start:start + UPLOAD_SLICE]
+                    yield data
             finally:
                 stream.close()
         return produce
