@@ -51,8 +51,10 @@ def _size(ctx, param, value):
         return None
     size = parse_size(str(value))
     if size is None or size < 1:
-        raise click.BadParameter('must be a positive size in bytes, with an optional K, M, G or T suffix, not %r'
-                                 % value)
+        source = ctx.get_parameter_source(param.name)
+        origin = ' (from %s)' % param.envvar if source == click.core.ParameterSource.ENVIRONMENT else ''
+        raise click.BadParameter('must be a positive size in bytes, with an optional K, M, G or T suffix, not %r%s'
+                                 % (value, origin))
     return size
 
 

@@ -138,3 +138,11 @@ def test_bad_limits_are_usage_errors(value):
     assert result.stderr.splitlines() == [
         "error: Invalid value for '--max-extract-bytes': must be a positive size in bytes, with an optional K, M, G "
         "or T suffix, not %r" % value]
+
+
+def test_bad_limit_from_the_environment_names_the_variable():
+    result = occystrap('info', 'tar:///nonexistent.tar', env=dict(os.environ, OCCYSTRAP_MAX_EXTRACT_BYTES='nan'))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "error: Invalid value for '--max-extract-bytes': must be a positive size in bytes, with an optional K, M, G "
+        "or T suffix, not 'nan' (from OCCYSTRAP_MAX_EXTRACT_BYTES)"]
