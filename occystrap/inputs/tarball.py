@@ -490,11 +490,13 @@ class TarballInput(ImageInput):
         if len(diffids) != len(spec.layers):
             self._fail('%s names %d layers but its config %s lists %d diff_ids'
                        % (spec.what, len(spec.layers), spec.config_member, len(diffids)))
-        history = [h for h in config.get('history') or [] if isinstance(h, dict) and not h.get('empty_layer')]
+        history = config.get('history') if isinstance(config.get('history'), list) else []   # display only
+        history = [h for h in history if isinstance(h, dict) and not h.get('empty_layer')]
         layers = []
         for number, (layer, diffid) in enumerate(zip(spec.layers, diffids)):
             blob = self._layer_blob(layer, diffid, spec)
             created_by = history[number].get('created_by') if number < len(history) else None
+            created_by = created_by if isinstance(created_by, str) else None
             layers.append(Layer(diffid=diffid, origin=blob, created_by=created_by))
         ref = spec.ref
         return Image(name=ref.name, tag=ref.tag, config_bytes=config_bytes, layers=layers, source=str(self.uri),
