@@ -145,8 +145,11 @@ def test_signal_during_push_cancels_the_upload_sessions(tmp_path, registry, slow
     # its hash state back while the bytes the slow link still held arrive, so the log is what tells.)
     sessions = upload_sessions(registry, repo_name)
     assert sessions
-    deleted = {entry.path.split('/')[-1].split('?')[0] for entry in registry.access_log() if entry.method == 'DELETE'}
-    assert set(sessions) <= deleted, (sessions, deleted)
+
+    def deleted():
+        return {entry.path.split('/')[-1].split('?')[0] for entry in registry.access_log() if entry.method == 'DELETE'}
+    # The registry writes its access log line once it has answered: give a loaded machine a moment.
+    wait_for(lambda: set(sessions) <= deleted(), 'a DELETE of every upload session %s' % sessions, timeout=10)
     # No manifest was written: the tag does not exist.
     with registry.client() as client:
         assert client.get('/v2/%s/manifests/v1' % repo_name).status_code == 404
