@@ -147,3 +147,13 @@ def test_a_corrupt_blob_in_an_oci_archive_is_one_line_and_writes_nothing(image, 
         lines = result.stderr.splitlines()
         assert len(lines) == 1 and 'digest mismatch for blob %s' % image.layer_digests[1] in lines[0], lines
     assert sorted(os.listdir(tmp_path)) == ['good.tar', 'src']
+
+
+def test_an_oci_archive_streamed_into_a_pipe_is_the_same_bytes(image, tmp_path):
+    archive = tmp_path / 'file.tar'
+    ok('process', 'ocidir://%s' % image.path, 'tar://%s?format=oci' % archive)
+    env = {k: v for k, v in os.environ.items() if not k.lower().endswith('_proxy')}
+    piped = subprocess.run([sys.executable, '-m', 'occystrap', 'process', 'ocidir://%s' % image.path,
+                            'tar://-?format=oci'], capture_output=True, timeout=180, stdin=subprocess.DEVNULL, env=env)
+    assert piped.returncode == 0, piped.stderr
+    assert piped.stdout == archive.read_bytes()

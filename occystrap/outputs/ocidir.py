@@ -44,7 +44,7 @@ from occystrap import oci, streams
 from occystrap.errors import CorruptImageError, OccystrapError, UsageError
 from occystrap.inputs.layout import REF_NAME
 from occystrap.inputs.ocidir import ref_option
-from occystrap.pipeline import ImageOutput, layer_cost
+from occystrap.pipeline import POLL_SECONDS, ImageOutput, layer_cost
 
 LAYOUT_MARKER = b'{"imageLayoutVersion":"1.0.0"}'
 MAX_INDEX_BYTES = 64 * 1024 * 1024
@@ -304,7 +304,11 @@ class OCIDirOutput(ImageOutput):
             else:
                 mine = False
         if not mine:
-            return future.result()
+            while True:     # in short steps, so that a cancelled run is noticed (AGENTS.md)
+                try:
+                    return future.result(timeout=POLL_SECONDS)
+                except concurrent.futures.TimeoutError:
+                    self.ctx.cancellation.check()
         try:
             os.makedirs(os.path.dirname(final), exist_ok=True)
             written = produce(final)
