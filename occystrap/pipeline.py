@@ -22,28 +22,15 @@ import threading
 import time
 from typing import Optional
 
+from occystrap import schemes
 from occystrap.errors import OccystrapError, UsageError
 from occystrap.settings import Settings
 
 LOG = logging.getLogger(__name__)
 
-INPUTS = {
-    'registry': 'occystrap.inputs.registry:RegistryInput',
-    'quay': 'occystrap.inputs.quay:QuayInput',
-    'docker': 'occystrap.inputs.docker:DockerInput',
-    'tar': 'occystrap.inputs.tarball:TarballInput',
-    'file': 'occystrap.inputs.tarball:TarballInput',
-}
-
-OUTPUTS = {
-    'tar': 'occystrap.outputs.tarball:TarballOutput',
-    'file': 'occystrap.outputs.tarball:TarballOutput',
-    'dir': 'occystrap.outputs.directory:DirectoryOutput',
-    'oci': 'occystrap.outputs.ocibundle:OCIBundleOutput',
-    'mounts': 'occystrap.outputs.mounts:MountsOutput',
-    'registry': 'occystrap.outputs.registry:RegistryOutput',
-    'docker': 'occystrap.outputs.docker:DockerOutput',
-}
+# Scheme names (and aliases) to 'module:Class', derived from the one table in schemes.py.
+INPUTS = schemes.classes('input')
+OUTPUTS = schemes.classes('output')
 
 FILTERS = {
     'normalize-timestamps': 'occystrap.filters.timestamps:NormalizeTimestamps',

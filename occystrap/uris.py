@@ -8,26 +8,9 @@ import re
 import urllib.parse
 from typing import Optional
 
+from occystrap import schemes
 from occystrap.errors import UsageError
 
-INPUT_SCHEMES = ('registry', 'quay', 'docker', 'tar', 'file')
-OUTPUT_SCHEMES = ('tar', 'file', 'dir', 'oci', 'mounts', 'registry', 'docker')
-PATH_SCHEMES = ('tar', 'file', 'dir', 'oci', 'mounts')
-
-# Which query options each scheme accepts, per role.
-OPTIONS = {
-    ('registry', 'input'): ('os', 'arch', 'architecture', 'variant', 'insecure'),
-    ('registry', 'output'): ('insecure',),
-    ('quay', 'input'): ('token', 'api', 'registry', 'insecure', 'os', 'arch', 'architecture', 'variant'),
-    ('docker', 'input'): ('socket',),
-    ('docker', 'output'): ('socket',),
-    ('tar', 'input'): (),
-    ('tar', 'output'): (),
-    ('dir', 'output'): ('unique_names', 'expand'),
-    ('oci', 'output'): (),
-    ('mounts', 'output'): (),
-}
-BOOLEAN_OPTIONS = ('insecure', 'unique_names', 'expand')
 TRUE_WORDS = ('1', 'true', 'yes', 'on')
 FALSE_WORDS = ('0', 'false', 'no', 'off')
 
@@ -95,16 +78,16 @@ def redact(text):
 
 def parse_uri(text, role):
     """Parse a SOURCE (role 'input') or DESTINATION (role 'output') URI."""
-    schemes = INPUT_SCHEMES if role == 'input' else OUTPUT_SCHEMES
+    known = schemes.names(role)
     shown = redact(text)
     if '://' not in text:
         raise UsageError('%s %r is not a URI: expected SCHEME://..., schemes are %s'
-                         % (role_word(role), shown, ', '.join(schemes)))
+                         % (role_word(role), shown, ', '.join(known)))
     scheme, rest = text.split('://', 1)
     scheme = scheme.lower()
-    if scheme not in schemes:
+    if scheme not in known:
         raise UsageError('unknown %s scheme %r in %r: use one of %s'
-                         % (role_word(role), scheme, shown, ', '.join(schemes)))
+                         % (role_word(role), redact(scheme), shown, ', '.join(known)))
     rest, _, query = rest.partition('?')
     options = {}
     if query:
@@ -113,8 +96,9 @@ def parse_uri(text, role):
         for part in query.split('&'):
             if part and '=' not in part:
                 raise UsageError('option %r in %r needs a value (key=value)' % (part, shown))
-    canonical = 'tar' if scheme == 'file' else scheme
-    allowed = OPTIONS.get((canonical, role))
+    table = schemes.lookup(scheme)
+    canonical = table.name
+    allowed = table.options(role)
     if allowed is None:
         raise UsageError('%s cannot be used as %s' % (scheme, role_word(role)))
     for key in options:
@@ -122,10 +106,10 @@ def parse_uri(text, role):
             raise UsageError('unknown option %r in %r (%s:// takes: %s)'
                              % (key, shown, scheme, ', '.join(allowed) or 'no options'))
     uri = Uri(scheme=canonical, raw=text, role=role, options=options)
-    for key in BOOLEAN_OPTIONS:
+    for key in table.booleans:
         if key in options:
             uri.flag(key)
-    if canonical in PATH_SCHEMES:
+    if table.path:
         path = urllib.parse.unquote(rest)
         if not path:
             example = '.tar' if canonical == 'tar' else ''

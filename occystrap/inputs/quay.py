@@ -16,6 +16,7 @@ import logging
 import threading
 import urllib.parse
 
+from occystrap import schemes
 from occystrap.errors import OccystrapError, RegistryError
 from occystrap.pipeline import ImageInput, ImageRef, lookup_workers
 from occystrap.uris import Uri
@@ -25,7 +26,7 @@ LOG = logging.getLogger(__name__)
 DEFAULT_API = 'https://quay.io/api/v1'
 DEFAULT_REGISTRY = 'quay.io'
 # Query options of quay:// that mean the same for the registry the images are pulled from.
-REGISTRY_OPTIONS = ('insecure', 'os', 'arch', 'architecture', 'variant')
+REGISTRY_OPTIONS = schemes.shared_options('quay', 'registry', 'input')
 MAX_PAGES = 10000
 
 
