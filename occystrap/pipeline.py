@@ -106,8 +106,6 @@ class RunContext:
         self._workdir = None
         self._workdir_parent = None
         self.warnings = []
-        self.filter_fingerprint = ()   # the run's filter chain as strings, for caches keyed on what filters did
-        self.multi_image = False       # the source can name many images (outputs derive destination names)
 
     def warn(self, message):
         """Record and log something the user should know (a refused path, a skipped device)."""
@@ -197,11 +195,18 @@ class ImageInput(abc.ABC):
 
 
 class ImageOutput(abc.ABC):
-    """Where images go. write() may be called from several threads at once (one image each) under -J."""
+    """Where images go. write() may be called from several threads at once (one image each) under -J.
 
-    def __init__(self, uri, ctx):
+    The run's facts come in as parameters: `multi_image` says the source can name many images (so the destination
+    name is a prefix each image's own name goes under), `filters` is the filter chain as strings (for caches keyed
+    on what the filters did).
+    """
+
+    def __init__(self, uri, ctx, multi_image=False, filters=()):
         self.uri = uri
         self.ctx = ctx
+        self.multi_image = bool(multi_image)
+        self.filters = tuple(filters)
 
     @abc.abstractmethod
     def write(self, image):
@@ -265,11 +270,14 @@ def build_input(uri, ctx):
     return load(INPUTS, uri.scheme)(uri, ctx)
 
 
-def build_output(uri, ctx, filters=()):
-    """The output for a URI wrapped in the filters (first filter sees the image first)."""
+def build_output(uri, ctx, filters=(), multi_image=False):
+    """The output for a URI wrapped in the filters (first filter sees the image first).
+
+    `multi_image` (the source can name many images) and the filter chain are handed to the output class.
+    """
     filters = list(filters)
-    ctx.filter_fingerprint = tuple(str(spec) for spec in filters)
-    output = load(OUTPUTS, uri.scheme)(uri, ctx)
+    output = load(OUTPUTS, uri.scheme)(uri, ctx, multi_image=multi_image,
+                                       filters=tuple(str(spec) for spec in filters))
     for spec in reversed(list(filters)):
         cls = load(FILTERS, spec.name)
         allowed = cls.option_names()
@@ -311,8 +319,7 @@ def for_each_image(source, fn, ctx, refs=None):
 def run_process(source_uri, dest_uri, filters, ctx):
     """Copy every image of source_uri through the filters into dest_uri. Returns the list of ImageResult."""
     source = build_input(source_uri, ctx)
-    ctx.multi_image = source.multi
-    output = build_output(dest_uri, ctx, filters)
+    output = build_output(dest_uri, ctx, filters, multi_image=source.multi)
     finished = False
     try:
         def copy_one(ref):

@@ -31,7 +31,8 @@ def test_the_grammar_takes_exactly_the_options_of_the_table(role):
     for scheme in schemes.SCHEMES:
         allowed = scheme.options(role)
         if allowed is None:
-            with pytest.raises(UsageError, match='unknown %s scheme' % ('source' if role == 'input' else 'destination')):
+            role_word = 'source' if role == 'input' else 'destination'
+            with pytest.raises(UsageError, match='unknown %s scheme' % role_word):
                 parse_uri(example(scheme.name), role)
             continue
         for option in allowed:
@@ -62,3 +63,23 @@ def test_the_table_imports_no_scheme_module():
            'if m.startswith(("occystrap.inputs", "occystrap.outputs", "httpx"))))'
     result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == '[]'
+
+
+def test_outputs_take_run_facts_as_parameters_not_from_the_context(tmp_path):
+    from occystrap.pipeline import RunContext, build_output
+    ctx = RunContext()
+    try:
+        output = build_output(parse_uri('tar://%s' % (tmp_path / 'x.tar'), 'output'), ctx,
+                              [pipeline_filter('normalize-timestamps:ts=5')], multi_image=True)
+        inner = output.inner
+        assert (inner.multi_image, inner.filters) == (True, ('normalize-timestamps:ts=5',))
+        assert not hasattr(ctx, 'multi_image') and not hasattr(ctx, 'filter_fingerprint')
+        single = build_output(parse_uri('tar://%s' % (tmp_path / 'y.tar'), 'output'), ctx)
+        assert (single.multi_image, single.filters) == (False, ())
+    finally:
+        ctx.close()
+
+
+def pipeline_filter(text):
+    from occystrap.uris import parse_filter
+    return parse_filter(text, pipeline.FILTERS)

@@ -95,8 +95,8 @@ def replace_directory(new, final):
 class DirectoryOutput(ImageOutput):
     """Images into a directory as an expanded docker save, optionally sharing layers between many images."""
 
-    def __init__(self, uri, ctx):
-        super().__init__(uri, ctx)
+    def __init__(self, uri, ctx, **run):
+        super().__init__(uri, ctx, **run)
         self.path = os.path.abspath(uri.path)
         self.unique_names = uri.flag('unique_names')
         self.expand = uri.flag('expand')
@@ -300,8 +300,8 @@ class StagedImageOutput(ImageOutput):
 
     scheme = None   # set by subclasses, for messages
 
-    def __init__(self, uri, ctx):
-        super().__init__(uri, ctx)
+    def __init__(self, uri, ctx, **run):
+        super().__init__(uri, ctx, **run)
         self.path = os.path.abspath(uri.path)
         self.staged = None
         self.written = None

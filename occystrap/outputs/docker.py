@@ -23,8 +23,8 @@ LOG = logging.getLogger(__name__)
 class DockerOutput(ImageOutput):
     """Images into an engine's image store, loaded through its API."""
 
-    def __init__(self, uri, ctx):
-        super().__init__(uri, ctx)
+    def __init__(self, uri, ctx, **run):
+        super().__init__(uri, ctx, **run)
         if uri.digest:
             raise UsageError('%s names a digest; an engine loads images under a tag: docker://NAME:TAG' % uri)
         self.engine = EngineClient.for_uri(uri)
@@ -35,7 +35,7 @@ class DockerOutput(ImageOutput):
     def destination(self, image):
         """(name, tag) the image is loaded as; a multi-image source puts each image's last name component
         under the destination name, keeping its own tag."""
-        if not getattr(self.ctx, 'multi_image', False):
+        if not self.multi_image:
             return self.uri.name, self.uri.tag
         leaf = (image.name or '').rstrip('/').rsplit('/', 1)[-1]
         if not leaf:

@@ -97,8 +97,8 @@ class _Job:
 class RegistryOutput(ImageOutput):
     """Pushes each image it is given; see the module docstring for naming and what is sent."""
 
-    def __init__(self, uri, ctx):
-        super().__init__(uri, ctx)
+    def __init__(self, uri, ctx, **run):
+        super().__init__(uri, ctx, **run)
         from occystrap.registry.client import RegistryClient
         settings = ctx.settings
         self.host = uri.host
@@ -107,7 +107,6 @@ class RegistryOutput(ImageOutput):
         self.client = RegistryClient(ctx.http, uri.host, insecure=uri.flag('insecure'), username=uri.username,
                                      password=uri.password)
         self.cache = LayerCache(settings.layer_cache, warn=ctx.warn)
-        self.filters = tuple(getattr(ctx, 'filter_fingerprint', ()) or ())
         self.counters = PushCounters()
         self.pushed = []                  # (destination reference, manifest digest), in completion order
         self._lock = threading.Lock()
@@ -119,7 +118,7 @@ class RegistryOutput(ImageOutput):
 
     def destination(self, image):
         """(repository, tag or None) an image is pushed to; None means push by digest."""
-        if not getattr(self.ctx, 'multi_image', False):
+        if not self.multi_image:
             return self.uri.name, None if self.uri.digest else self.uri.tag
         leaf = (image.name or '').rstrip('/').rsplit('/', 1)[-1]
         if not leaf:
@@ -148,7 +147,7 @@ class RegistryOutput(ImageOutput):
                                    cost=lambda layer: float('inf') if layer is None else layer_cost(layer))[1:]
         manifest_bytes, media_type = self._manifest(image, descriptors, oci)
         digest = streams.sha256_bytes(manifest_bytes)
-        if tag is None and self.uri.digest and not getattr(self.ctx, 'multi_image', False) \
+        if tag is None and self.uri.digest and not self.multi_image \
                 and digest != self.uri.digest:
             raise OccystrapError('pushing %s would give manifest digest %s, not the %s that %s asks for'
                                  % (image.reference, digest, self.uri.digest, self.uri))

@@ -132,8 +132,8 @@ def _umask():
 class TarballOutput(ImageOutput):
     """Images into one tarball file (`tar:///path.tar`)."""
 
-    def __init__(self, uri, ctx):
-        super().__init__(uri, ctx)
+    def __init__(self, uri, ctx, **run):
+        super().__init__(uri, ctx, **run)
         self.path = os.path.abspath(uri.path)
         self.directory = os.path.dirname(self.path)
         if not os.path.isdir(self.directory):
