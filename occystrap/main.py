@@ -22,50 +22,109 @@ DEFAULT_RETRIES = 3
 LOG = logging.getLogger('occystrap')
 
 
-def _positive(ctx, param, value):
-    if value is not None and value < 1:
-        raise click.BadParameter('must be at least 1')
-    return value
+# Bounds of the numeric options (docs/commands.md): past them a value is a typo or would hang or exhaust the machine.
+PARALLEL_RANGE = (1, 256)
+RETRIES_RANGE = (0, 20)
+RATE_LIMIT_RANGE = (0.01, 100000.0)
+
+
+class Bounded(click.ParamType):
+    """A finite number within [low, high]: nan, inf and absurd values are usage errors, not a hang or no limit."""
+
+    def __init__(self, kind, low, high):
+        self.kind = kind
+        self.low = low
+        self.high = high
+        self.name = 'integer' if kind is int else 'number'
+
+    def convert(self, value, param, ctx):
+        import math
+        if isinstance(value, bool):
+            self.fail(self.describe(), param, ctx)
+        if isinstance(value, (int, float)):
+            number = value
+        else:
+            try:
+                number = self.kind(str(value).strip())
+            except ValueError:
+                self.fail(self.describe(), param, ctx)
+        if not math.isfinite(number) or not self.low <= number <= self.high:
+            self.fail(self.describe(), param, ctx)
+        return number
+
+    def describe(self):
+        if self.kind is int:
+            return 'must be at least %d and at most %d (a whole number)' % (self.low, self.high)
+        return 'must be a finite number between %s and %s' % (_number(self.low), _number(self.high))
+
+
+def _number(value):
+    return ('%f' % value).rstrip('0').rstrip('.')
+
+
+class EnvOption(click.Option):
+    """An option whose bad value, when it came from its OCCYSTRAP_* variable, is reported under that variable's name."""
+
+    def process_value(self, ctx, value):
+        try:
+            return super().process_value(ctx, value)
+        except click.BadParameter as e:
+            message = e.message
+            if isinstance(self.type, click.types.BoolParamType):
+                message = 'must be true or false (1/0, yes/no, on/off)'
+            source = ctx.get_parameter_source(self.name)
+            if source == click.core.ParameterSource.ENVIRONMENT and isinstance(self.envvar, str):
+                shown = os.environ.get(self.envvar, '')
+                shown = shown if shown.isprintable() and len(shown) <= 40 else repr(shown[:40])
+                raise click.UsageError('%s=%s: %s' % (self.envvar, shown, message), ctx) from None
+            if message is not e.message:
+                raise click.BadParameter(message, ctx, param=self) from None
+            raise
 
 
 def _env(name):
     return 'OCCYSTRAP_' + name
 
 
+def option(*decls, **attrs):
+    """click.option for the global options: every one can come from an OCCYSTRAP_* variable."""
+    return click.option(*decls, cls=EnvOption, **attrs)
+
+
 @click.group(context_settings={'help_option_names': ['-h', '--help'], 'max_content_width': 110})
 @click.version_option(__version__, prog_name='occystrap')
-@click.option('-j', '--parallel', type=int, default=DEFAULT_PARALLEL, show_default=True, envvar=_env('PARALLEL'),
-              callback=_positive, help='Layer transfers in flight for one image.')
-@click.option('-J', '--image-parallel', type=int, default=DEFAULT_IMAGE_PARALLEL, show_default=True,
-              envvar=_env('IMAGE_PARALLEL'), callback=_positive, help='Images processed at once in a multi-image run.')
-@click.option('--rate-limit', type=float, default=None, envvar=_env('RATE_LIMIT'),
-              help='Cap on HTTP requests per second, shared by every thread and image of the run.')
-@click.option('--retries', type=click.IntRange(0, 20), default=DEFAULT_RETRIES, show_default=True,
-              envvar=_env('RETRIES'), help='Retries of a failed request (exponential backoff, Retry-After honoured).')
-@click.option('--username', envvar=_env('USERNAME'), help='Registry user name.')
-@click.option('--password', envvar=_env('PASSWORD'), help='Registry password (prefer OCCYSTRAP_PASSWORD).')
-@click.option('--insecure', is_flag=True, envvar=_env('INSECURE'), help='Plain HTTP to the registry.')
-@click.option('--ca-cert', type=click.Path(exists=True, dir_okay=False), envvar=_env('CA_CERT'),
-              help='Extra CA bundle (PEM) for TLS registries.')
-@click.option('--http2/--no-http2', default=False, show_default=True, envvar=_env('HTTP2'),
-              help='HTTP/2 for manifests, configs and tokens where a TLS server offers it (blobs always use HTTP/1.1).')
-@click.option('--compression', type=click.Choice(['gzip', 'zstd']), default='gzip', show_default=True,
-              envvar=_env('COMPRESSION'), help='Layer compression for registry output.')
-@click.option('--os', 'os_', default='linux', show_default=True, envvar=_env('OS'),
-              help='Platform OS picked from a manifest list / OCI index.')
-@click.option('--architecture', default='amd64', show_default=True, envvar=_env('ARCHITECTURE'),
-              help='Platform architecture picked from a manifest list / OCI index.')
-@click.option('--variant', default=None, envvar=_env('VARIANT'), help='Platform variant (e.g. v8 for arm64).')
-@click.option('--temp-dir', type=click.Path(file_okay=False), envvar=_env('TEMP_DIR'),
-              help='Where temporary layer files go (default: beside the destination, else the system temp dir).')
-@click.option('--layer-cache', type=click.Path(dir_okay=False), envvar=_env('LAYER_CACHE'),
-              help='JSON file remembering pushed layers across runs.')
-@click.option('-O', '--output-format', type=click.Choice(['text', 'json']), default='text', show_default=True,
-              envvar=_env('OUTPUT_FORMAT'), help='Format of info, check and the end-of-run summary.')
-@click.option('--allow-devices', is_flag=True, envvar=_env('ALLOW_DEVICES'),
-              help='Create device nodes and FIFOs when extracting (only as root; skipped otherwise).')
-@click.option('--verbose', is_flag=True, envvar=_env('VERBOSE'), help='Log what is being done.')
-@click.option('--debug', is_flag=True, envvar=_env('DEBUG'), help='Log everything; show tracebacks on errors.')
+@option('-j', '--parallel', type=Bounded(int, *PARALLEL_RANGE), default=DEFAULT_PARALLEL, show_default=True,
+        envvar=_env('PARALLEL'), help='Layer transfers in flight for one image.')
+@option('-J', '--image-parallel', type=Bounded(int, *PARALLEL_RANGE), default=DEFAULT_IMAGE_PARALLEL,
+        show_default=True, envvar=_env('IMAGE_PARALLEL'), help='Images processed at once in a multi-image run.')
+@option('--rate-limit', type=Bounded(float, *RATE_LIMIT_RANGE), default=None, envvar=_env('RATE_LIMIT'),
+        help='Cap on HTTP requests per second, shared by every thread and image of the run.')
+@option('--retries', type=Bounded(int, *RETRIES_RANGE), default=DEFAULT_RETRIES, show_default=True,
+        envvar=_env('RETRIES'), help='Retries of a failed request (exponential backoff, Retry-After honoured).')
+@option('--username', envvar=_env('USERNAME'), help='Registry user name.')
+@option('--password', envvar=_env('PASSWORD'), help='Registry password (prefer OCCYSTRAP_PASSWORD).')
+@option('--insecure', is_flag=True, envvar=_env('INSECURE'), help='Plain HTTP to the registry.')
+@option('--ca-cert', type=click.Path(exists=True, dir_okay=False), envvar=_env('CA_CERT'),
+        help='Extra CA bundle (PEM) for TLS registries.')
+@option('--http2/--no-http2', default=False, show_default=True, envvar=_env('HTTP2'),
+        help='HTTP/2 for manifests, configs and tokens where a TLS server offers it (blobs always use HTTP/1.1).')
+@option('--compression', type=click.Choice(['gzip', 'zstd']), default='gzip', show_default=True,
+        envvar=_env('COMPRESSION'), help='Layer compression for registry output.')
+@option('--os', 'os_', default='linux', show_default=True, envvar=_env('OS'),
+        help='Platform OS picked from a manifest list / OCI index.')
+@option('--architecture', default='amd64', show_default=True, envvar=_env('ARCHITECTURE'),
+        help='Platform architecture picked from a manifest list / OCI index.')
+@option('--variant', default=None, envvar=_env('VARIANT'), help='Platform variant (e.g. v8 for arm64).')
+@option('--temp-dir', type=click.Path(file_okay=False), envvar=_env('TEMP_DIR'),
+        help='Where temporary layer files go (default: beside the destination, else the system temp dir).')
+@option('--layer-cache', type=click.Path(dir_okay=False), envvar=_env('LAYER_CACHE'),
+        help='JSON file remembering pushed layers across runs.')
+@option('-O', '--output-format', type=click.Choice(['text', 'json']), default='text', show_default=True,
+        envvar=_env('OUTPUT_FORMAT'), help='Format of info, check and the end-of-run summary.')
+@option('--allow-devices', is_flag=True, envvar=_env('ALLOW_DEVICES'),
+        help='Create device nodes and FIFOs when extracting (only as root; skipped otherwise).')
+@option('--verbose', is_flag=True, envvar=_env('VERBOSE'), help='Log what is being done.')
+@option('--debug', is_flag=True, envvar=_env('DEBUG'), help='Log everything; show tracebacks on errors.')
 @click.pass_context
 def cli(ctx, parallel, image_parallel, rate_limit, retries, username, password, insecure, ca_cert, http2,
         compression, os_, architecture, variant, temp_dir, layer_cache, output_format, allow_devices, verbose, debug):
@@ -78,8 +137,6 @@ def cli(ctx, parallel, image_parallel, rate_limit, retries, username, password, 
                  oci:///PATH  mounts:///PATH  registry://HOST/NAME:TAG  docker://NAME:TAG
     """
     from occystrap.settings import Settings
-    if rate_limit is not None and rate_limit <= 0:
-        raise click.BadParameter('must be greater than 0', param_hint='--rate-limit')
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING,
                         format='%(levelname)s: %(message)s', stream=sys.stderr)
     for noisy in ('httpx', 'httpcore', 'hpack', 'h2'):
