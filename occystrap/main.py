@@ -82,6 +82,14 @@ class EnvOption(click.Option):
             raise
 
 
+class RedactingFormatter(logging.Formatter):
+    """Log lines with every URI's userinfo and secret query values hidden (uris.redact), whatever logged them."""
+
+    def format(self, record):
+        from occystrap.uris import redact
+        return redact(super().format(record))
+
+
 def _env(name):
     return 'OCCYSTRAP_' + name
 
@@ -139,6 +147,8 @@ def cli(ctx, parallel, image_parallel, rate_limit, retries, username, password, 
     from occystrap.settings import Settings
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING,
                         format='%(levelname)s: %(message)s', stream=sys.stderr)
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(RedactingFormatter(handler.formatter._fmt if handler.formatter else None))
     for noisy in ('httpx', 'httpcore', 'hpack', 'h2'):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     ctx.obj = Settings(parallel=parallel, image_parallel=image_parallel, rate_limit=rate_limit, retries=retries,
@@ -260,7 +270,8 @@ def main(argv=None):
         click.echo('error: aborted', err=True)
         sys.exit(130)
     except click.ClickException as e:
-        click.echo('error: %s' % one_line(e.format_message()), err=True)
+        from occystrap.uris import redact
+        click.echo('error: %s' % redact(one_line(e.format_message())), err=True)
         sys.exit(2)
     except UsageError as e:
         _fail(e, debug, 2)

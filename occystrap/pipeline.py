@@ -25,6 +25,7 @@ from typing import Optional
 from occystrap import schemes
 from occystrap.errors import OccystrapError, UsageError
 from occystrap.settings import Settings
+from occystrap.uris import redact
 
 LOG = logging.getLogger(__name__)
 
@@ -307,7 +308,7 @@ def for_each_image(source, fn, ctx, refs=None):
             if not source.multi:
                 raise
             LOG.error('%s: %s', ref, e)
-            return ImageResult(str(ref), False, error=str(e), seconds=time.monotonic() - started)
+            return ImageResult(str(ref), False, error=redact(e), seconds=time.monotonic() - started)
 
     workers = max(1, min(ctx.settings.image_parallel, len(refs)))
     if workers == 1:

@@ -22,6 +22,7 @@ class Scheme:
     input_options: tuple = ()
     output_options: tuple = ()
     booleans: frozenset = frozenset()  # options whose value is true/false (checked when the URI is parsed)
+    credentials: bool = False          # takes USER[:PASSWORD]@ before its host
     aliases: tuple = ()
 
     def cls(self, role):
@@ -39,7 +40,7 @@ SCHEMES = (
     Scheme('registry', input='occystrap.inputs.registry:RegistryInput',
            output='occystrap.outputs.registry:RegistryOutput',
            input_options=PLATFORM_OPTIONS + ('insecure',), output_options=('insecure',),
-           booleans=frozenset({'insecure'})),
+           booleans=frozenset({'insecure'}), credentials=True),
     Scheme('quay', input='occystrap.inputs.quay:QuayInput',
            input_options=('token', 'api', 'registry', 'insecure') + PLATFORM_OPTIONS,
            booleans=frozenset({'insecure'})),
