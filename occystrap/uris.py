@@ -9,7 +9,7 @@ import urllib.parse
 from typing import Optional
 
 from occystrap import schemes
-from occystrap.errors import UsageError
+from occystrap.errors import OccystrapError, UsageError
 
 TRUE_WORDS = ('1', 'true', 'yes', 'on')
 FALSE_WORDS = ('0', 'false', 'no', 'off')
@@ -30,6 +30,45 @@ def parse_bool(value, what):
     if lowered in FALSE_WORDS:
         return False
     raise UsageError('%s must be true or false, not %r' % (what, value))
+
+
+MAX_REPOSITORY = 255   # distribution spec: a repository name, host included, is at most 255 characters
+
+
+class InvalidNameError(OccystrapError):
+    """A repository name or tag that came from an image (not the command line) breaks the reference grammar."""
+
+
+def validate_repository(name, what, host=False):
+    """Return `name` when it is a repository name by the URI grammar (lowercase components of letters, digits and
+    single separators; never '', '.', '..' or an empty component), else raise InvalidNameError naming `what`.
+
+    With `host`, a first component that is a registry host (has '.' or ':' or is 'localhost') is allowed, as an engine
+    or a `docker save` tarball names images.
+    """
+    if not isinstance(name, str) or not name:
+        raise InvalidNameError('%s has no repository name' % what)
+    components = name.split('/')
+    if host and len(components) > 1 and ('.' in components[0] or ':' in components[0] or
+                                         components[0] == 'localhost'):
+        if not HOST_RE.match(components[0]):
+            raise InvalidNameError('%s: bad registry host %r in repository name %r' % (what, components[0], name))
+        components = components[1:]
+    bad = next((c for c in components if not COMPONENT_RE.match(c)), None)
+    if bad is not None:
+        raise InvalidNameError('%s: bad repository name %r (component %r; use lowercase letters, digits and . _ -)'
+                               % (what, name, bad))
+    if len(name) > MAX_REPOSITORY:
+        raise InvalidNameError('%s: repository name of %d characters, more than %d' % (what, len(name), MAX_REPOSITORY))
+    return name
+
+
+def validate_tag(tag, what):
+    """Return `tag` when it is a tag by the URI grammar (letters, digits, _ . -, up to 128, not starting with . or -),
+    else raise InvalidNameError naming `what`."""
+    if not isinstance(tag, str) or not TAG_RE.match(tag):
+        raise InvalidNameError('%s: bad tag %r (tags are letters, digits, _ . - and up to 128 long)' % (what, tag))
+    return tag
 
 
 @dataclasses.dataclass

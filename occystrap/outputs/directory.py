@@ -39,7 +39,7 @@ import shutil
 import tempfile
 import threading
 
-from occystrap import extract
+from occystrap import extract, uris
 from occystrap.errors import CorruptImageError, OccystrapError
 from occystrap.pipeline import ImageOutput, layer_cost
 
@@ -158,6 +158,12 @@ class DirectoryOutput(ImageOutput):
     # -- images -----------------------------------------------------------------------------------------------------
 
     def write(self, image):
+        if image.tag or self.unique_names:
+            # The name and tag become RepoTags and (unique_names) file names: check them before anything is written.
+            what = 'cannot write %r into %s' % (image.reference, self.uri)
+            uris.validate_repository(image.name, what, host=True)
+            if image.tag:
+                uris.validate_tag(image.tag, what)
         diffids = image.diffids
         if len(diffids) != len(image.layers):
             raise CorruptImageError('%s: config lists %d layers, the image has %d'

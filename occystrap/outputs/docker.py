@@ -11,6 +11,7 @@ import logging
 import shutil
 import tempfile
 
+from occystrap import uris
 from occystrap.engine import EngineClient
 from occystrap.errors import OccystrapError, UsageError
 from occystrap.outputs.tarball import TarballOutput
@@ -36,11 +37,15 @@ class DockerOutput(ImageOutput):
         """(name, tag) the image is loaded as; a multi-image source puts each image's last name component
         under the destination name, keeping its own tag."""
         if not self.multi_image:
-            return self.uri.name, self.uri.tag
-        leaf = (image.name or '').rstrip('/').rsplit('/', 1)[-1]
-        if not leaf:
-            raise OccystrapError('image from %s has no name to load under %s' % (image.source or '?', self.uri))
-        return '%s/%s' % (self.uri.name, leaf), image.tag or self.uri.tag
+            name, tag = self.uri.name, self.uri.tag
+        else:
+            leaf = (image.name or '').rstrip('/').rsplit('/', 1)[-1]
+            if not leaf:
+                raise OccystrapError('image from %s has no name to load under %s' % (image.source or '?', self.uri))
+            name, tag = '%s/%s' % (self.uri.name, leaf), image.tag or self.uri.tag
+        # Checked before the engine sees them: a multi-image source names them.
+        what = 'cannot load %r under %s' % (image.reference, self.uri)
+        return uris.validate_repository(name, what, host=True), uris.validate_tag(tag, what)
 
     def write(self, image):
         name, tag = self.destination(image)

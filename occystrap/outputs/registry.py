@@ -38,7 +38,7 @@ import os
 import tempfile
 import threading
 
-from occystrap import model, streams
+from occystrap import model, streams, uris
 from occystrap.errors import OccystrapError, RegistryError
 from occystrap.layercache import LayerCache
 from occystrap.pipeline import ImageOutput, layer_cost
@@ -117,13 +117,23 @@ class RegistryOutput(ImageOutput):
     # --- the image
 
     def destination(self, image):
-        """(repository, tag or None) an image is pushed to; None means push by digest."""
+        """(repository, tag or None) an image is pushed to; None means push by digest.
+
+        Both are checked against the reference grammar before any request: a multi-image source names them, and a
+        leaf of '..' or a tag holding '#' or '?' would otherwise leave the prefix or change the URL.
+        """
         if not self.multi_image:
-            return self.uri.name, None if self.uri.digest else self.uri.tag
-        leaf = (image.name or '').rstrip('/').rsplit('/', 1)[-1]
-        if not leaf:
-            raise OccystrapError('image from %s has no name to push under %s' % (image.source or '?', self.uri))
-        return '%s/%s' % (self.uri.name, leaf), image.tag
+            repository, tag = self.uri.name, None if self.uri.digest else self.uri.tag
+        else:
+            leaf = (image.name or '').rstrip('/').rsplit('/', 1)[-1]
+            if not leaf:
+                raise OccystrapError('image from %s has no name to push under %s' % (image.source or '?', self.uri))
+            repository, tag = '%s/%s' % (self.uri.name, leaf), image.tag
+        what = 'cannot push %r under %s' % (image.reference, self.uri)
+        uris.validate_repository(repository, what)
+        if tag is not None:
+            uris.validate_tag(tag, what)
+        return repository, tag
 
     def write(self, image):
         repository, tag = self.destination(image)

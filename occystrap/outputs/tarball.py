@@ -42,7 +42,7 @@ import tarfile
 import tempfile
 import threading
 
-from occystrap import streams
+from occystrap import streams, uris
 from occystrap.errors import CorruptImageError, OccystrapError
 from occystrap.model import MEDIA_OCI_CONFIG, MEDIA_OCI_INDEX, MEDIA_OCI_LAYER_TAR, MEDIA_OCI_MANIFEST
 from occystrap.pipeline import ImageOutput, layer_cost
@@ -280,6 +280,11 @@ class TarballOutput(ImageOutput):
     # --- ImageOutput --------------------------------------------------------------------------------------
 
     def write(self, image):
+        if image.tag:
+            # The name and tag become RepoTags, repositories and annotations: check them before anything is written.
+            what = 'cannot write %r into %s' % (image.reference, self.uri)
+            uris.validate_repository(image.name, what, host=True)
+            uris.validate_tag(image.tag, what)
         with self._lock:
             stored = set(self._blobs)
         # Layers another image already stored are not fetched again. A blob that is its own diffid (an uncompressed
