@@ -145,10 +145,10 @@ def cli(ctx, parallel, image_parallel, rate_limit, retries, username, password, 
                  oci:///PATH  mounts:///PATH  registry://HOST/NAME:TAG  docker://NAME:TAG
     """
     from occystrap.settings import Settings
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(RedactingFormatter('%(levelname)s: %(message)s'))
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING,
-                        format='%(levelname)s: %(message)s', stream=sys.stderr)
-    for handler in logging.getLogger().handlers:
-        handler.setFormatter(RedactingFormatter(handler.formatter._fmt if handler.formatter else None))
+                        handlers=[handler])
     for noisy in ('httpx', 'httpcore', 'hpack', 'h2'):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     ctx.obj = Settings(parallel=parallel, image_parallel=image_parallel, rate_limit=rate_limit, retries=retries,

@@ -190,3 +190,16 @@ def test_per_image_errors_of_a_multi_image_run_are_redacted():
     assert [r.ok for r in results] == [False, False]
     for r in results:
         assert 'qzpass98' not in r.error and 'qzuser99' not in r.error and 'registry://***@127.0.0.1:1/' in r.error
+
+
+def test_userinfo_of_a_url_inside_an_option_stays_out_of_errors_and_retry_logs():
+    port = refused_port()
+    result = occystrap('--verbose', '--retries', '1', 'info',
+                       'quay://org?api=http://qzapiuser:qzapi%%252Fpass@127.0.0.1:%d/api&token=qztok77' % port)
+    assert result.returncode == 1 and 'cannot reach 127.0.0.1:%d' % port in result.stderr
+    assert 'retry 1' in result.stderr, result.stderr
+    assert_hidden(result, ['qzapiuser', 'qzapi', 'pass@', 'qztok77'])
+    # Unencoded, the '/' ends the URL's authority early: one line, and still no piece of the password.
+    result = occystrap('info', 'quay://org?api=http://qzapiuser:qzapi/pass@127.0.0.1:%d/api' % port)
+    assert result.returncode == 1 and 'is not an http(s) URL' in result.stderr, result.stderr
+    assert_hidden(result, ['qzapiuser', 'qzapi', 'pass@'])

@@ -127,8 +127,14 @@ class QuayInput(ImageInput):
         self.tag = uri.tag or 'latest'
         self.api_url = uri.options.get('api') or DEFAULT_API
         parts = urllib.parse.urlsplit(self.api_url)
-        if parts.scheme not in ('http', 'https') or not parts.netloc:
-            raise OccystrapError('api=%s in %s is not an http(s) URL' % (self.api_url, uri))
+        try:
+            parts.port    # a password holding '/' ends the authority early and leaves a bad port
+        except ValueError:
+            parts = None
+        if parts is None or parts.scheme not in ('http', 'https') or not parts.hostname:
+            # The URL may hold credentials: show it only as the redacted URI does.
+            raise OccystrapError('api= in %s is not an http(s) URL (/ ? # @ in its credentials need encoding twice, '
+                                 'as %%252F)' % uri)
         self.registry = uri.options.get('registry') or DEFAULT_REGISTRY
         self._api = None
         self._registry_input = None
