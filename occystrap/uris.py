@@ -1,6 +1,9 @@
-"""Parsing of source and destination URIs and of filter specifications.
+"""Parsing of source and destination URIs and of filter specifications; checks of names; credential redaction.
 
-Every error names the part of the input that is wrong, and is a UsageError (exit status 2).
+Every parse error names the part of the input that is wrong (never a part that could hold a password), and is a
+UsageError (exit status 2). `validate_repository`/`validate_tag` apply the same grammar to names that come from an
+image rather than the command line (InvalidNameError, exit status 1). `redact` hides userinfo and secret options in
+any text that is shown.
 """
 
 import dataclasses
