@@ -76,7 +76,8 @@ class EnvOption(click.Option):
             if source == click.core.ParameterSource.ENVIRONMENT and isinstance(self.envvar, str):
                 shown = os.environ.get(self.envvar, '')
                 shown = shown if shown.isprintable() and len(shown) <= 40 else repr(shown[:40])
-                raise click.UsageError('%s=%s: %s' % (self.envvar, shown, message), ctx) from None
+                raise click.UsageError('%s=%s: %s %s' % (self.envvar, shown, max(self.opts, key=len), message),
+                                       ctx) from None
             if message is not e.message:
                 raise click.BadParameter(message, ctx, param=self) from None
             raise

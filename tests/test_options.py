@@ -56,7 +56,7 @@ def test_refused_values_from_the_environment_name_the_variable(option, value, tm
     result = occystrap('info', missing(tmp_path), env={variable: value})
     assert result.returncode == 2, result.stderr
     line = one_error_line(result)
-    assert line.startswith('error: %s=%s: %s' % (variable, value, OPTIONS[option][3]))
+    assert line.startswith('error: %s=%s: %s %s' % (variable, value, option, OPTIONS[option][3]))
 
 
 @pytest.mark.parametrize('option,value', [(o, v) for o, spec in OPTIONS.items() for v in spec[2]])
@@ -79,7 +79,9 @@ def test_a_tiny_rate_limit_is_refused_at_once_rather_than_hanging(tmp_path):
 def test_boolean_variables_with_junk_values_are_usage_errors(variable, value, tmp_path):
     result = occystrap('info', missing(tmp_path), env={variable: value})
     assert result.returncode == 2, result.stderr
-    assert one_error_line(result) == 'error: %s=%s: must be true or false (1/0, yes/no, on/off)' % (variable, value)
+    option = '--' + variable[len('OCCYSTRAP_'):].lower().replace('_', '-')
+    assert one_error_line(result) == 'error: %s=%s: %s must be true or false (1/0, yes/no, on/off)' % (
+        variable, value, option)
 
 
 @pytest.mark.parametrize('value', ['0', 'false', 'no', 'off', '1', 'true', 'YES', 'on'])
