@@ -131,7 +131,12 @@ def test_a_hostile_multi_image_tarball_pushed_under_a_prefix_stays_inside_it(fre
     prefix = 'mirror/team'
     result = occystrap('-O', 'json', '-J', '2', 'process', 'tar://%s' % archive,
                        'registry://%s/%s?insecure=true' % (fresh_registry.host, prefix))
-    assert_hostile_failed_good_ok(result)
+    errors = assert_hostile_failed_good_ok(result)
+    # Each refused image has its own one-line error on stderr, as the run went on.
+    logged = [line for line in result.stderr.splitlines() if line.startswith('ERROR: ')]
+    assert len(logged) == len(HOSTILE), result.stderr
+    for reference, error in errors.items():
+        assert any(error in line for line in logged), (reference, result.stderr)
     client = fresh_registry.client()
     catalog = client.get('/v2/_catalog').json()['repositories']
     assert catalog == ['%s/app' % prefix], catalog
