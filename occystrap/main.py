@@ -145,7 +145,9 @@ def cli(ctx, parallel, image_parallel, rate_limit, retries, username, password, 
     DESTINATION: tar:///PATH.tar  dir:///PATH[?unique_names=true&expand=true]
                  oci:///PATH  mounts:///PATH  registry://HOST/NAME:TAG  docker://NAME:TAG
     """
+    from occystrap import tuning
     from occystrap.settings import Settings
+    tuning.apply()   # once per process, for every command run (in-process callers of main() included)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(RedactingFormatter('%(levelname)s: %(message)s'))
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING,
@@ -171,6 +173,8 @@ def _summary(settings, stats, results=None):
     if settings.output_format == 'json':
         payload = {'images': stats.images, 'layers': stats.layers, 'bytes': stats.bytes, 'downloaded': stats.downloaded,
                    'seconds': round(stats.seconds, 3), 'failed': len(failed)}
+        if stats.push is not None:
+            payload['push'] = stats.push.as_dict()
         if results is not None:
             payload['results'] = [{'image': r.reference, 'ok': r.ok, 'error': r.error, 'layers': r.layers,
                                    'seconds': round(r.seconds, 3)} for r in results]

@@ -9,7 +9,6 @@ a finished temporary file into place. Transformations return new values instead 
 import dataclasses
 import json
 import os
-import tempfile
 import threading
 from typing import Callable, Optional
 
@@ -142,19 +141,8 @@ class Layer:
                 return self._path
             if self.origin is None:
                 raise CorruptImageError('layer %s has no data' % self._diffid)
-            fd, tmp = tempfile.mkstemp(prefix='layer-', suffix='.tar', dir=workdir)
-            try:
-                with os.fdopen(fd, 'wb') as out:
-                    reader = self.open()
-                    try:
-                        size = streams.read_all_to(reader, out)
-                        reader.read(1)  # reaches EOF handling in every wrapper so digests get checked
-                        reader.check()
-                    finally:
-                        reader.close()
-            except BaseException:
-                os.unlink(tmp)
-                raise
+            with streams.temporary_file(workdir, 'layer-', '.tar') as (out, tmp), self.open() as reader:
+                size = streams.copy_verified(reader, out)
             self._diffid = reader.digest
             self._size = size
             self._path = tmp

@@ -70,6 +70,7 @@ class Stats:
         self.layers = 0
         self.bytes = 0          # bytes the outputs wrote (the summary's figure)
         self.downloaded = 0     # bytes read from the network (progress display)
+        self.push = None        # a registry output's PushCounters, for the JSON summary
         self.started = time.monotonic()
 
     def add(self, images=0, layers=0, nbytes=0, downloaded=0):
@@ -97,13 +98,15 @@ def layer_cost(layer):
 
 
 class RunContext:
-    """What every component of one run shares: settings, counters, the HTTP client, a temporary workspace."""
+    """What every component of one run shares: settings, counters, the HTTP client and authenticators, a temporary
+    workspace."""
 
     def __init__(self, settings=None):
         self.settings = settings or Settings()
         self.stats = Stats()
         self._lock = threading.Lock()
         self._http = None
+        self._authenticators = None
         self._workdir = None
         self._workdir_parent = None
         self.warnings = []
@@ -116,12 +119,22 @@ class RunContext:
 
     @property
     def http(self):
-        """The run's one HTTP client (pooled connections, auth cache, rate limiter, retries)."""
+        """The run's one HTTP client (pooled connections, rate limiter, retries)."""
         with self._lock:
             if self._http is None:
                 from occystrap.registry.http import HttpClient
                 self._http = HttpClient(self.settings)
             return self._http
+
+    @property
+    def authenticators(self):
+        """The run's registry authenticators (credentials and token caches, one per host and credentials)."""
+        http = self.http
+        with self._lock:
+            if self._authenticators is None:
+                from occystrap.registry.auth import Authenticators
+                self._authenticators = Authenticators(http)
+            return self._authenticators
 
     def prefer_workdir_parent(self, path):
         """An output asks for temporary files on its own filesystem (so finished files can be renamed in place)."""

@@ -13,7 +13,7 @@ import threading
 
 from occystrap import pipeline, streams
 from occystrap.errors import OccystrapError
-from occystrap.filters import rewrite, search as search_filter
+from occystrap.filters import search as search_filter
 from occystrap.filters.inspect import known_size
 
 CREATED_BY_WIDTH = 60
@@ -230,20 +230,14 @@ def verify_layer(layer, ctx):
             return None
         reader = layer.open()
         try:
-            count = 0
-            while True:
-                data = reader.read(streams.CHUNK)
-                if not data:
-                    break
-                count += len(data)
-            reader.check()
+            count = streams.drain_verified(reader)
         finally:
             reader.close()
         ctx.stats.add(nbytes=count)
         return None
     except OccystrapError as e:
         return str(e)
-    except rewrite.DECOMPRESS_ERRORS as e:
+    except streams.DECOMPRESS_ERRORS as e:
         return 'layer %s is corrupt: %s' % (layer.diffid, e)
 
 

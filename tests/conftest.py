@@ -1,4 +1,4 @@
-"""Pytest fixtures that start real services (see ``tests/services.py``) and stop them afterwards.
+"""Pytest fixtures that start real services of the test bed (``tools/testbed``, named for tests in services.py).
 
 Session-scoped registries are shared by every test of a run (each xdist worker has its own), so a test that
 writes to one should push to a repository name of its own: the ``repo_name`` fixture gives one. Use

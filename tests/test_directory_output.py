@@ -11,27 +11,15 @@ import threading
 import pytest
 
 from occystrap import streams
-from occystrap.model import Blob, Image, Layer
 from occystrap.outputs.directory import DirectoryOutput
 from occystrap.pipeline import RunContext
 from occystrap.settings import Settings
 from occystrap.uris import parse_uri
+from tests.helpers import WHITEOUT_LAYERS, image_from_layout, snapshot, umoci_rootfs
 from tests.services import build_oci_layout, skopeo
-from tests.test_extract import snapshot
 
 BASE = {'etc': {'type': 'dir'}, 'etc/os-release': b'NAME=test\n', 'bin': {'type': 'dir'},
         'bin/sh': {'type': 'file', 'data': b'#!shell\n', 'mode': 0o755}}
-
-# Layers exercising whiteouts: plain, opaque, a file replaced by a directory, symlinks and hard links.
-WHITEOUT_LAYERS = [
-    {'etc': {'type': 'dir'}, 'etc/a': b'a\n', 'etc/b': b'b\n', 'opt': {'type': 'dir'}, 'opt/old': b'old\n',
-     'opt/sub': {'type': 'dir'}, 'opt/sub/deep': b'deep\n', 'var': {'type': 'dir'}, 'var/x': b'x\n',
-     'lnk': {'type': 'symlink', 'target': 'etc/a'}, 'hard': {'type': 'hardlink', 'target': 'etc/b'}},
-    {'etc/.wh.a': b'', 'opt/.wh..wh..opq': b'', 'opt/new': b'new\n', 'var/x': {'type': 'dir'},
-     'var/x/inside': b'inside\n', 'abs': {'type': 'symlink', 'target': '/etc/b'}},
-    {'.wh.lnk': b'', 'etc/c': b'c\n', 'opt/new': b'newer\n', '.wh.var': b'', 'var': {'type': 'dir'},
-     'var/fresh': b'fresh\n'},
-]
 
 
 class Counter:
@@ -44,23 +32,6 @@ class Counter:
     def hit(self, digest):
         with self.lock:
             self.counts[digest] += 1
-
-
-def image_from_layout(oci, name='test/image', tag='latest', counter=None):
-    """An Image as an input would make it: config bytes plus lazy layers whose origin is the layout's blob."""
-    blobs = oci.path / 'blobs' / 'sha256'
-    config_bytes = (blobs / oci.config_digest.split(':')[1]).read_bytes()
-    layers = []
-    for descriptor, diffid in zip(oci.manifest['layers'], oci.diff_ids):
-        path = blobs / descriptor['digest'].split(':')[1]
-
-        def opener(path=path, digest=descriptor['digest']):
-            if counter is not None:
-                counter.hit(digest)
-            return open(path, 'rb')
-        layers.append(Layer(diffid=diffid, origin=Blob(descriptor['digest'], descriptor['mediaType'],
-                                                       descriptor['size'], opener)))
-    return Image(name=name, tag=tag, config_bytes=config_bytes, layers=layers, source=str(oci.path))
 
 
 def output_for(path, ctx, **options):
@@ -203,14 +174,6 @@ def test_concurrent_images_and_runs_keep_the_catalog_whole(tmp_path):
     base_blob = layouts[0].manifest['layers'][0]['digest']
     # Within one output a shared layer is fetched once; two independent runs may each fetch it once.
     assert 1 <= counter.counts[base_blob] <= 2
-
-
-def umoci_rootfs(oci, tmp_path):
-    bundle = tmp_path / 'umoci-bundle'
-    result = subprocess.run(['umoci', 'unpack', '--image', '%s:latest' % oci.path, str(bundle)],
-                            capture_output=True, text=True)
-    assert result.returncode == 0, 'umoci unpack failed: %s' % result.stderr
-    return bundle / 'rootfs'
 
 
 def test_expand_applies_whiteouts_like_umoci(tmp_path):

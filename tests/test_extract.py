@@ -9,6 +9,7 @@ import pytest
 
 from occystrap import extract
 from occystrap.errors import CorruptImageError
+from tests.helpers import snapshot
 
 
 def tar_bytes(entries):
@@ -51,26 +52,6 @@ def apply(root, entries, **kwargs):
     warnings = []
     summary = extract.extract_layer(io.BytesIO(tar_bytes(entries)), str(root), warn=warnings.append, **kwargs)
     return summary, warnings
-
-
-def snapshot(path):
-    """Every entry below path with its type, content or link target, and mode: a comparable picture of a tree."""
-    result = {}
-    for dirpath, dirnames, filenames in os.walk(path):
-        for name in dirnames + filenames:
-            full = os.path.join(dirpath, name)
-            rel = os.path.relpath(full, path)
-            st = os.lstat(full)
-            if stat.S_ISLNK(st.st_mode):
-                result[rel] = ('symlink', os.readlink(full))
-            elif stat.S_ISDIR(st.st_mode):
-                result[rel] = ('dir', stat.S_IMODE(st.st_mode))
-            elif stat.S_ISREG(st.st_mode):
-                with open(full, 'rb') as f:
-                    result[rel] = ('file', stat.S_IMODE(st.st_mode), f.read())
-            else:
-                result[rel] = ('other', st.st_mode, st.st_rdev)
-    return result
 
 
 @pytest.fixture

@@ -15,8 +15,7 @@ from occystrap.pipeline import RunContext
 from occystrap.settings import Settings
 from occystrap.uris import parse_uri
 from tests.services import build_oci_layout
-from tests.test_directory_output import WHITEOUT_LAYERS, image_from_layout, umoci_rootfs
-from tests.test_extract import snapshot
+from tests.helpers import WHITEOUT_LAYERS, image_from_layout, snapshot, umoci_rootfs
 
 
 def write_mounts(dest, images):

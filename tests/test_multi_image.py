@@ -22,7 +22,8 @@ from occystrap.inputs.registry import glob_matches
 from occystrap.pipeline import RunContext
 from occystrap.settings import Settings
 from occystrap.uris import parse_uri
-from tests.services import Registry, build_oci_layout, seed_image, tree_digests
+from tests.helpers import tree_digests
+from tests.services import Registry, build_oci_layout, seed_image
 from tools.quay_standin import QuayStandin
 
 pytestmark = pytest.mark.integration

@@ -13,8 +13,7 @@ from occystrap.pipeline import RunContext
 from occystrap.settings import Settings
 from occystrap.uris import parse_uri
 from tests.services import build_oci_layout
-from tests.test_directory_output import WHITEOUT_LAYERS, image_from_layout, umoci_rootfs
-from tests.test_extract import snapshot
+from tests.helpers import WHITEOUT_LAYERS, image_from_layout, snapshot, umoci_rootfs
 
 PASSWD = b'root:x:0:0:root:/root:/bin/sh\nbob:x:1000:1000::/home/bob:/bin/sh\n'
 GROUP = b'root:x:0:\nbob:x:1000:\nwheel:x:10:bob\nstaff:x:50:alice,bob\n'

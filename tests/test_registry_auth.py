@@ -17,7 +17,7 @@ from occystrap.registry.http import HttpClient
 from occystrap.settings import Settings
 from occystrap.uris import parse_uri
 from tests.services import seed_image
-from tests.test_registry_input import sha256
+from tests.helpers import sha256
 
 
 def test_parse_bearer_challenge_with_commas_in_quotes():

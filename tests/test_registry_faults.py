@@ -17,7 +17,7 @@ from occystrap.registry.http import ConnectionFailed
 from occystrap.settings import Settings
 from occystrap.uris import parse_uri
 from tests.services import build_oci_layout, seed_image
-from tests.test_registry_input import sha256
+from tests.helpers import sha256
 from tools.delayproxy import FaultProxy, corrupt, drop_after, respond_status
 
 pytestmark = pytest.mark.integration

@@ -3,62 +3,19 @@
 import concurrent.futures
 import email.utils
 import hashlib
-import http.server
 import os
 import threading
 import time
 
 import pytest
 
+from occystrap import tuning
 from occystrap.registry.client import RegistryClient
-from occystrap.registry.http import (READ_SIZE, ConnectionFailed, HttpClient, RetryPolicy, parse_retry_after,
-                                     use_lean_body_reads)
+from occystrap.registry.http import ConnectionFailed, HttpClient, RetryPolicy, parse_retry_after
 from occystrap.registry.ratelimit import TokenBucket
 from occystrap.settings import Settings
-from tests.services import free_port
-
-
-class ScriptedServer:
-    """A loopback HTTP/1.1 server answering each request with the next (status, headers, body) of a script."""
-
-    def __init__(self, script):
-        self.script = list(script)
-        self.seen = []
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = 'HTTP/1.1'
-
-            def log_message(self, *args):
-                pass
-
-            def _answer(self):
-                server.seen.append((self.command, self.path, dict(self.headers)))
-                status, headers, body = server.script.pop(0) if server.script else (200, {}, b'{}')
-                self.send_response(status)
-                for key, value in headers.items():
-                    self.send_header(key, value)
-                self.send_header('Content-Length', str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            do_GET = do_HEAD = do_POST = do_PUT = _answer
-
-        self.httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    @property
-    def host(self):
-        return '127.0.0.1:%d' % self.httpd.server_address[1]
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+from occystrap.tuning import READ_SIZE, use_lean_body_reads
+from tests.helpers import ScriptedServer
 
 
 def test_retry_after_accepts_seconds_and_http_dates():
@@ -147,11 +104,13 @@ def test_no_retry_when_asked_not_to():
 
 
 def test_unreachable_server_fails_after_retries_with_a_one_line_error():
-    port = free_port()
-    http = _client(retries=2)
+    # A server that answered once and is gone; one that never answered fails at once (test_connection_refused.py).
+    with ScriptedServer([(200, {'Connection': 'close'}, b'')]) as server:
+        http = _client(retries=2)
+        assert http.request('GET', 'http://%s/v2/' % server.host).status_code == 200
     with pytest.raises(ConnectionFailed) as raised:
-        http.request('GET', 'http://127.0.0.1:%d/v2/' % port)
-    assert str(raised.value).startswith('cannot reach 127.0.0.1:%d: ' % port)
+        http.request('GET', 'http://%s/v2/' % server.host)
+    assert str(raised.value).startswith('cannot reach %s: ' % server.host)
     assert '(after 2 retries)' in str(raised.value) and len(http.slept) == 2
     http.close()
 
@@ -171,6 +130,7 @@ def test_rate_limit_caps_requests_of_the_run(registry):
 
 def test_blob_downloads_read_more_than_64k_per_socket_read(registry):
     # httpcore reads 64 KiB per recv unless told otherwise; every read costs a trip through h11 and our readers.
+    tuning.apply()   # as the command line does for every command
     http = HttpClient(Settings(insecure=True))
     client = RegistryClient(http, registry.host)
     blob = os.urandom(6 * 1024 * 1024)
@@ -216,7 +176,7 @@ def _h11_bodies(pieces, responses):
 
 
 def test_lean_body_reads_apply_to_this_h11_and_parse_the_same():
-    # If this fails after an h11 upgrade, its ReceiveBuffer changed: check use_lean_body_reads against the new one.
+    # If this fails after an h11 upgrade, its ReceiveBuffer changed: check tuning.use_lean_body_reads against it.
     from h11._receivebuffer import ReceiveBuffer
     assert use_lean_body_reads()
     assert ReceiveBuffer._occystrap_lean
@@ -310,3 +270,29 @@ def test_https_to_a_plain_registry_suggests_insecure(registry):
         RegistryClient(http, registry.host).ping()
     assert '--insecure' in str(raised.value)
     http.close()
+
+
+@pytest.mark.integration
+def test_callers_choose_the_transfer_connections_not_the_url(tls_registry):
+    # The transport routes by what the caller says, whatever the path looks like.
+    http = HttpClient(Settings(ca_cert=str(tls_registry.ca_path), http2=True))
+    before = len(tls_registry.access_log())
+    http.request('GET', 'https://%s/v2/' % tls_registry.host, transfer=True).close()
+    blob_path = '/v2/transfer/choice/blobs/sha256:' + '0' * 64
+    http.request('HEAD', 'https://%s%s' % (tls_registry.host, blob_path), stream=True).close()
+    http.close()
+    served = tls_registry.access_log()[before:]
+    assert [(e.path, e.protocol) for e in served] == [('/v2/', 'HTTP/1.1'), (blob_path, 'HTTP/2.0')]
+
+
+def test_registry_clients_of_a_run_share_one_authenticator_per_host_and_credentials():
+    from occystrap.pipeline import RunContext
+    ctx = RunContext(Settings(insecure=True))
+    first = RegistryClient(ctx.http, '127.0.0.1:5000', username='u', password='p', authenticators=ctx.authenticators)
+    second = RegistryClient(ctx.http, '127.0.0.1:5000', username='u', password='p', authenticators=ctx.authenticators)
+    other = RegistryClient(ctx.http, '127.0.0.1:5000', username='v', password='p', authenticators=ctx.authenticators)
+    alone = RegistryClient(ctx.http, '127.0.0.1:5000', username='u', password='p')
+    assert first.auth is second.auth
+    assert other.auth is not first.auth and alone.auth is not first.auth
+    assert not hasattr(ctx.http, 'authenticator')
+    ctx.close()

@@ -1,7 +1,6 @@
 """registry:// input and the RegistryClient against a real docker-registry, checked with skopeo."""
 
 import gzip
-import hashlib
 import json
 import os
 import shutil
@@ -18,14 +17,10 @@ from occystrap.pipeline import ImageRef, RunContext
 from occystrap.registry.client import RegistryClient
 from occystrap.settings import Settings
 from occystrap.uris import parse_uri
+from tests.helpers import ScriptedServer, sha256
 from tests.services import build_oci_layout, seed_image, skopeo_copy, skopeo_inspect
-from tests.test_registry_http import ScriptedServer
 
 pytestmark = pytest.mark.integration
-
-
-def sha256(data):
-    return 'sha256:' + hashlib.sha256(data).hexdigest()
 
 
 @pytest.fixture

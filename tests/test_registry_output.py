@@ -11,7 +11,6 @@ import io
 import json
 import os
 import random
-import re
 import subprocess
 import sys
 import tarfile
@@ -32,8 +31,6 @@ DOCKER_MANIFEST = 'application/vnd.docker.distribution.manifest.v2+json'
 OCI_MANIFEST = 'application/vnd.oci.image.manifest.v1+json'
 DOCKER_GZIP = 'application/vnd.docker.image.rootfs.diff.tar.gzip'
 OCI_ZSTD = 'application/vnd.oci.image.layer.v1.tar+zstd'
-PUSH_RE = re.compile(r'(\d+) blobs? uploaded \([^)]*\), (\d+) mounted, (\d+) already present, (\d+) compressed'
-                     r'(?:, (\d+) from the layer cache)?')
 
 
 def occystrap(*args, check=True):
@@ -44,13 +41,11 @@ def occystrap(*args, check=True):
     return result
 
 
-def totals(stderr):
-    """The run's blob counts from the --verbose end-of-push line: uploaded, mounted, present, compressed, cached."""
-    lines = [line for line in stderr.splitlines() if 'manifest' in line and 'pushed;' in line]
-    assert lines, 'no push summary in:\n' + stderr
-    match = PUSH_RE.search(lines[-1])
-    return {'uploaded': int(match[1]), 'mounted': int(match[2]), 'present': int(match[3]),
-            'compressed': int(match[4]), 'cached': int(match[5] or 0)}
+def totals(result):
+    """The run's blob counts from the -O json summary: uploaded, mounted, present, compressed, cached."""
+    push = json.loads(result.stdout)['push']
+    return {'uploaded': push['uploaded'], 'mounted': push['mounted'], 'present': push['present'],
+            'compressed': push['compressed'], 'cached': push['cache_hits']}
 
 
 def uploads_to(registry, repository):
@@ -108,9 +103,9 @@ def test_same_registry_copy_mounts_every_blob_and_keeps_digests(registry, repo_n
     image = small_image(tmp_path / 'img')
     seed_image(registry, repo_name + '-src', 'v1', image.path)
     dest = repo_name + '-dst'
-    result = occystrap('--verbose', 'process', 'registry://%s/%s-src:v1?insecure=true' % (registry.host, repo_name),
+    result = occystrap('-O', 'json', 'process', 'registry://%s/%s-src:v1?insecure=true' % (registry.host, repo_name),
                        'registry://%s/%s:v2?insecure=true' % (registry.host, dest))
-    counts = totals(result.stderr)
+    counts = totals(result)
     assert counts['mounted'] == 3 and counts['uploaded'] == 0 and counts['compressed'] == 0, result.stderr
     assert uploads_to(registry, dest) == [], 'blobs were uploaded instead of mounted'
     mounts = [e for e in registry.access_log() if e.path.startswith('/v2/%s/blobs/uploads/?mount=' % dest)]
@@ -129,9 +124,9 @@ def test_same_registry_copy_mounts_every_blob_and_keeps_digests(registry, repo_n
 def test_copy_to_another_registry_uploads_everything(registry, fresh_registry, repo_name, tmp_path):
     image = small_image(tmp_path / 'img', seed=1)
     seeded = seed_image(registry, repo_name, 'v1', image.path, '--format', 'v2s2')
-    result = occystrap('--verbose', 'process', 'registry://%s/%s:v1?insecure=true' % (registry.host, repo_name),
+    result = occystrap('-O', 'json', 'process', 'registry://%s/%s:v1?insecure=true' % (registry.host, repo_name),
                        'registry://%s/copy/app?insecure=true' % fresh_registry.host)
-    counts = totals(result.stderr)
+    counts = totals(result)
     assert (counts['uploaded'], counts['mounted'], counts['compressed']) == (3, 0, 0), result.stderr
     raw = skopeo_inspect('docker://%s/copy/app:latest' % fresh_registry.host, raw=True)
     # The source was a Docker schema 2 image: so is the copy, with the same blobs.
@@ -143,9 +138,9 @@ def test_copy_to_another_registry_uploads_everything(registry, fresh_registry, r
     assert skopeo_inspect('docker://%s/copy/app:latest' % fresh_registry.host)['Digest'] == seeded
     export_oci(tmp_path, '%s/copy/app:latest' % fresh_registry.host)
     # A second push of the same image finds every blob in place.
-    again = occystrap('--verbose', 'process', 'registry://%s/%s:v1?insecure=true' % (registry.host, repo_name),
+    again = occystrap('-O', 'json', 'process', 'registry://%s/%s:v1?insecure=true' % (registry.host, repo_name),
                       'registry://%s/copy/app?insecure=true' % fresh_registry.host)
-    assert totals(again.stderr)['present'] == 3 and totals(again.stderr)['uploaded'] == 0
+    assert totals(again)['present'] == 3 and totals(again)['uploaded'] == 0
 
 
 def test_unchanged_image_keeps_its_manifest_digest_when_the_source_bytes_are_known(registry, repo_name, tmp_path):
@@ -201,9 +196,11 @@ def test_mount_refused_for_lack_of_pull_access_falls_back_to_upload(tmp_path):
     with Registry(tmp_path / 'registry', auth='token', users=users, permissions=permissions) as reg:
         image = small_image(tmp_path / 'img', seed=11)
         seed_image(reg, 'src/app', 'v1', image.path)
-        result = occystrap('--verbose', 'process', 'registry://testuser:testpassword@%s/src/app:v1?insecure=true'
-                           % reg.host, 'registry://pusher:pusherpassword@%s/mirror/app:v1?insecure=true' % reg.host)
-        counts = totals(result.stderr)
+        # --verbose: the fallback is logged at info level.
+        result = occystrap('-O', 'json', '--verbose', 'process',
+                           'registry://testuser:testpassword@%s/src/app:v1?insecure=true' % reg.host,
+                           'registry://pusher:pusherpassword@%s/mirror/app:v1?insecure=true' % reg.host)
+        counts = totals(result)
         assert (counts['mounted'], counts['uploaded']) == (0, 3), result.stderr
         assert 'uploading instead' in result.stderr
         assert skopeo_inspect('docker://%s/mirror/app:v1' % reg.host)['Layers'] == image.layer_digests
@@ -277,12 +274,12 @@ def test_multi_image_tarball_pushes_under_a_prefix(registry, repo_name, tmp_path
             entries.append({'Config': config_name, 'RepoTags': [tag],
                             'Layers': ['base/layer.tar', 'top%d/layer.tar' % number]})
         add('manifest.json', json.dumps(entries).encode())
-    result = occystrap('--verbose', 'process', 'tar://%s' % archive,
+    result = occystrap('-O', 'json', 'process', 'tar://%s' % archive,
                        'registry://%s/%s?insecure=true' % (registry.host, repo_name))
     for source, dest in (('org/app:v1', 'app:v1'), ('org/tool:v2', 'tool:v2')):
         config = skopeo_inspect('docker://%s/%s/%s' % (registry.host, repo_name, dest), config=True)
         assert config['rootfs']['diff_ids'] == [sha256(base), sha256(apps[source])]
-    counts = totals(result.stderr)
+    counts = totals(result)
     # The shared base layer is compressed once and reaches the second repository by mount or upload, not twice
     # compressed: 3 distinct layers.
     assert counts['compressed'] == 3, result.stderr
@@ -382,8 +379,8 @@ def test_layer_cache_makes_a_second_push_of_uncompressed_layers_cheap(fresh_regi
     assert len(entries) == 3
     digest_first = skopeo_inspect('docker://%s/big/app:v1' % fresh_registry.host, raw=True)
 
-    args = ['--verbose', '--layer-cache', str(cache), 'process', source, dest]
-    second = totals(occystrap(*args).stderr)
+    args = ['-O', 'json', '--layer-cache', str(cache), 'process', source, dest]
+    second = totals(occystrap(*args))
     assert (second['compressed'], second['cached'], second['uploaded']) == (0, 3, 0)
     assert len(_upload_posts(fresh_registry)) == posts_after_first, 'the second push uploaded something'
     assert skopeo_inspect('docker://%s/big/app:v1' % fresh_registry.host, raw=True) == digest_first
@@ -395,24 +392,24 @@ def test_layer_cache_with_filters_and_a_second_registry(fresh_registry, registry
     cache = tmp_path / 'layers.json'
     source = 'registry://%s/%s:v1?insecure=true' % (registry.host, repo_name)
     dest = 'registry://%s/%s:norm?insecure=true' % (registry.host, repo_name)
-    args = ['--verbose', '--layer-cache', str(cache), 'process', source]
-    first = totals(occystrap(*args, dest, '-f', 'normalize-timestamps').stderr)
+    args = ['-O', 'json', '--layer-cache', str(cache), 'process', source]
+    first = totals(occystrap(*args, dest, '-f', 'normalize-timestamps'))
     assert first['compressed'] == 2 and first['cached'] == 0
     pushed = skopeo_inspect('docker://%s/%s:norm' % (registry.host, repo_name), raw=True)
-    second = totals(occystrap(*args, dest, '-f', 'normalize-timestamps').stderr)
+    second = totals(occystrap(*args, dest, '-f', 'normalize-timestamps'))
     assert (second['compressed'], second['cached'], second['uploaded']) == (0, 2, 0)
     assert skopeo_inspect('docker://%s/%s:norm' % (registry.host, repo_name), raw=True) == pushed
     # Another repository of the same registry: the cached blobs are mounted from where they were pushed.
     other = totals(occystrap(*args, 'registry://%s/%s-other:norm?insecure=true' % (registry.host, repo_name),
-                             '-f', 'normalize-timestamps').stderr)
+                             '-f', 'normalize-timestamps'))
     # Only the rewritten config (no source repository holds it) is uploaded.
     assert (other['compressed'], other['cached'], other['mounted'], other['uploaded']) == (0, 2, 2, 1)
     # Other filters are another key: compressed again.
-    ts = totals(occystrap(*args, dest.replace(':norm', ':ts9'), '-f', 'normalize-timestamps:ts=9').stderr)
+    ts = totals(occystrap(*args, dest.replace(':norm', ':ts9'), '-f', 'normalize-timestamps:ts=9'))
     assert ts['compressed'] == 2 and ts['cached'] == 0
     # A registry that never saw the blobs: the entry does not apply there, the layers are compressed and uploaded.
     elsewhere = totals(occystrap(*args, 'registry://%s/x/y:norm?insecure=true' % fresh_registry.host,
-                                 '-f', 'normalize-timestamps').stderr)
+                                 '-f', 'normalize-timestamps'))
     assert elsewhere['compressed'] == 2 and elsewhere['uploaded'] == 3
     assert skopeo_inspect('docker://%s/x/y:norm' % fresh_registry.host, raw=True)['layers'] == pushed['layers']
 

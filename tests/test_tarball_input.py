@@ -5,8 +5,6 @@ byte with tarfile for the layouts and damage skopeo will not produce.
 """
 
 import gzip
-import hashlib
-import io
 import json
 import os
 import tarfile
@@ -18,65 +16,9 @@ from occystrap.inputs.tarball import TarballInput
 from occystrap.pipeline import ImageRef, RunContext
 from occystrap.settings import Settings
 from occystrap.uris import parse_uri
+from tests.helpers import TARBALL_LAYERS as LAYERS
+from tests.helpers import image_config, legacy_members, sha256, tar_directory, write_tar
 from tests.services import build_oci_layout, layer_tar, skopeo_copy
-
-LAYERS = [
-    {'etc': {'type': 'dir'}, 'etc/hello.txt': b'hello from a tarball\n'},
-    {'usr/bin/tool': {'type': 'file', 'data': b'#!/bin/sh\necho tool\n', 'mode': 0o755},
-     'usr/bin/tool-link': {'type': 'symlink', 'target': 'tool'}},
-]
-
-
-def sha256(data):
-    return 'sha256:' + hashlib.sha256(data).hexdigest()
-
-
-def write_tar(path, members):
-    """A tar of `members` in order: name -> bytes, or ('symlink', target). Returns path."""
-    with tarfile.open(path, 'w', format=tarfile.PAX_FORMAT) as tar:
-        for name, content in members.items():
-            info = tarfile.TarInfo(name)
-            if isinstance(content, tuple):
-                info.type = tarfile.SYMTYPE
-                info.linkname = content[1]
-                tar.addfile(info)
-            else:
-                info.size = len(content)
-                tar.addfile(info, io.BytesIO(content))
-    return path
-
-
-def image_config(layer_tars, architecture='amd64', commands=None):
-    """Config bytes for uncompressed layer tars, with one history entry per layer and one empty-layer entry."""
-    commands = commands or ['step %d' % i for i in range(len(layer_tars))]
-    history = [{'created_by': 'ENV A=1', 'empty_layer': True}]
-    history += [{'created_by': command} for command in commands]
-    config = {'architecture': architecture, 'os': 'linux', 'config': {'Env': ['A=1']},
-              'rootfs': {'type': 'layers', 'diff_ids': [sha256(t) for t in layer_tars]}, 'history': history}
-    return json.dumps(config, sort_keys=True).encode()
-
-
-def legacy_members(images):
-    """Members of a legacy docker save tarball for [(repo_tags, layer_tars)]: <id>/layer.tar, <hex>.json."""
-    members, manifest, repositories = {}, [], {}
-    for tags, tars in images:
-        config = image_config(tars)
-        config_name = sha256(config).split(':')[1] + '.json'
-        members[config_name] = config
-        paths = []
-        for tar in tars:
-            layer_id = hashlib.sha256(b'v1id' + tar).hexdigest()
-            members[layer_id + '/VERSION'] = b'1.0'
-            members[layer_id + '/json'] = json.dumps({'id': layer_id}).encode()
-            members[layer_id + '/layer.tar'] = tar
-            paths.append(layer_id + '/layer.tar')
-        manifest.append({'Config': config_name, 'RepoTags': tags, 'Layers': paths})
-        for tag in tags or []:
-            name, _, version = tag.rpartition(':')
-            repositories.setdefault(name, {})[version] = paths[-1].split('/')[0]
-    members['manifest.json'] = json.dumps(manifest).encode()
-    members['repositories'] = json.dumps(repositories).encode()
-    return members
 
 
 def docker25_members(tags, tars):
@@ -105,14 +47,6 @@ def docker25_members(tags, tars):
                                            ]).encode()
     members['oci-layout'] = b'{"imageLayoutVersion": "1.0.0"}'
     return members
-
-
-def tar_directory(directory, path):
-    """Tar an OCI layout directory (what `tar -C DIR -cf PATH .` would give)."""
-    with tarfile.open(path, 'w') as tar:
-        for name in sorted(os.listdir(directory)):
-            tar.add(os.path.join(directory, name), arcname=name)
-    return path
 
 
 def source(path, **settings):

@@ -21,7 +21,8 @@ from occystrap.pipeline import ImageRef, RunContext
 from occystrap.settings import Settings
 from occystrap.uris import parse_uri
 from tests.services import build_oci_layout, layer_tar, skopeo_copy, skopeo_inspect
-from tests.test_tarball_input import LAYERS, image_config, legacy_members, tar_directory, write_tar
+from tests.helpers import TARBALL_LAYERS as LAYERS
+from tests.helpers import image_config, legacy_members, tar_directory, write_tar
 
 
 def sha256_of(path):

@@ -15,7 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.services import tree_digests  # noqa: E402
+from tests.helpers import tree_digests  # noqa: E402
 from tools import imagegen  # noqa: E402
 
 SCALE = 0.01

@@ -18,24 +18,18 @@ Used by tools/benchmark.sh; two subcommands:
     into the source registry with skopeo when the registry does not already hold exactly that manifest. Writes
     the images file (JSON) that tools/bench_plan.py reads: names and compressed sizes.
 
+Registries, TLS material, ports and skopeo come from the test bed (tools/testbed), which the test suite uses too.
 The pure helpers (registry_config, expected_images, image_bytes, parse_hostport, ...) are unit tested.
 """
 
 import argparse
 import concurrent.futures
-import ctypes
-import datetime
-import ipaddress
 import json
 import os
 import shutil
 import signal
-import socket
-import ssl
-import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -44,9 +38,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-REGISTRY_BINARY = shutil.which('docker-registry') or '/usr/bin/docker-registry'
+from tools.testbed import (Registry, client_context, probe_registry, registry_config,  # noqa: E402,F401
+                           skopeo_copy, write_tls_material)
+
 DEFAULT_REGISTRY = 'localhost:5000'
-STARTUP_TIMEOUT = 20.0
 MANIFEST_ACCEPT = ', '.join((
     'application/vnd.oci.image.manifest.v1+json',
     'application/vnd.docker.distribution.manifest.v2+json',
@@ -71,24 +66,6 @@ def parse_hostport(value):
     if not sep or not host or not port.isdigit():
         raise ValueError(f'expected HOST:PORT, got {value!r}')
     return host.strip('[]'), int(port)
-
-
-def registry_config(storage, addr, tls=None):
-    """The docker-registry configuration (a dict; YAML accepts it as JSON) for storage and a listen address.
-
-    tls is None or {'cert': PATH, 'key': PATH}. Deletes are enabled and no blob descriptor cache is configured,
-    so removing the storage directory under a running registry really empties it.
-    """
-    config = {
-        'version': 0.1,
-        'log': {'level': 'warn', 'accesslog': {'disabled': False}},
-        'storage': {'filesystem': {'rootdirectory': str(storage)}, 'delete': {'enabled': True},
-                    'maintenance': {'uploadpurging': {'enabled': False}}},
-        'http': {'addr': addr, 'secret': 'occystrap-bench'},
-    }
-    if tls:
-        config['http']['tls'] = {'certificate': str(tls['cert']), 'key': str(tls['key'])}
-    return config
 
 
 def scale_tag(scale):
@@ -131,140 +108,26 @@ def image_bytes(manifests):
     return sum(sizes.values())
 
 
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
-
-
-# --- TLS ------------------------------------------------------------------------------------------------------
-
-def write_tls_material(directory):
-    """A CA and a server certificate for 127.0.0.1 and localhost; returns {ca, cert, key, cert_dir} paths.
-
-    cert_dir holds only ca.crt, the layout skopeo's --cert-dir expects.
-    """
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    directory = Path(directory)
-    (directory / 'skopeo-certs').mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.timezone.utc)
-
-    def builder(subject, issuer, key):
-        return (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(key.public_key())
-                .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
-                .not_valid_after(now + datetime.timedelta(days=7)))
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, 'occystrap benchmark CA')])
-    ca = (builder(ca_name, ca_name, ca_key)
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                                       data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                                       crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
-          .sign(ca_key, hashes.SHA256()))
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (builder(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, '127.0.0.1')]), ca_name, key)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address('127.0.0.1')),
-                                                        x509.DNSName('localhost')]), critical=False)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    paths = {'ca': directory / 'ca.pem', 'cert': directory / 'server.pem', 'key': directory / 'server-key.pem',
-             'cert_dir': directory / 'skopeo-certs'}
-    paths['ca'].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    paths['cert'].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths['key'].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                               serialization.NoEncryption()))
-    shutil.copyfile(paths['ca'], paths['cert_dir'] / 'ca.crt')
-    return {k: str(v) for k, v in paths.items()}
-
-
-# --- registries -----------------------------------------------------------------------------------------------
-
-def _ssl_context(ca):
-    return ssl.create_default_context(cafile=ca) if ca else None
-
-
-def probe_registry(url, ca=None, timeout=2.0):
-    """True when GET {url}/v2/ answers like a registry (200, or 401 asking for credentials)."""
-    try:
-        with urllib.request.urlopen(f'{url}/v2/', timeout=timeout, context=_ssl_context(ca)) as response:
-            return response.status == 200
-    except urllib.error.HTTPError as exc:
-        return exc.code == 401
-    except (OSError, ValueError):
-        return False
-
-
-def _die_with_parent():
-    # Registries must not outlive the environment process, even when it is killed outright.
-    try:
-        ctypes.CDLL('libc.so.6', use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
-class RegistryProcess:
-    """A docker-registry we started on a free 127.0.0.1 port; stop() ends it (storage stays)."""
-
-    def __init__(self, storage, log_path, tls=None):
-        self.storage = Path(storage)
-        self.log_path = Path(log_path)
-        self.tls = tls
-        self.port = None
-        self.process = None
-
-    @property
-    def host(self):
-        return f'127.0.0.1:{self.port}'
-
-    @property
-    def url(self):
-        return ('https://' if self.tls else 'http://') + self.host
-
-    def start(self):
-        self.storage.mkdir(parents=True, exist_ok=True)
-        for _ in range(5):
-            self.port = free_port()
-            config = self.log_path.with_suffix('.json')
-            config.write_text(json.dumps(registry_config(self.storage, self.host, self.tls), indent=2))
-            with open(self.log_path, 'ab') as log:
-                self.process = subprocess.Popen([REGISTRY_BINARY, 'serve', str(config)], stdout=log,
-                                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                                preexec_fn=_die_with_parent)
-            deadline = time.monotonic() + STARTUP_TIMEOUT
-            while time.monotonic() < deadline:
-                if self.process.poll() is not None:
-                    break
-                if probe_registry(self.url, self.tls and self.tls['ca']):
-                    return self
-                time.sleep(0.05)
-            log = self.log_path.read_text(errors='replace')
-            self.stop()
-            if 'address already in use' not in log:
-                raise RuntimeError(f'docker-registry did not start; log {self.log_path}:\n{log[-2000:]}')
-        raise RuntimeError('docker-registry found no free port')
-
-    def stop(self):
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-        self.process = None
-
-
 def _write_json_atomic(path, data):
     tmp = f'{path}.tmp'
     with open(tmp, 'w') as f:
         json.dump(data, f, indent=2)
     os.replace(tmp, path)
+
+
+def bench_registry(work, name, storage, tls):
+    """A registry of the benchmark: NAME.log and NAME.json in WORK, storage in STORAGE, the shared TLS material.
+
+    Its log keeps to warnings and the access log (benchmark.sh counts requests by protocol in it), and it dies
+    with this process even when that is killed outright.
+    """
+    return Registry(work, tls=tls or False, name=name, storage_dir=storage, log_level='warn', die_with_parent=True)
+
+
+def skopeo_push(layout, host, name, tag, cert_dir=None):
+    """skopeo copy oci:LAYOUT:TAG docker://HOST/NAME:TAG without credentials; raises ServiceError (a RuntimeError)."""
+    flags = [f'--dest-cert-dir={cert_dir}'] if cert_dir else ['--dest-tls-verify=false']
+    skopeo_copy(f'oci:{layout}:{tag}', f'docker://{host}/{name}:{tag}', '--quiet', *flags, dest_creds=None)
 
 
 def cmd_up(args):
@@ -274,7 +137,7 @@ def cmd_up(args):
     work.mkdir(parents=True, exist_ok=True)
     started, stoppers = [], []
     tls = write_tls_material(work / 'tls') if args.tls else None
-    ca = tls['ca'] if tls else None
+    ca = str(tls['ca']) if tls else None
     if ca:
         # The Quay stand-in reads the registry through urllib, which trusts SSL_CERT_FILE.
         os.environ['SSL_CERT_FILE'] = ca
@@ -287,18 +150,18 @@ def cmd_up(args):
         elif not tls and probe_registry('http://' + DEFAULT_REGISTRY):
             source = {'host': DEFAULT_REGISTRY, 'started': False}
         else:
-            registry = RegistryProcess(cache / 'registry', work / 'registry-source.log', tls).start()
+            registry = bench_registry(work, 'registry-source', cache / 'registry', tls).start()
             started.append(registry)
-            source = {'host': registry.host, 'started': True, 'storage': str(registry.storage),
+            source = {'host': registry.host, 'started': True, 'storage': str(registry.storage_dir),
                       'log': str(registry.log_path)}
         push_storage = work / 'push-registry'
-        push = RegistryProcess(push_storage, work / 'registry-push.log', tls).start()
+        push = bench_registry(work, 'registry-push', push_storage, tls).start()
         started.append(push)
         scheme = 'https' if tls else 'http'
         standin = quay_standin.QuayStandin(registry_url=f'{scheme}://{source["host"]}').start()
         stoppers.append(standin.stop)
         state = {
-            'tls': bool(tls), 'ca': ca, 'cert_dir': tls['cert_dir'] if tls else None,
+            'tls': bool(tls), 'ca': ca, 'cert_dir': str(tls['cert_dir']) if tls else None,
             'latency_ms': args.latency, 'bandwidth_mbit': args.bandwidth,
             'source': dict(source, direct=source['host'], url=f'{scheme}://{source["host"]}'),
             'push': {'host': push.host, 'direct': push.host, 'storage': str(push_storage),
@@ -320,7 +183,7 @@ def cmd_up(args):
             signal.signal(sig, lambda *_: done.set())
         while not done.wait(1.0):
             for registry in started:
-                if registry.process is None or registry.process.poll() is not None:
+                if not registry.running:
                     print(f'bench_env: registry {registry.host} exited; see {registry.log_path}', file=sys.stderr)
                     return 1
         return 0
@@ -360,22 +223,12 @@ def registry_digest(url, name, tag, ca=None):
     request = urllib.request.Request(f'{url}/v2/{name}/manifests/{tag}', method='HEAD',
                                      headers={'Accept': MANIFEST_ACCEPT})
     try:
-        with urllib.request.urlopen(request, timeout=30, context=_ssl_context(ca)) as response:
+        with urllib.request.urlopen(request, timeout=30, context=client_context(ca)) as response:
             return response.headers.get('Docker-Content-Digest')
     except urllib.error.HTTPError as exc:
         if exc.code == 404:
             return None
         raise
-
-
-def skopeo_push(layout, host, name, tag, cert_dir=None):
-    """skopeo copy oci:LAYOUT:TAG docker://HOST/NAME:TAG; raises RuntimeError with skopeo's stderr."""
-    flags = [f'--dest-cert-dir={cert_dir}'] if cert_dir else ['--dest-tls-verify=false']
-    argv = ['skopeo', '--insecure-policy', 'copy', '--quiet', '--dest-no-creds', *flags,
-            f'oci:{layout}:{tag}', f'docker://{host}/{name}:{tag}']
-    result = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
-    if result.returncode != 0:
-        raise RuntimeError(f'{" ".join(argv)} failed: {result.stderr.strip()}')
 
 
 def cmd_seed(args):

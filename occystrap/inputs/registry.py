@@ -33,7 +33,8 @@ class RegistryInput(ImageInput):
         super().__init__(uri, ctx)
         settings = ctx.settings
         self.client = RegistryClient(ctx.http, uri.host, insecure=settings.insecure or uri.flag('insecure'),
-                                     username=uri.username, password=uri.password)
+                                     username=uri.username, password=uri.password,
+                                     authenticators=ctx.authenticators)
         options = uri.options
         self.platform = (options.get('os') or settings.os,
                          options.get('arch') or options.get('architecture') or settings.architecture,

@@ -23,11 +23,10 @@ import os
 import posixpath
 import re
 import tarfile
-import tempfile
 import threading
 from typing import Optional
 
-from occystrap import streams
+from occystrap import layertar, streams
 from occystrap.errors import CorruptImageError, OccystrapError
 from occystrap.model import (Blob, Image, Layer, MANIFEST_LIST_TYPES, MEDIA_DOCKER_CONFIG, MEDIA_OCI_CONFIG,
                              MEDIA_OCI_MANIFEST, layer_media_type)
@@ -83,10 +82,13 @@ class RangeReader(streams.ChunkReader):
             super().close()
 
 
-def _clean_name(name):
-    """A member name as the manifests refer to it: no leading './' or '/', no '..' games."""
-    name = posixpath.normpath('/' + name.replace('\\', '/')).lstrip('/')
-    return name
+def unreadable(shown, error):
+    """The one-line OccystrapError for a tarball `shown` that opening or reading failed with OSError `error`."""
+    if isinstance(error, FileNotFoundError):
+        return OccystrapError('tarball %s does not exist' % shown)
+    if isinstance(error, IsADirectoryError):
+        return OccystrapError('tarball %s is a directory, not a tar file' % shown)
+    return OccystrapError('cannot read tarball %s: %s' % (shown, error.strerror or error))
 
 
 class TarIndex:
@@ -108,7 +110,7 @@ class TarIndex:
             with tarfile.open(self.path, mode='r:') as tar:
                 last = None
                 for info in tar:
-                    name = _clean_name(info.name)
+                    name = layertar.archive_name(info.name)
                     if info.isreg():
                         if info.offset_data + info.size > file_size:
                             self._fail('is truncated: member %s needs %d bytes, the file ends %d bytes in'
@@ -116,21 +118,18 @@ class TarIndex:
                         self.files[name] = Member(name, info.offset_data, info.size)
                         self.links.pop(name, None)
                     elif info.issym():
-                        self.links[name] = _clean_name(posixpath.join(posixpath.dirname(name), info.linkname))
+                        target = posixpath.join(posixpath.dirname(name), info.linkname)
+                        self.links[name] = layertar.archive_name(target)
                         self.files.pop(name, None)
                     elif info.islnk():
-                        self.links[name] = _clean_name(info.linkname)
+                        self.links[name] = layertar.archive_name(info.linkname)
                         self.files.pop(name, None)
                     last = name
                 end = tar.offset
         except CorruptImageError:
             raise
-        except FileNotFoundError:
-            raise OccystrapError('tarball %s does not exist' % self.shown)
-        except IsADirectoryError:
-            raise OccystrapError('tarball %s is a directory, not a tar file' % self.shown)
         except OSError as e:
-            raise OccystrapError('cannot read tarball %s: %s' % (self.shown, e.strerror or e))
+            raise unreadable(self.shown, e)
         except (tarfile.TarError, EOFError, ValueError) as e:
             self._fail('is not a readable tar archive: %s' % e)
         # tarfile stops quietly at a damaged or missing header after the first member; a complete archive has a
@@ -144,7 +143,7 @@ class TarIndex:
 
     def resolve(self, name):
         """The Member a name refers to (following links), or None when the tarball has no such file."""
-        name = _clean_name(name)
+        name = layertar.archive_name(name)
         for _ in range(MAX_LINK_DEPTH):
             if name in self.files:
                 return self.files[name]
@@ -316,29 +315,17 @@ class TarballInput(ImageInput):
         try:
             with open(self.path, 'rb') as f:
                 head = f.read(4)
-        except FileNotFoundError:
-            raise OccystrapError('tarball %s does not exist' % self.path)
-        except IsADirectoryError:
-            raise OccystrapError('tarball %s is a directory, not a tar file' % self.path)
         except OSError as e:
-            raise OccystrapError('cannot read tarball %s: %s' % (self.path, e.strerror or e))
+            raise unreadable(self.path, e)
         if streams.sniff_compression(head) == 'none':
             return self.path
         LOG.info('decompressing %s into the work directory', self.path)
-        fd, tmp = tempfile.mkstemp(prefix='tarball-', suffix='.tar', dir=self.ctx.workdir)
         try:
-            with os.fdopen(fd, 'wb') as out:
-                reader = streams.decompressing_reader(open(self.path, 'rb'))
-                try:
-                    streams.read_all_to(reader, out)
-                finally:
-                    reader.close()
+            with streams.temporary_file(self.ctx.workdir, 'tarball-', '.tar') as (out, tmp), \
+                    streams.decompressing_reader(open(self.path, 'rb')) as reader:
+                streams.read_all_to(reader, out)
         except CorruptImageError as e:
-            os.unlink(tmp)
             raise CorruptImageError('tarball %s: %s' % (self.path, e))
-        except BaseException:
-            os.unlink(tmp)
-            raise
         self._temp = tmp
         return tmp
 
@@ -369,7 +356,7 @@ class TarballInput(ImageInput):
             if not isinstance(layers, list) or not all(isinstance(name, str) and name for name in layers):
                 self._fail('%s has no list of Layers' % where)
             config_digest = None
-            blob = BLOB_PATH_RE.match(_clean_name(config))
+            blob = BLOB_PATH_RE.match(layertar.archive_name(config))
             legacy = LEGACY_CONFIG_RE.match(posixpath.basename(config))
             if blob:
                 config_digest = '%s:%s' % blob.groups()
@@ -378,7 +365,7 @@ class TarballInput(ImageInput):
             sources = entry.get('LayerSources') or {}
             layer_specs = []
             for name in layers:
-                layer_blob = BLOB_PATH_RE.match(_clean_name(name))
+                layer_blob = BLOB_PATH_RE.match(layertar.archive_name(name))
                 digest = '%s:%s' % layer_blob.groups() if layer_blob else None
                 media_type = None
                 source = sources.get(digest) if digest and isinstance(sources, dict) else None

@@ -27,7 +27,8 @@ import json
 import os
 
 from occystrap import extract
-from occystrap.outputs.directory import StagedImageOutput, digest_hex, image_reference
+from occystrap.outputs.directory import digest_hex, image_reference
+from occystrap.outputs.staging import StagedImageOutput
 
 EMPTY_LAYER = 'empty'
 

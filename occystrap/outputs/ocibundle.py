@@ -23,7 +23,7 @@ import os
 
 from occystrap import extract
 from occystrap.errors import OccystrapError
-from occystrap.outputs.directory import StagedImageOutput
+from occystrap.outputs.staging import StagedImageOutput
 
 LOG = logging.getLogger(__name__)
 

@@ -35,13 +35,13 @@ import dataclasses
 import json
 import logging
 import os
-import tempfile
 import threading
 
 from occystrap import model, streams, uris
 from occystrap.errors import OccystrapError, RegistryError
 from occystrap.layercache import LayerCache
 from occystrap.pipeline import ImageOutput, layer_cost
+from occystrap.progress import human_bytes
 
 LOG = logging.getLogger(__name__)
 
@@ -62,9 +62,13 @@ class PushCounters:
         for field in dataclasses.fields(self):
             setattr(self, field.name, getattr(self, field.name) + getattr(other, field.name))
 
+    def as_dict(self):
+        """The counts by name, as the JSON summary of a run carries them under ``push``."""
+        return dataclasses.asdict(self)
+
     def describe(self):
         text = '%d blob%s uploaded (%s), %d mounted, %d already present, %d compressed' % (
-            self.uploaded, '' if self.uploaded == 1 else 's', _human(self.uploaded_bytes), self.mounted,
+            self.uploaded, '' if self.uploaded == 1 else 's', human_bytes(self.uploaded_bytes), self.mounted,
             self.present, self.compressed)
         if self.cache_hits:
             text += ', %d from the layer cache' % self.cache_hits
@@ -105,9 +109,9 @@ class RegistryOutput(ImageOutput):
         self.compression = settings.compression
         # Credentials: the URI's, else --username/--password, else ~/.docker/config.json (the client decides).
         self.client = RegistryClient(ctx.http, uri.host, insecure=uri.flag('insecure'), username=uri.username,
-                                     password=uri.password)
+                                     password=uri.password, authenticators=ctx.authenticators)
         self.cache = LayerCache(settings.layer_cache, warn=ctx.warn)
-        self.counters = PushCounters()
+        self.counters = ctx.stats.push = PushCounters()
         self.pushed = []                  # (destination reference, manifest digest), in completion order
         self._lock = threading.Lock()
         self._key_locks = {}
@@ -257,19 +261,11 @@ class RegistryOutput(ImageOutput):
 
     def _compress(self, layer):
         """Compress the layer's uncompressed stream into a temporary file; returns (path, digest, size)."""
-        fd, path = tempfile.mkstemp(prefix='push-', suffix='.' + self.compression, dir=self.ctx.workdir)
-        try:
-            with os.fdopen(fd, 'wb') as out:
-                writer = _CompressingWriter(out, streams.Compressor(self.compression))
-                reader = layer.open()
-                try:
-                    streams.read_all_to(reader, writer)
-                finally:
-                    reader.close()
-                writer.finish()
-        except BaseException:
-            os.unlink(path)
-            raise
+        with streams.temporary_file(self.ctx.workdir, 'push-', '.' + self.compression) as (out, path):
+            writer = _CompressingWriter(out, streams.Compressor(self.compression))
+            with layer.open() as reader:
+                streams.read_all_to(reader, writer)
+            writer.finish()
         return path, writer.digest, writer.size
 
     # --- blobs
@@ -368,35 +364,17 @@ def _reusable_manifest(image, descriptors, oci):
     return raw, wanted
 
 
-class _CompressingWriter:
-    """A file-like sink that compresses what is written to it into `out`, hashing the compressed bytes."""
+class _CompressingWriter(streams.HashingWriter):
+    """A file-like sink that compresses what is written to it into `out`; `digest` and `size` are the compressed
+    blob's."""
 
     def __init__(self, out, compressor):
-        self.out = out
+        super().__init__(out)
         self.compressor = compressor
-        self.hasher = streams.new_hasher('sha256:')
-        self.size = 0
 
     def write(self, data):
-        self._emit(self.compressor.compress(data))
+        streams.HashingWriter.write(self, self.compressor.compress(data))
         return len(data)
 
     def finish(self):
-        self._emit(self.compressor.flush())
-
-    def _emit(self, chunk):
-        if chunk:
-            self.hasher.update(chunk)
-            self.size += len(chunk)
-            self.out.write(chunk)
-
-    @property
-    def digest(self):
-        return 'sha256:' + self.hasher.hexdigest()
-
-
-def _human(n):
-    for unit in ('B', 'KB', 'MB', 'GB'):
-        if n < 1000 or unit == 'GB':
-            return ('%d %s' % (n, unit)) if unit == 'B' else '%.1f %s' % (n, unit)
-        n /= 1000.0
+        streams.HashingWriter.write(self, self.compressor.flush())

@@ -48,7 +48,6 @@ from occystrap.model import MEDIA_OCI_CONFIG, MEDIA_OCI_INDEX, MEDIA_OCI_LAYER_T
 from occystrap.pipeline import ImageOutput, layer_cost
 
 FIXED_MTIME = 0
-COPY_BUFFER = streams.CHUNK
 REF_NAME = 'org.opencontainers.image.ref.name'
 CONTAINERD_NAME = 'io.containerd.image.name'
 
@@ -112,7 +111,7 @@ def _copy_range(src, out, size):
         src.seek(done)
         out.seek(out_offset + done)
         while done < size:
-            chunk = src.read(min(COPY_BUFFER, size - done))
+            chunk = src.read(min(streams.CHUNK, size - done))
             if not chunk:
                 break
             out.write(chunk)
@@ -165,7 +164,7 @@ class TarballOutput(ImageOutput):
             os.fchmod(fd, self._mode)
             self._file = os.fdopen(fd, 'wb')
             self._tar = tarfile.open(fileobj=self._file, mode='w', format=tarfile.PAX_FORMAT)
-            self._tar.copybufsize = COPY_BUFFER
+            self._tar.copybufsize = streams.CHUNK
         return self._tar
 
     def _info(self, name, size=0, directory=False):
@@ -207,7 +206,7 @@ class TarballOutput(ImageOutput):
             size = layer.origin.size
             verified = layer.origin.open_verified()
             # tarfile wants full reads; the buffer gathers them from sources (sockets) that return less.
-            with io.BufferedReader(verified, buffer_size=COPY_BUFFER) as data:
+            with io.BufferedReader(verified, buffer_size=streams.CHUNK) as data:
                 self._tar.addfile(self._info(name, size), data)
                 if data.read(1):
                     raise CorruptImageError('blob %s is longer than the %d bytes it should have'
@@ -228,9 +227,7 @@ class TarballOutput(ImageOutput):
         def copy(out):
             reader = layer.open()
             try:
-                size = streams.read_all_to(reader, out)
-                reader.read(1)    # EOF reaches every wrapper, so both digests are checked
-                reader.check()
+                size = streams.copy_verified(reader, out)
             finally:
                 reader.close()
             return size

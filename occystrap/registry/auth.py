@@ -108,6 +108,24 @@ def find_credentials(host, username=None, password=None, settings=None, config_p
     return docker_config_credentials(host, config_path)
 
 
+class Authenticators:
+    """A run's Authenticators, one per registry host and set of credentials, so every client of a host shares its
+    tokens. `http` is the run's HttpClient, which token requests go through."""
+
+    def __init__(self, http):
+        self.http = http
+        self._by_key = {}
+        self._lock = threading.Lock()
+
+    def get(self, host, username=None, password=None):
+        """The shared Authenticator (token cache) for `host` with these credentials."""
+        key = (host, username, password)
+        with self._lock:
+            if key not in self._by_key:
+                self._by_key[key] = Authenticator(self.http, host, username, password)
+            return self._by_key[key]
+
+
 class _Token:
     def __init__(self, value, expires_at):
         self.value = value

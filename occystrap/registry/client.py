@@ -177,12 +177,14 @@ class RegistryClient:
     """The distribution API of one registry host (`host[:port]`), shared safely between threads."""
 
     def __init__(self, http, host, insecure=False, username=None, password=None, monolithic_max=MONOLITHIC_MAX,
-                 chunk_size=UPLOAD_CHUNK):
+                 chunk_size=UPLOAD_CHUNK, authenticators=None):
+        """`authenticators` is the run's auth.Authenticators (RunContext.authenticators); without it this client
+        keeps tokens to itself."""
         self.http = http
         self.host = host
         self.base = '%s://%s' % (http.scheme(insecure), host)
         user, secret = auth.find_credentials(host, username, password, http.settings)
-        self.auth = http.authenticator(host, user, secret)
+        self.auth = (authenticators or auth.Authenticators(http)).get(host, user, secret)
         self.monolithic_max = monolithic_max
         self.chunk_size = chunk_size
         self._lock = threading.Lock()
@@ -201,8 +203,10 @@ class RegistryClient:
         return host_of(url) == host_of(self.base)
 
     def _send(self, method, url, scopes, what, headers=None, content=None, stream=False, retry=True, follow=False,
-              params=None):
+              params=None, transfer=False):
         """An authenticated request; 401s are answered by authenticating, redirects followed when `follow`.
+
+        `transfer=True` for blob downloads and uploads (see HttpClient.request).
 
         Authorization goes only to this registry's own host, never to a host a redirect leads to. Returns the
         response whatever its status (except an unresolvable 401, which raises AuthenticationError).
@@ -215,7 +219,7 @@ class RegistryClient:
             if own:
                 sent.update(self.auth.headers(scopes))
             response = self.http.request(method, url, headers=sent, content=content, stream=stream, retry=retry,
-                                         params=params)
+                                         params=params, transfer=transfer)
             if response.status_code == 401 and own and challenges < 2:
                 response.close()
                 challenges += 1
@@ -347,7 +351,7 @@ class RegistryClient:
         what = 'blob %s in %s' % (digest, name)
         headers = {'Range': 'bytes=%d-' % offset} if offset else None
         response = self._send(method, self._url('/v2/%s/blobs/%s' % (name, digest)), self._pull(name), what,
-                              headers=headers, stream=True, follow=True)
+                              headers=headers, stream=True, follow=True, transfer=True)
         return response, what
 
     def get_blob_bytes(self, name, digest, max_size=MAX_CONFIG_BYTES):
@@ -502,7 +506,7 @@ class RegistryClient:
     def _put_monolithic(self, name, location, digest, source, size, what, on_bytes):
         headers = {'Content-Type': 'application/octet-stream', 'Content-Length': str(size)}
         response = self._send('PUT', _with_query(location, digest=digest), self._push(name), what, headers=headers,
-                              content=self._body(source, on_bytes), retry=False)
+                              content=self._body(source, on_bytes), retry=False, transfer=True)
         return self._finish(response, digest, what)
 
     def _put_chunked(self, name, location, digest, source, what, on_bytes):
@@ -534,7 +538,7 @@ class RegistryClient:
                        'Content-Range': '%d-%d' % (offset + done, offset + len(chunk) - 1)}
             try:
                 response = self._send('PATCH', location, self._push(name), what, headers=headers, content=data,
-                                      retry=False)
+                                      retry=False, transfer=True)
             except ConnectionFailed as e:
                 response, reason = None, str(e)
             if response is not None:

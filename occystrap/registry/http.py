@@ -1,8 +1,10 @@
 """The run's one HTTP client: pooled (HTTP/2 where offered) connections, one retry policy, one rate limiter.
 
-RunContext.http creates a single HttpClient per run; every thread and image shares it, so connections, tokens and
-the rate limit are shared too. Redirects are not followed here: the registry client follows them itself so that
-Authorization is dropped when a redirect leads to another host.
+RunContext.http creates a single HttpClient per run; every thread and image shares it, so connections and the rate
+limit are shared too (tokens are the run's auth.Authenticators'). It knows HTTP, not the registry protocol: callers
+say which requests are blob transfers. Requests go through the environment's proxies (registry/proxy.py). Redirects
+are not followed here: the registry client follows them itself so that Authorization is dropped when a redirect
+leads to another host.
 """
 
 import email.utils
@@ -23,11 +25,6 @@ LOG = logging.getLogger(__name__)
 
 TIMEOUT = httpx.Timeout(connect=30.0, read=120.0, write=120.0, pool=600.0)
 MAX_RETRY_AFTER = 300.0
-# Bytes asked of the socket per read of an HTTP/1.1 response. httpcore's default is 64 KiB; every read then costs a
-# pass through h11, our stream wrappers and a GIL hand-off for each hash, inflate and write. 256 KiB reads took the
-# 24-layer 190 MB pull from 2.5 to 1.7 s on 2 cores; 1 MiB reads were no faster and doubled peak memory (each read
-# allocates its full size first), see docs/performance.md, "Where the time goes".
-READ_SIZE = 256 * 1024
 REDIRECT_STATUSES = (301, 302, 303, 307, 308)
 
 
@@ -118,9 +115,21 @@ def describe_transport_error(error):
 
 
 def _permanent(error):
-    # A certificate problem will not fix itself by retrying.
+    # A certificate problem, or a proxy refusing our credentials, will not fix itself by retrying.
     text = str(error)
-    return 'CERTIFICATE_VERIFY_FAILED' in text or 'WRONG_VERSION_NUMBER' in text
+    return ('CERTIFICATE_VERIFY_FAILED' in text or 'WRONG_VERSION_NUMBER' in text
+            or (isinstance(error, httpx.ProxyError) and text.startswith('407')))
+
+
+def connection_refused(error):
+    """True when a transport error is a refused TCP connection (nothing listens at that address and port)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, ConnectionRefusedError):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
 
 
 class LazyTransport(httpx.BaseTransport):
@@ -143,117 +152,98 @@ class LazyTransport(httpx.BaseTransport):
             self._transport.close()
 
 
-def use_large_reads(size=READ_SIZE):
-    """Make httpcore's HTTP/1.1 connections read `size` bytes per recv (a class attribute it reads per call)."""
-    import httpcore
-    connection = getattr(httpcore, 'HTTP11Connection', None)
-    if connection is not None and getattr(connection, 'READ_NUM_BYTES', size) < size:
-        connection.READ_NUM_BYTES = size
+class ProxyRouter(httpx.BaseTransport):
+    """Sends each request through `proxied` unless NO_PROXY exempts its host and port, then through `direct`."""
 
+    def __init__(self, direct, proxied, no_proxy, default_port):
+        self.direct = direct
+        self.proxied = proxied
+        self.no_proxy = no_proxy
+        self.default_port = default_port
 
-def _receive(self, data):
-    """h11 ReceiveBuffer.__iadd__ that adopts a received bytes object as the buffer when the buffer is empty."""
-    if not self._data and type(data) is bytes:
-        self._data = data
-    else:
-        if type(self._data) is bytes:
-            self._data = bytearray(self._data)
-        self._data += data
-    return self
+    def handle_request(self, request):
+        url = request.url
+        exempt = self.no_proxy.matches(url.host, url.port or self.default_port)
+        return (self.direct if exempt else self.proxied).handle_request(request)
 
-
-def _take_all(self):
-    out = self._data
-    self._data = bytearray()
-    self._next_line_search = 0
-    self._multiple_lines_search = 0
-    return out
-
-
-def _extract(self, count):
-    """h11 ReceiveBuffer._extract, returning a bytearray as h11 expects, without copying when it takes everything."""
-    if type(self._data) is bytes:
-        self._data = bytearray(self._data)
-    if count >= len(self._data):
-        return _take_all(self)
-    out = self._data[:count]
-    del self._data[:count]
-    self._next_line_search = 0
-    self._multiple_lines_search = 0
-    return out
-
-
-def _maybe_extract_at_most(self, count):
-    """h11 ReceiveBuffer.maybe_extract_at_most (body bytes) handing over the buffer, as received, when it takes all."""
-    if not self._data or count <= 0:
-        return None
-    if count >= len(self._data):
-        return _take_all(self)
-    return _extract(self, count)
-
-
-def use_lean_body_reads():
-    """Let response bodies pass through h11 without being copied.
-
-    h11 0.16's ReceiveBuffer copies every body chunk three times: into its bytearray, out of it to test it for
-    emptiness, and out again to return it; httpcore then copies the bytearray into bytes. With these methods a
-    socket read that arrives in an empty buffer and is taken whole (the usual case for a streamed blob) is the same
-    bytes object all the way, and httpcore's bytes() of it is free; lines (status and headers) still come out as
-    the bytearrays h11 edits in place. Applied only to the buffer layout this was written against; another h11 keeps
-    its own methods, and tests/test_registry_http.py fails so that this is looked at again. About 6% of the CPU of
-    the 24-layer pull (docs/performance.md, "Where the time goes").
-    """
-    try:
-        from h11._receivebuffer import ReceiveBuffer
-    except ImportError:   # pragma: no cover - h11 reorganised: nothing to do
-        return False
-    if getattr(ReceiveBuffer, '_occystrap_lean', False):
-        return True
-    if set(vars(ReceiveBuffer())) != {'_data', '_next_line_search', '_multiple_lines_search'}:
-        return False
-    ReceiveBuffer.__iadd__ = _receive
-    ReceiveBuffer._extract = _extract
-    ReceiveBuffer.maybe_extract_at_most = _maybe_extract_at_most
-    ReceiveBuffer._occystrap_lean = True
-    return True
+    def close(self):
+        self.direct.close()
+        self.proxied.close()
 
 
 class HttpClient:
     """Wraps one httpx.Client for the whole run; see the module docstring."""
 
-    def __init__(self, settings):
-        use_large_reads()
-        use_lean_body_reads()
+    def __init__(self, settings, environ=None):
+        """`environ` (default os.environ) supplies the proxy variables (registry/proxy.py)."""
+        from occystrap.registry.proxy import ProxyConfig
         self.settings = settings
         self.retry = RetryPolicy(settings.retries)
         self.limiter = TokenBucket(settings.rate_limit) if settings.rate_limit else None
+        self.proxies = ProxyConfig(environ)
+        for scheme in ('http', 'https'):
+            proxy = self.proxies.for_scheme(scheme)
+            if proxy is not None:
+                LOG.info('%s requests go through proxy %s (from %s)', scheme, proxy.display, proxy.variable)
         # Enough connections for every layer transfer of every image in flight, plus token and manifest requests.
         connections = max(8, settings.parallel * settings.image_parallel + 2 * settings.image_parallel)
         limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
         self._lock = threading.Lock()
         self._ssl = None
-        plain = httpx.HTTPTransport(verify=False, limits=limits)
+        self._answered = set()        # hosts that sent any answer in this run (see request())
+        plain = self._routed('http', lambda proxy: httpx.HTTPTransport(verify=False, limits=limits, proxy=proxy))
         # The TLS context costs ~0.15 s to build (certifi + system store), so a plain-HTTP run never builds it.
-        tls = LazyTransport(lambda: httpx.HTTPTransport(verify=self.ssl_context(), http2=settings.http2,
-                                                        limits=limits))
+        tls = self._routed('https', lambda proxy: httpx.HTTPTransport(verify=self.ssl_context(), http2=settings.http2,
+                                                                      limits=limits, proxy=proxy))
         self.client = httpx.Client(transport=tls, mounts={'http://': plain}, timeout=TIMEOUT,
                                    follow_redirects=False, headers={'User-Agent': 'occystrap/%s' % __version__})
-        # Blob transfers (streamed blob downloads, and every request body) go over HTTP/1.1, one connection each:
+        # Transfers (request(transfer=True), and every request body) go over HTTP/1.1, one connection each:
         # - concurrent uploads on one HTTP/2 connection stalled in httpcore's flow-control wait until the write
         #   timeout (4 uploads through a 40 ms link), and would share the registry's ~1 MiB upload window anyway;
         # - through 40 ms and 200 Mbit/s per connection, the 24-layer pull took 8.3 s with every blob on one HTTP/2
         #   connection and 5.5 s over HTTP/1.1 connections (docs/performance.md).
-        # Manifests, configs, tags, catalogs, HEAD checks and tokens stay on HTTP/2, multiplexed on one connection.
-        transfer_tls = LazyTransport(lambda: httpx.HTTPTransport(verify=self.ssl_context(), http2=False,
-                                                                 limits=limits))
+        # Manifests, tags, catalogs, the API root and tokens stay on HTTP/2, multiplexed on one connection;
+        # RegistryClient marks every blob request a transfer, HEAD checks and configs included.
+        transfer_tls = self._routed('https', lambda proxy: httpx.HTTPTransport(verify=self.ssl_context(), http2=False,
+                                                                               limits=limits, proxy=proxy))
         self.transfer_client = httpx.Client(transport=transfer_tls, mounts={'http://': plain}, timeout=TIMEOUT,
                                             follow_redirects=False,
                                             headers={'User-Agent': 'occystrap/%s' % __version__})
-        self._authenticators = {}
         self.versions = {}            # host -> HTTP version of its last answer ('HTTP/2', 'HTTP/1.1')
         self.last_http_version = None
         self.requests = 0             # answers received (retries included), for tests and --verbose
         self.retried = 0
+
+    def _routed(self, scheme, make):
+        """The transport for URLs of `scheme`: make(None), or make(proxy) where the environment sets one.
+
+        Passing a transport to httpx turns its own reading of the proxy variables off, so they are read here.
+        """
+        proxy = self.proxies.for_scheme(scheme)
+        direct = LazyTransport(lambda: make(None))
+        if proxy is None:
+            return direct
+
+        def proxied():
+            # An https:// proxy is verified like a registry (certifi, the system store and --ca-cert).
+            context = self.ssl_context() if proxy.url.startswith('https:') else None
+            return make(httpx.Proxy(proxy.url, ssl_context=context))
+        return ProxyRouter(direct, LazyTransport(proxied), self.proxies.no_proxy,
+                           80 if scheme == 'http' else 443)
+
+    def _unreachable(self, url, error, attempt, refused_first=False):
+        """The ConnectionFailed for a request that got no answer, naming the proxy (never its credentials)."""
+        host = host_of(url)
+        proxy = self.proxies.for_url(url)
+        via = ' through proxy %s' % proxy.display if proxy else ''
+        if refused_first:
+            port_of = "the proxy's port" if proxy else 'the port'
+            return ConnectionFailed('cannot reach %s%s: connection refused (is %s right?)' % (host, via, port_of))
+        suffix = ' (after %d retries)' % attempt if attempt else ''
+        reason = describe_transport_error(error)
+        if proxy is not None and proxy.password:
+            reason = reason.replace(proxy.password, '***')
+        return ConnectionFailed('cannot reach %s%s: %s%s' % (host, via, reason, suffix))
 
     def ssl_context(self):
         """The run's one verifying TLS context, built on first use."""
@@ -266,25 +256,19 @@ class HttpClient:
         """'http' when --insecure or the URI asks for it, else 'https'."""
         return 'http' if insecure or self.settings.insecure else 'https'
 
-    def authenticator(self, host, username=None, password=None):
-        """The shared Authenticator (token cache) for a registry host and set of credentials."""
-        from occystrap.registry.auth import Authenticator
-        key = (host, username, password)
-        with self._lock:
-            if key not in self._authenticators:
-                self._authenticators[key] = Authenticator(self, host, username, password)
-            return self._authenticators[key]
-
     def http_version(self, host):
         """The HTTP version the last answer from `host` came over, or None."""
         return self.versions.get(host)
 
-    def request(self, method, url, headers=None, content=None, stream=False, retry=True, params=None):
+    def request(self, method, url, headers=None, content=None, stream=False, retry=True, params=None,
+                transfer=False):
         """Send a request, retrying connection errors, 429 and 5xx; returns the httpx.Response.
 
         `content` is bytes, None, or a callable returning a fresh body (bytes or an iterator of bytes) for each
         attempt. With `stream=True` the body is left unread: the caller must close the response. Raises
-        ConnectionFailed when the server stays unreachable. With `retry=False` nothing is retried.
+        ConnectionFailed when the server stays unreachable. With `retry=False` nothing is retried. `transfer=True`
+        says the request moves bulk data (a blob download or upload): it goes over an HTTP/1.1 connection of its
+        own, as does every request that sends a body.
         """
         attempt = 0
         while True:
@@ -292,15 +276,16 @@ class HttpClient:
                 self.limiter.acquire()
             body = content() if callable(content) else content
             try:
-                bulk = body is not None or (stream and '/blobs/' in str(url))
+                bulk = transfer or body is not None
                 client = self.transfer_client if bulk else self.client
                 req = client.build_request(method, url, headers=headers, content=body, params=params)
                 response = client.send(req, stream=stream)
             except httpx.TransportError as e:
-                if not retry or attempt >= self.retry.retries or _permanent(e):
-                    suffix = ' (after %d retries)' % attempt if attempt else ''
-                    reason = describe_transport_error(e)
-                    raise ConnectionFailed('cannot reach %s: %s%s' % (host_of(url), reason, suffix))
+                # A refused connection to a host that has not answered once in this run is a wrong port or nothing
+                # running there: retrying would only wait. One that answered before may be restarting: retry.
+                refused_first = connection_refused(e) and host_of(url) not in self._answered
+                if not retry or attempt >= self.retry.retries or _permanent(e) or refused_first:
+                    raise self._unreachable(url, e, attempt, refused_first)
                 waited = self.retry.wait(attempt)
                 LOG.info('%s %s failed (%s); retry %d in %.2fs', method, without_query(url),
                          type(e).__name__, attempt + 1, waited)
@@ -325,6 +310,7 @@ class HttpClient:
         host = host_of(url)
         with self._lock:
             self.requests += 1
+            self._answered.add(host)
             if not bulk:   # what was negotiated for the host; blob transfers are HTTP/1.1 by choice
                 self.versions[host] = response.http_version
                 self.last_http_version = response.http_version

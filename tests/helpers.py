@@ -1,0 +1,206 @@
+"""Helpers that several test modules share: digests, pictures of trees, images as inputs make them, tarballs.
+
+The services and the images they serve (registries, Podman, skopeo, ``build_oci_layout``) are the test bed's, in
+``tools/testbed`` (named for tests by ``tests/services.py``); what is here is only for tests. A test module imports
+helpers from here, never from another test module.
+"""
+
+import hashlib
+import http.server
+import io
+import json
+import os
+import stat
+import subprocess
+import tarfile
+import threading
+
+from occystrap.model import Blob, Image, Layer
+from tools.loopback import LoopbackServer
+
+
+def sha256(data):
+    """``sha256:<hex>`` of bytes."""
+    return 'sha256:' + hashlib.sha256(data).hexdigest()
+
+
+# --- trees ------------------------------------------------------------------------------------------------------------
+
+def tree_digests(path):
+    """{relative path: sha256 hex} of every file under path, hidden temporary files included."""
+    found = {}
+    for root, _, files in os.walk(path):
+        for name in files:
+            full = os.path.join(root, name)
+            with open(full, 'rb') as f:
+                found[os.path.relpath(full, path)] = hashlib.sha256(f.read()).hexdigest()
+    return found
+
+
+def snapshot(path):
+    """Every entry below path with its type, content or link target, and mode: a comparable picture of a tree."""
+    result = {}
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in dirnames + filenames:
+            full = os.path.join(dirpath, name)
+            rel = os.path.relpath(full, path)
+            st = os.lstat(full)
+            if stat.S_ISLNK(st.st_mode):
+                result[rel] = ('symlink', os.readlink(full))
+            elif stat.S_ISDIR(st.st_mode):
+                result[rel] = ('dir', stat.S_IMODE(st.st_mode))
+            elif stat.S_ISREG(st.st_mode):
+                with open(full, 'rb') as f:
+                    result[rel] = ('file', stat.S_IMODE(st.st_mode), f.read())
+            else:
+                result[rel] = ('other', st.st_mode, st.st_rdev)
+    return result
+
+
+# --- layers and images ------------------------------------------------------------------------------------------------
+
+# Layers exercising whiteouts: plain, opaque, a file replaced by a directory, symlinks and hard links.
+WHITEOUT_LAYERS = [
+    {'etc': {'type': 'dir'}, 'etc/a': b'a\n', 'etc/b': b'b\n', 'opt': {'type': 'dir'}, 'opt/old': b'old\n',
+     'opt/sub': {'type': 'dir'}, 'opt/sub/deep': b'deep\n', 'var': {'type': 'dir'}, 'var/x': b'x\n',
+     'lnk': {'type': 'symlink', 'target': 'etc/a'}, 'hard': {'type': 'hardlink', 'target': 'etc/b'}},
+    {'etc/.wh.a': b'', 'opt/.wh..wh..opq': b'', 'opt/new': b'new\n', 'var/x': {'type': 'dir'},
+     'var/x/inside': b'inside\n', 'abs': {'type': 'symlink', 'target': '/etc/b'}},
+    {'.wh.lnk': b'', 'etc/c': b'c\n', 'opt/new': b'newer\n', '.wh.var': b'', 'var': {'type': 'dir'},
+     'var/fresh': b'fresh\n'},
+]
+
+# Two small layers: a directory with a file, then an executable and a symlink to it.
+TARBALL_LAYERS = [
+    {'etc': {'type': 'dir'}, 'etc/hello.txt': b'hello from a tarball\n'},
+    {'usr/bin/tool': {'type': 'file', 'data': b'#!/bin/sh\necho tool\n', 'mode': 0o755},
+     'usr/bin/tool-link': {'type': 'symlink', 'target': 'tool'}},
+]
+
+
+def image_from_layout(oci, name='test/image', tag='latest', counter=None):
+    """An Image as an input would make it: config bytes plus lazy layers whose origin is the layout's blob."""
+    blobs = oci.path / 'blobs' / 'sha256'
+    config_bytes = (blobs / oci.config_digest.split(':')[1]).read_bytes()
+    layers = []
+    for descriptor, diffid in zip(oci.manifest['layers'], oci.diff_ids):
+        path = blobs / descriptor['digest'].split(':')[1]
+
+        def opener(path=path, digest=descriptor['digest']):
+            if counter is not None:
+                counter.hit(digest)
+            return open(path, 'rb')
+        layers.append(Layer(diffid=diffid, origin=Blob(descriptor['digest'], descriptor['mediaType'],
+                                                       descriptor['size'], opener)))
+    return Image(name=name, tag=tag, config_bytes=config_bytes, layers=layers, source=str(oci.path))
+
+
+def umoci_rootfs(oci, tmp_path):
+    """The root filesystem umoci unpacks from an OCI layout (tag latest): an independent reference."""
+    bundle = tmp_path / 'umoci-bundle'
+    result = subprocess.run(['umoci', 'unpack', '--image', '%s:latest' % oci.path, str(bundle)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, 'umoci unpack failed: %s' % result.stderr
+    return bundle / 'rootfs'
+
+
+# --- docker save tarballs ---------------------------------------------------------------------------------------------
+
+def write_tar(path, members):
+    """A tar of `members` in order: name -> bytes, or ('symlink', target). Returns path."""
+    with tarfile.open(path, 'w', format=tarfile.PAX_FORMAT) as tar:
+        for name, content in members.items():
+            info = tarfile.TarInfo(name)
+            if isinstance(content, tuple):
+                info.type = tarfile.SYMTYPE
+                info.linkname = content[1]
+                tar.addfile(info)
+            else:
+                info.size = len(content)
+                tar.addfile(info, io.BytesIO(content))
+    return path
+
+
+def image_config(layer_tars, architecture='amd64', commands=None):
+    """Config bytes for uncompressed layer tars, with one history entry per layer and one empty-layer entry."""
+    commands = commands or ['step %d' % i for i in range(len(layer_tars))]
+    history = [{'created_by': 'ENV A=1', 'empty_layer': True}]
+    history += [{'created_by': command} for command in commands]
+    config = {'architecture': architecture, 'os': 'linux', 'config': {'Env': ['A=1']},
+              'rootfs': {'type': 'layers', 'diff_ids': [sha256(t) for t in layer_tars]}, 'history': history}
+    return json.dumps(config, sort_keys=True).encode()
+
+
+def legacy_members(images):
+    """Members of a legacy docker save tarball for [(repo_tags, layer_tars)]: <id>/layer.tar, <hex>.json."""
+    members, manifest, repositories = {}, [], {}
+    for tags, tars in images:
+        config = image_config(tars)
+        config_name = sha256(config).split(':')[1] + '.json'
+        members[config_name] = config
+        paths = []
+        for tar in tars:
+            layer_id = hashlib.sha256(b'v1id' + tar).hexdigest()
+            members[layer_id + '/VERSION'] = b'1.0'
+            members[layer_id + '/json'] = json.dumps({'id': layer_id}).encode()
+            members[layer_id + '/layer.tar'] = tar
+            paths.append(layer_id + '/layer.tar')
+        manifest.append({'Config': config_name, 'RepoTags': tags, 'Layers': paths})
+        for tag in tags or []:
+            name, _, version = tag.rpartition(':')
+            repositories.setdefault(name, {})[version] = paths[-1].split('/')[0]
+    members['manifest.json'] = json.dumps(manifest).encode()
+    members['repositories'] = json.dumps(repositories).encode()
+    return members
+
+
+def tar_directory(directory, path):
+    """Tar an OCI layout directory (what `tar -C DIR -cf PATH .` would give)."""
+    with tarfile.open(path, 'w') as tar:
+        for name in sorted(os.listdir(directory)):
+            tar.add(os.path.join(directory, name), arcname=name)
+    return path
+
+
+# --- HTTP -------------------------------------------------------------------------------------------------------------
+
+class ScriptedServer:
+    """A loopback HTTP/1.1 server answering each request with the next (status, headers, body) of a script."""
+
+    def __init__(self, script):
+        self.script = list(script)
+        self.seen = []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = 'HTTP/1.1'
+
+            def log_message(self, *args):
+                pass
+
+            def _answer(self):
+                server.seen.append((self.command, self.path, dict(self.headers)))
+                status, headers, body = server.script.pop(0) if server.script else (200, {}, b'{}')
+                self.send_response(status)
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                self.send_header('Content-Length', str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_HEAD = do_POST = do_PUT = _answer
+
+        self.httpd = LoopbackServer(('127.0.0.1', 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def host(self):
+        return '127.0.0.1:%d' % self.httpd.server_address[1]
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
