@@ -4,11 +4,13 @@ Passwords are generated (seeded, so a failure can be replayed) from unique marke
 cut URIs short or change their meaning; no marker may show up anywhere in the command's output.
 """
 
+import http.server
 import os
 import random
 import socket
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -192,13 +194,33 @@ def test_per_image_errors_of_a_multi_image_run_are_redacted():
         assert 'qzpass98' not in r.error and 'qzuser99' not in r.error and 'registry://***@127.0.0.1:1/' in r.error
 
 
+class _Unavailable(http.server.BaseHTTPRequestHandler):
+    """Answers every request 503, so that the client retries and logs each retry with the URL."""
+
+    def do_GET(self):
+        self.send_response(503)
+        self.send_header('Content-Length', '0')
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
 def test_userinfo_of_a_url_inside_an_option_stays_out_of_errors_and_retry_logs():
-    port = refused_port()
-    result = occystrap('--verbose', '--retries', '1', 'info',
-                       'quay://org?api=http://qzapiuser:qzapi%%252Fpass@127.0.0.1:%d/api&token=qztok77' % port)
-    assert result.returncode == 1 and 'cannot reach 127.0.0.1:%d' % port in result.stderr
-    assert 'retry 1' in result.stderr, result.stderr
+    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), _Unavailable)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        port = server.server_address[1]
+        result = occystrap('--verbose', '--retries', '1', 'info',
+                           'quay://org?api=http://qzapiuser:qzapi%%252Fpass@127.0.0.1:%d/api&token=qztok77' % port)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.returncode == 1 and 'answered 503' in result.stderr, result.stderr
+    assert 'retry 1' in result.stderr and '127.0.0.1:%d' % port in result.stderr, result.stderr
     assert_hidden(result, ['qzapiuser', 'qzapi', 'pass@', 'qztok77'])
+    port = refused_port()
     # Unencoded, the '/' ends the URL's authority early: one line, and still no piece of the password.
     result = occystrap('info', 'quay://org?api=http://qzapiuser:qzapi/pass@127.0.0.1:%d/api' % port)
     assert result.returncode == 1 and 'is not an http(s) URL' in result.stderr, result.stderr
