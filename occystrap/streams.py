@@ -42,8 +42,9 @@ def sha256_file(path):
 
 
 def sha256_bytes(data):
-    """Return the 'sha256:...' digest of bytes."""
-    return 'sha256:' + hashlib.sha256(data).hexdigest()
+    """Return the 'sha256:...' digest of bytes (kept for callers; the one definition is oci.digest_of)."""
+    from occystrap.oci import digest_of
+    return digest_of(data)
 
 
 def new_hasher(digest):

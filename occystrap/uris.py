@@ -12,7 +12,7 @@ import urllib.parse
 from typing import Optional
 
 from occystrap import schemes
-from occystrap.errors import OccystrapError, UsageError
+from occystrap.errors import CorruptImageError, UsageError
 
 TRUE_WORDS = ('1', 'true', 'yes', 'on')
 FALSE_WORDS = ('0', 'false', 'no', 'off')
@@ -38,8 +38,44 @@ def parse_bool(value, what):
 MAX_REPOSITORY = 255   # distribution spec: a repository name, host included, is at most 255 characters
 
 
-class InvalidNameError(OccystrapError):
+class InvalidNameError(CorruptImageError):
     """A repository name or tag that came from an image (not the command line) breaks the reference grammar."""
+
+
+def is_host(host):
+    """True for a registry host[:port] as URIs accept it, with no empty or dash-edged labels ('..', '.x', 'x-')."""
+    if not HOST_RE.fullmatch(host):
+        return False
+    if host.startswith('['):
+        _, _, port = host.partition(']')
+        port = port[1:]
+    else:
+        name, _, port = host.partition(':')
+        if not all(label and label[0] != '-' and label[-1] != '-' for label in name.split('.')):
+            return False
+    return not port or 0 < int(port) <= 65535
+
+
+def _leads_with_host(components):
+    first = components[0]
+    return len(components) > 1 and ('.' in first or ':' in first or first == 'localhost')
+
+
+def is_repository(name, host=True):
+    """True when `name` is a repository name URIs accept; with `host`, optionally led by a registry host."""
+    if not isinstance(name, str) or not name or len(name) > MAX_REPOSITORY:
+        return False
+    components = name.split('/')
+    if host and _leads_with_host(components):
+        if not is_host(components[0]):
+            return False
+        components = components[1:]
+    return all(COMPONENT_RE.fullmatch(c) for c in components)
+
+
+def is_tag(tag):
+    """True when `tag` is a tag URIs accept."""
+    return isinstance(tag, str) and TAG_RE.fullmatch(tag) is not None
 
 
 def validate_repository(name, what, host=False):
@@ -49,27 +85,25 @@ def validate_repository(name, what, host=False):
     With `host`, a first component that is a registry host (has '.' or ':' or is 'localhost') is allowed, as an engine
     or a `docker save` tarball names images.
     """
+    if is_repository(name, host):
+        return name
     if not isinstance(name, str) or not name:
         raise InvalidNameError('%s has no repository name' % what)
-    components = name.split('/')
-    if host and len(components) > 1 and ('.' in components[0] or ':' in components[0] or
-                                         components[0] == 'localhost'):
-        if not HOST_RE.match(components[0]):
-            raise InvalidNameError('%s: bad registry host %r in repository name %r' % (what, components[0], name))
-        components = components[1:]
-    bad = next((c for c in components if not COMPONENT_RE.match(c)), None)
-    if bad is not None:
-        raise InvalidNameError('%s: bad repository name %r (component %r; use lowercase letters, digits and . _ -)'
-                               % (what, name, bad))
     if len(name) > MAX_REPOSITORY:
         raise InvalidNameError('%s: repository name of %d characters, more than %d' % (what, len(name), MAX_REPOSITORY))
-    return name
+    components = name.split('/')
+    if host and _leads_with_host(components) and not is_host(components[0]):
+        raise InvalidNameError('%s: bad registry host %r in repository name %r' % (what, components[0], name))
+    bad = next((c for c in components[1 if host and _leads_with_host(components) else 0:]
+                if not COMPONENT_RE.fullmatch(c)), name)
+    raise InvalidNameError('%s: bad repository name %r (component %r; use lowercase letters, digits and . _ -)'
+                           % (what, name, bad))
 
 
 def validate_tag(tag, what):
     """Return `tag` when it is a tag by the URI grammar (letters, digits, _ . -, up to 128, not starting with . or -),
     else raise InvalidNameError naming `what`."""
-    if not isinstance(tag, str) or not TAG_RE.match(tag):
+    if not is_tag(tag):
         raise InvalidNameError('%s: bad tag %r (tags are letters, digits, _ . - and up to 128 long)' % (what, tag))
     return tag
 

@@ -17,6 +17,7 @@ import threading
 from occystrap import layertar, pipeline
 from occystrap.errors import UsageError
 from occystrap.filters import rewrite
+from occystrap.terminal import printable
 from occystrap.uris import parse_bool
 
 _PRINT_LOCK = threading.Lock()
@@ -77,10 +78,10 @@ def find_matches(layer, matcher):
 
 
 def format_match(name, tag, diffid, path, script_friendly=False):
-    """One output line: 'NAME:TAG DIFFID PATH', or 'NAME:TAG:DIFFID:PATH' for scripts."""
+    """One output line: 'NAME:TAG DIFFID PATH', or 'NAME:TAG:DIFFID:PATH' for scripts (control characters escaped)."""
     if script_friendly:
-        return '%s:%s:%s:%s' % (name, tag or '', diffid, path)
-    return '%s:%s %s %s' % (name, tag or '', diffid, path)
+        return printable('%s:%s:%s:%s' % (name, tag or '', diffid, path))
+    return printable('%s:%s %s %s' % (name, tag or '', diffid, path))
 
 
 def print_lines(lines, stream=None):

@@ -39,7 +39,7 @@ import shutil
 import tempfile
 import threading
 
-from occystrap import extract, uris
+from occystrap import extract, oci, uris
 from occystrap.errors import CorruptImageError, OccystrapError
 from occystrap.outputs.staging import replace_directory, write_atomically
 from occystrap.pipeline import ImageOutput, layer_cost
@@ -52,7 +52,8 @@ LOCK_FILE = '.catalog.lock'
 
 
 def digest_hex(digest):
-    return digest.split(':', 1)[1]
+    """The hex part of a digest that names a file or directory here, checked against the digest grammar first."""
+    return oci.digest_hex(digest)
 
 
 def image_reference(image):
