@@ -87,9 +87,9 @@ def parse_digest(text, what):
     return text
 
 
-def digest_hex(digest):
+def digest_hex(digest, what='a file name'):
     """The hex part of a digest, checked first: it names files and directories."""
-    return parse_digest(digest, 'digest').split(':', 1)[1]
+    return parse_digest(digest, what).split(':', 1)[1]
 
 
 def digest_of(data, algorithm='sha256'):

@@ -125,7 +125,7 @@ def test_mounts_refuses_a_diffid_that_cannot_name_a_layer_directory(tmp_path, di
     image = good.replace(layers=[Layer(diffid=diffid, path=good.layers[0].path)])
     assert image.layers[0].diffid == diffid
     dest = tmp_path / 'mounts'
-    with pytest.raises(OccystrapError, match='cannot name a layer directory'):
+    with pytest.raises(OccystrapError, match='names a layer directory, has a malformed|cannot name a layer dir'):
         write(MountsOutput, 'mounts', dest, image)
     assert not dest.exists()
     assert not [p for p in os.listdir(tmp_path) if p.startswith('pwned') or p.startswith('.m')]

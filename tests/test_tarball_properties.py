@@ -281,8 +281,8 @@ def open_all(tmp_path, members):
     (minimal_docker_save({'RepoTags': True}), 'RepoTags that are not a list'),
     (minimal_docker_save({'RepoTags': 5}), 'RepoTags that are not a list'),
     (minimal_oci_layout({'annotations': True}), 'annotations that are not an object'),
-    (minimal_oci_layout({'annotations': {'org.opencontainers.image.ref.name': 5}}), 'is not a string'),
-    (minimal_oci_layout({'annotations': {'io.containerd.image.name': ['a']}}), 'is not a string'),
+    (minimal_oci_layout({'annotations': {'org.opencontainers.image.ref.name': 5}}), 'not an object of strings'),
+    (minimal_oci_layout({'annotations': {'io.containerd.image.name': ['a']}}), 'not an object of strings'),
     (minimal_oci_layout(manifest_changes={'annotations': True}), 'annotations that are not an object'),
     (minimal_oci_layout(manifest_changes={'annotations': ['ab']}), 'annotations that are not an object'),
 ])

@@ -65,7 +65,7 @@ LOWERDIR_PART_RE = re.compile(r'^[A-Za-z0-9_-][A-Za-z0-9._-]*$')
 
 def layer_directory(index, diffid):
     """The directory of layer `index`, named by its diffid (checked against the digest grammar: it becomes a path)."""
-    return 'layers/%03d-%s' % (index, oci.digest_hex(diffid))
+    return 'layers/%03d-%s' % (index, oci.digest_hex(diffid, 'layer %d, which names a layer directory,' % index))
 
 
 class MountsOutput(StagedImageOutput):
