@@ -183,9 +183,11 @@ def _summary(settings, stats, results=None):
             click.echo('%-*s  %6.2fs  %s' % (width, printable(r.reference), r.seconds, printable(state)), err=True)
     if settings.dry_run:
         click.echo('dry run: nothing was written', err=True)
-    click.echo('done: %d image%s, %d layer%s, %s in %.2f s%s'
+    unchanged = sum(1 for r in outcomes if r.outcome.state in ('unchanged', 'would be unchanged'))
+    click.echo('done: %d image%s, %d layer%s, %s in %.2f s%s%s'
                % (stats.images, '' if stats.images == 1 else 's', stats.layers, '' if stats.layers == 1 else 's',
-                  human_bytes(stats.bytes), stats.seconds, ', %d failed' % len(failed) if failed else ''), err=True)
+                  human_bytes(stats.bytes), stats.seconds, ', %d unchanged' % unchanged if unchanged else '',
+                  ', %d failed' % len(failed) if failed else ''), err=True)
 
 
 def _short_digest(digest):

@@ -125,6 +125,8 @@ class Copier:
         image = self.source.open(ref)
         written = self.output.write(image)
         self.ctx.stats.add(images=1, layers=len(image.layers))
+        if not self.holds:
+            return len(image.layers)     # a file destination: the summary says 'ok', as it always has
         return self._written_outcome(ref, image.manifest_digest, written, [image.platform], len(image.layers))
 
     # --- one image manifest
@@ -137,8 +139,7 @@ class Copier:
             image = self.source.open(ref, resolved)
             self.output.write(image)
             self.ctx.stats.add(images=1, layers=len(image.layers))
-            return Outcome('copied', source_digest=resolved.digest, platforms=[image.platform],
-                           layers=len(image.layers))
+            return len(image.layers)     # one image to a file destination: the summary says 'ok', as it always has
         # The existing push keeps the manifest's bytes only when every layer is already in the asked compression.
         keeps = not self.filters and all(d.compression == self.settings.compression for d in manifest.layers)
         changed = None if keeps else ('filtered' if self.filters else 'recompressed to %s' % self.settings.compression)

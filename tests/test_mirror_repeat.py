@@ -70,7 +70,8 @@ def test_a_repeated_mirror_makes_no_blob_request(fleet):
         assert [e.method for e in served if e.path == '/v2/%s/manifests/v1' % name] == ['GET']
         assert [e.method for e in served if e.path == '/v2/mirror/%s/manifests/v1' % leaf] == ['HEAD']
     text = occystrap('process', source, target).stderr
-    assert text.count('unchanged') == 3
+    assert len([line for line in text.splitlines() if '  unchanged sha256:' in line]) == 3
+    assert ', 3 unchanged' in text.splitlines()[-1]
 
 
 def test_a_blob_is_uploaded_once_per_run_and_mounted_after(fleet, registry):
