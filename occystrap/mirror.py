@@ -42,6 +42,10 @@ class Copier:
         self.settings = ctx.settings
         self.holds = bool(getattr(output, 'holds_indexes', False)) if output is not None else False
         platforms = self.settings.platforms
+        options = getattr(getattr(source, 'uri', None), 'options', None) or {}
+        if platforms is None and any(options.get(k) for k in ('os', 'arch', 'architecture', 'variant')):
+            # The source URI's own os=/arch=/variant= name one platform, as --platform would.
+            platforms = (str(self._default_platform()),)
         self.every = platforms is None or platforms == ('all',)
         self.wanted = [] if self.every else [oci.Platform.parse(p) for p in platforms]
         # Anything that rewrites layers or configs changes digests: filters, or --compression given.

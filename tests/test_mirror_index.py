@@ -213,3 +213,11 @@ def test_a_child_with_a_malformed_digest_is_refused(registry, repo_name):
     assert len(result.stderr.strip().splitlines()) == 1
     assert requested == ['/v2/evil/app/manifests/v1']
     assert not [e for e in registry.access_log() if '/%s/bad/' % repo_name in e.path]
+
+
+def test_a_platform_in_the_source_uri_picks_one_child(seeded, repo_name):
+    reg, source, index, document = seeded
+    target, skopeo_ref = dest(reg, repo_name, 'uriarch')
+    occystrap(*reg.flags, 'process', source + ('&' if '?' in source else '?') + 'arch=arm64', target)
+    arm = [m for m in document['manifests'] if m['platform']['architecture'] == 'arm64'][0]
+    assert sha256(skopeo_inspect(skopeo_ref, raw=True, parse=False)) == arm['digest']
