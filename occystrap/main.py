@@ -3,9 +3,11 @@
 Heavy modules are imported inside the commands so that `occystrap --help` answers at once.
 """
 
+import contextlib
 import json
 import logging
 import os
+import re
 import sys
 
 import click
@@ -83,6 +85,30 @@ def _shard(ctx, param, value):
         raise click.BadParameter(str(e), param_hint=_env('SHARD') if from_env else "'--shard'")
 
 
+SIZE_SUFFIXES = {'': 1, 'K': 1 << 10, 'M': 1 << 20, 'G': 1 << 30, 'T': 1 << 40}
+_SIZE_RE = re.compile(r'^(\d{1,15})([KMGT]?)(?:I?B)?$')
+
+
+def parse_size(text):
+    """Bytes from '4096', '512K', '10G' (binary suffixes K, M, G, T, also written KiB or KB); None if malformed."""
+    match = _SIZE_RE.match(text.strip().upper())
+    if not match:
+        return None
+    return int(match.group(1)) * SIZE_SUFFIXES[match.group(2)]
+
+
+def _size(ctx, param, value):
+    if value is None:
+        return None
+    size = parse_size(str(value))
+    if size is None or size < 1:
+        source = ctx.get_parameter_source(param.name)
+        origin = ' (from %s)' % param.envvar if source == click.core.ParameterSource.ENVIRONMENT else ''
+        raise click.BadParameter('must be a positive size in bytes, with an optional K, M, G or T suffix, not %r%s'
+                                 % (value, origin))
+    return size
+
+
 @click.group(context_settings={'help_option_names': ['-h', '--help'], 'max_content_width': 110})
 @click.version_option(__version__, prog_name='occystrap')
 @click.option('-j', '--parallel', type=int, default=DEFAULT_PARALLEL, show_default=True, envvar=_env('PARALLEL'),
@@ -122,6 +148,9 @@ def _shard(ctx, param, value):
               envvar=_env('OUTPUT_FORMAT'), help='Format of info, check and the end-of-run summary.')
 @click.option('--allow-devices', is_flag=True, envvar=_env('ALLOW_DEVICES'),
               help='Create device nodes and FIFOs when extracting (only as root; skipped otherwise).')
+@click.option('--max-extract-bytes', default=None, metavar='SIZE', envvar=_env('MAX_EXTRACT_BYTES'), callback=_size,
+              help='Most bytes an extraction (dir:// with expand, oci://, mounts://) may write in a run, e.g. 10G '
+                   '(default: no limit).')
 @click.option('--shard', metavar='I/N', envvar=_env('SHARD'), callback=_shard,
               help='Keep only shard I (0 to N-1) of N of a multi-image source, by repository (docs/scale.md).')
 @click.option('--verbose', is_flag=True, envvar=_env('VERBOSE'), help='Log what is being done.')
@@ -129,7 +158,7 @@ def _shard(ctx, param, value):
 @click.pass_context
 def cli(ctx, parallel, image_parallel, rate_limit, retries, username, password, insecure, ca_cert, http2,
         compression, os_, architecture, variant, platforms, dry_run, preserve_digests, temp_dir, layer_cache,
-        output_format, allow_devices, shard, verbose, debug):
+        output_format, allow_devices, max_extract_bytes, shard, verbose, debug):
     """Move and reshape container images without a container engine.
 
     \b
@@ -158,12 +187,27 @@ def cli(ctx, parallel, image_parallel, rate_limit, retries, username, password, 
                        compression=compression, os=os_, architecture=architecture, variant=variant,
                        platforms=platforms, recompress=recompress, dry_run=dry_run, preserve_digests=preserve_digests,
                        temp_dir=temp_dir, layer_cache=layer_cache, output_format=output_format, verbose=verbose,
-                       debug=debug, progress=sys.stderr.isatty(), allow_devices=allow_devices, shard=shard)
+                       debug=debug, progress=sys.stderr.isatty(), allow_devices=allow_devices,
+                       max_extract_bytes=max_extract_bytes, shard=shard)
 
 
 def _context(settings):
     from occystrap.pipeline import RunContext
     return RunContext(settings)
+
+
+@contextlib.contextmanager
+def _running(settings):
+    """The run's context; a signal cancels its transfers before close() removes its temporary files."""
+    from occystrap.cancel import STOPS
+    ctx = _context(settings)
+    try:
+        yield ctx
+    except STOPS as e:
+        ctx.cancel(getattr(e, 'signum', None))
+        raise
+    finally:
+        ctx.close()
 
 
 def _summary(settings, stats, results=None):
@@ -247,12 +291,9 @@ def process(settings, source, destination, filters):
     dst = uris.parse_uri(destination, 'output')
     specs = [uris.parse_filter(f, pipeline.FILTERS) for f in filters]
     from occystrap.progress import Progress
-    ctx = _context(settings)
-    try:
+    with _running(settings) as ctx:
         with Progress(ctx.stats, settings.progress):
             results = pipeline.run_process(src, dst, specs, ctx)
-    finally:
-        ctx.close()
     _summary(settings, ctx.stats, results)
     if any(not r.ok for r in results):
         sys.exit(1)
@@ -264,11 +305,8 @@ def process(settings, source, destination, filters):
 def info(settings, source):
     """Describe the images SOURCE names: manifest, config and layers."""
     from occystrap import reports, uris
-    ctx = _context(settings)
-    try:
+    with _running(settings) as ctx:
         ok = reports.info(uris.parse_uri(source, 'input'), ctx)
-    finally:
-        ctx.close()
     if not ok:
         sys.exit(1)
 
@@ -282,11 +320,8 @@ def info(settings, source):
 def search(settings, source, pattern, regex, script_friendly):
     """List files in the layers of SOURCE whose path matches PATTERN."""
     from occystrap import reports, uris
-    ctx = _context(settings)
-    try:
+    with _running(settings) as ctx:
         ok = reports.search(uris.parse_uri(source, 'input'), pattern, regex, script_friendly, ctx)
-    finally:
-        ctx.close()
     if not ok:
         sys.exit(1)
 
@@ -298,11 +333,8 @@ def search(settings, source, pattern, regex, script_friendly):
 def check(settings, source, fast):
     """Verify the images SOURCE names: digests, diffids and config consistency."""
     from occystrap import reports, uris
-    ctx = _context(settings)
-    try:
+    with _running(settings) as ctx:
         ok = reports.check(uris.parse_uri(source, 'input'), fast, ctx)
-    finally:
-        ctx.close()
     if not ok:
         sys.exit(1)
 
@@ -311,8 +343,13 @@ def main(argv=None):
     """Entry point: runs the CLI, turning every known failure into one line on stderr and an exit status."""
     args = sys.argv[1:] if argv is None else argv
     debug = '--debug' in args or bool(os.environ.get('OCCYSTRAP_DEBUG'))
+    from occystrap import cancel
+    previous = cancel.install()
     try:
         cli.main(args=args, prog_name='occystrap', standalone_mode=False)
+    except cancel.Interrupted as e:
+        click.echo('error: %s' % e, err=True)
+        sys.exit(e.exit_code)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except click.exceptions.Abort:
@@ -333,6 +370,8 @@ def main(argv=None):
         sys.exit(1)
     except Exception as e:  # a bug: say so in one line, traceback only when asked
         _fail(e, debug, 1, prefix='internal error: %s: ' % type(e).__name__)
+    finally:
+        cancel.restore(previous)
     sys.exit(0)
 
 

@@ -15,6 +15,7 @@ write, nothing else is requested and the image is 'unchanged'. --dry-run stops b
 what would be sent; --preserve-digests refuses, before writing, any copy whose digest would change.
 """
 
+import contextlib
 import logging
 
 from occystrap import oci
@@ -34,8 +35,9 @@ class Copier:
     """Copies references from one input through the filters to one output (None with --dry-run of an output
     that would write files)."""
 
-    def __init__(self, source, output, filters, ctx):
+    def __init__(self, source, output, filters, ctx, guard=contextlib.nullcontext):
         self.source = source
+        self.guard = guard        # a context around writes to a file destination (pipeline.writing: a full disk)
         self.output = output
         self.filters = filters
         self.ctx = ctx
@@ -112,7 +114,7 @@ class Copier:
             return self._dry(ref, resolved.digest, [str(entry.platform)], child.blobs[1:], None,
                              changed='one platform of an index')
         image = self.source.open(ref, resolved, child=entry)
-        self.output.write(image)
+        self._write(image)
         self.ctx.stats.add(images=1, layers=len(image.layers))
         return Outcome('copied', source_digest=resolved.digest, platforms=[str(entry.platform)],
                        layers=len(image.layers))
@@ -127,7 +129,7 @@ class Copier:
                            layers=len(image.layers), blobs_to_send=len(image.layers) + 1,
                            bytes_to_send=sum(sizes) + len(image.config_bytes))
         image = self.source.open(ref)
-        written = self.output.write(image)
+        written = self._write(image)
         self.ctx.stats.add(images=1, layers=len(image.layers))
         if not self.holds:
             return len(image.layers)     # a file destination: the summary says 'ok', as it always has
@@ -141,7 +143,7 @@ class Copier:
             if self.settings.dry_run:
                 return self._dry(ref, resolved.digest, [], manifest.layers, None)
             image = self.source.open(ref, resolved)
-            self.output.write(image)
+            self._write(image)
             self.ctx.stats.add(images=1, layers=len(image.layers))
             return len(image.layers)     # one image to a file destination: the summary says 'ok', as it always has
         # The existing push keeps the manifest's bytes only when every layer is already in the asked compression.
@@ -156,7 +158,7 @@ class Copier:
             blobs = self._manifest_blobs(ref, manifest)
             return self._dry(ref, resolved.digest, [], blobs, self.output.missing_blobs(ref, blobs), changed=changed)
         image = self.source.open(ref, resolved)
-        written = self.output.write(image)
+        written = self._write(image)
         self.ctx.stats.add(images=1, layers=len(image.layers))
         return self._written_outcome(ref, resolved.digest, written, [image.platform], len(image.layers))
 
@@ -238,6 +240,10 @@ class Copier:
         return self._written_outcome(ref, resolved.digest, written, platforms, layers, changed=changed)
 
     # --- shared
+
+    def _write(self, image):
+        with self.guard():
+            return self.output.write(image)
 
     def _refuse_change(self, ref, changed):
         if changed is not None and self.settings.preserve_digests:

@@ -12,7 +12,9 @@ Images of a multi-image run are processed `-J` at a time; layers of one image `-
 
 import abc
 import concurrent.futures
+import contextlib
 import dataclasses
+import errno
 import importlib
 import logging
 import os
@@ -22,10 +24,16 @@ import threading
 import time
 from typing import Optional
 
+from occystrap.cancel import STOPS, Cancellation
 from occystrap.errors import OccystrapError, UsageError
 from occystrap.settings import Settings
 
 LOG = logging.getLogger(__name__)
+
+# How often a thread waiting for workers looks at the run's cancellation, and how long a cancelled run waits for
+# its running workers to unwind (their sockets are shut down, so they end in milliseconds) before cleaning up.
+POLL_SECONDS = 0.2
+CANCEL_GRACE = 1.0
 
 INPUTS = {
     'registry': 'occystrap.inputs.registry:RegistryInput',
@@ -125,6 +133,15 @@ class RunContext:
         self.warnings = []
         self.filter_fingerprint = ()   # the run's filter chain as strings, for caches keyed on what filters did
         self.multi_image = False       # the source can name many images (outputs derive destination names)
+        self.cancellation = Cancellation()
+
+    @property
+    def cancelled(self):
+        return self.cancellation.cancelled
+
+    def cancel(self, signum=None):
+        """Stop the run: queued work does not start, in-flight transfers end at their next chunk."""
+        self.cancellation.cancel(signum)
 
     def warn(self, message):
         """Record and log something the user should know (a refused path, a skipped device)."""
@@ -138,7 +155,7 @@ class RunContext:
         with self._lock:
             if self._http is None:
                 from occystrap.registry.http import HttpClient
-                self._http = HttpClient(self.settings)
+                self._http = HttpClient(self.settings, cancellation=self.cancellation)
             return self._http
 
     @property
@@ -177,19 +194,50 @@ class RunContext:
         items = list(items)
         workers = max(1, min(workers or self.settings.parallel, len(items) or 1))
         if workers == 1:
-            return [fn(item) for item in items]
+            results = []
+            for item in items:
+                self.cancellation.check()
+                results.append(fn(item))
+            return results
         order = list(range(len(items)))
         if cost is not None:
             order.sort(key=lambda i: -cost(items[i]))
-        with concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix='layer') as pool:
-            submitted = {i: pool.submit(fn, items[i]) for i in order}
-            futures = [submitted[i] for i in range(len(items))]
-            try:
-                return [f.result() for f in futures]
-            except BaseException:
-                for f in futures:
-                    f.cancel()
-                raise
+        return self.gather(fn, [items[i] for i in order], workers, 'layer', order)
+
+    def gather(self, fn, items, workers, name, positions=None):
+        """Run fn over items (started in the order given) on `workers` threads; results by `positions`.
+
+        The calling thread waits in short steps, so it notices a cancellation (and the main thread a signal) at
+        once. On the first error queued items are dropped; running ones are waited for, only briefly when the
+        run was cancelled (they are unwinding already).
+        """
+        positions = list(range(len(items))) if positions is None else positions
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
+        futures = [None] * len(items)
+        try:
+            for position, item in zip(positions, items):
+                futures[position] = pool.submit(self._guarded, fn, item)
+            results = []
+            for future in futures:
+                while True:
+                    try:
+                        results.append(future.result(timeout=POLL_SECONDS))
+                        break
+                    except concurrent.futures.TimeoutError:
+                        self.cancellation.check()
+            pool.shutdown(wait=True)
+            return results
+        except BaseException as e:
+            if isinstance(e, STOPS):
+                self.cancel(getattr(e, 'signum', None))
+            pool.shutdown(wait=False, cancel_futures=True)
+            running = [f for f in futures if f is not None and not f.done()]
+            concurrent.futures.wait(running, timeout=CANCEL_GRACE if self.cancelled else None)
+            raise
+
+    def _guarded(self, fn, item):
+        self.cancellation.check()
+        return fn(item)
 
     def close(self):
         if self._http is not None:
@@ -414,6 +462,7 @@ def for_each_image(source, fn, ctx, refs=None):
 
     def one(ref):
         started = time.monotonic()
+        ctx.cancellation.check()
         try:
             done = fn(ref)
             if isinstance(done, Outcome):
@@ -429,8 +478,25 @@ def for_each_image(source, fn, ctx, refs=None):
     workers = max(1, min(ctx.settings.image_parallel, len(refs)))
     if workers == 1:
         return [one(ref) for ref in refs]
-    with concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix='image') as pool:
-        return list(pool.map(one, refs))
+    return ctx.gather(one, refs, workers, 'image')
+
+
+# A destination that cannot take more: said as "cannot write PATH: reason" wherever in an output it happens.
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO)
+FILE_OUTPUTS = ('tar', 'file', 'dir', 'oci', 'mounts')
+
+
+@contextlib.contextmanager
+def writing(dest_uri):
+    """Turn a full (or read-only, or failing) destination filesystem into one line naming the destination."""
+    try:
+        yield
+    except (OSError, OccystrapError) as e:
+        code = getattr(e, 'errno', None)
+        if code not in WRITE_ERRNOS or dest_uri.scheme not in FILE_OUTPUTS:
+            raise
+        path = 'standard output' if dest_uri.path == '-' else os.path.abspath(dest_uri.path)
+        raise OccystrapError('cannot write %s: %s' % (path, os.strerror(code))) from None
 
 
 def check_filters(filters):
@@ -462,16 +528,20 @@ def run_process(source_uri, dest_uri, filters, ctx):
         output = None
     else:
         output = build_output(dest_uri, ctx, filters)
-    copier = Copier(source, output, list(filters), ctx)
+    copier = Copier(source, output, list(filters), ctx, guard=lambda: writing(dest_uri))
     finished = False
     try:
         results = for_each_image(source, copier.copy, ctx)
         if output is not None and not settings.dry_run and any(r.ok for r in results):
-            output.finalize()
+            with writing(dest_uri):
+                output.finalize()
             finished = True
         elif output is None or settings.dry_run:
             finished = True
         return results
+    except STOPS as e:
+        ctx.cancel(getattr(e, 'signum', None))    # stop every worker before abort() removes what they write
+        raise
     finally:
         if not finished and output is not None:
             output.abort()
