@@ -160,11 +160,11 @@ class RefNames:
                 del self._taken[ref]
 
 
-def check_ref_for_run(uri, ctx):
-    """The checked `?ref=` of a layout destination, refused when the source names many images (one name cannot
-    name them all)."""
+def check_ref_for_run(uri, multi_image):
+    """The checked `?ref=` of a layout destination, refused when the source can name many images (one name
+    cannot name them all)."""
     ref = ref_option(uri)
-    if ref is not None and getattr(ctx, 'multi_image', False):
+    if ref is not None and multi_image:
         raise UsageError('%s names one image by ref=%s, but the source can name many' % (uri, oci.shown(ref)))
     return ref
 
@@ -188,10 +188,10 @@ def _fsync_directory(path):
 class OCIDirOutput(ImageOutput):
     """Images into an OCI image layout directory; see the module docstring."""
 
-    def __init__(self, uri, ctx):
-        super().__init__(uri, ctx)
+    def __init__(self, uri, ctx, **run):
+        super().__init__(uri, ctx, **run)
         self.path = os.path.abspath(uri.path)
-        self.ref = check_ref_for_run(uri, ctx)
+        self.ref = check_ref_for_run(uri, self.multi_image)
         self.refs = RefNames(self.ref, str(uri))
         self.existed = os.path.isdir(self.path)
         if os.path.lexists(self.path) and not self.existed:

@@ -54,7 +54,7 @@ import tarfile
 import tempfile
 import threading
 
-from occystrap import oci, streams
+from occystrap import oci, streams, uris
 from occystrap.errors import CorruptImageError, OccystrapError, UsageError
 from occystrap.inputs.layout import split_reference
 from occystrap.oci import MEDIA_OCI_CONFIG, MEDIA_OCI_LAYER_TAR, MEDIA_OCI_MANIFEST, blob_path
@@ -230,8 +230,8 @@ def _umask():
 class TarballOutput(ImageOutput):
     """Images into one tarball file (`tar:///path.tar`)."""
 
-    def __init__(self, uri, ctx):
-        super().__init__(uri, ctx)
+    def __init__(self, uri, ctx, **run):
+        super().__init__(uri, ctx, **run)
         self.kind, target = destination_kind(uri.path)
         if self.kind == 'stdout':
             if ctx.settings.output_format == 'json':
@@ -256,7 +256,7 @@ class TarballOutput(ImageOutput):
         if self.format not in FORMATS:
             raise UsageError('bad format %s in %s: use format=docker (docker-archive, the default) or format=oci '
                              '(oci-archive)' % (oci.shown(self.format), uri))
-        self.ref = check_ref_for_run(uri, ctx)
+        self.ref = check_ref_for_run(uri, self.multi_image)
         self.refs = RefNames(self.ref, str(uri))
         self._mode = 0o666 & ~_umask()
         self._lock = threading.Lock()
@@ -425,6 +425,11 @@ class TarballOutput(ImageOutput):
     # --- ImageOutput --------------------------------------------------------------------------------------
 
     def write(self, image):
+        if image.tag:
+            # The name and tag become RepoTags, repositories and annotations: check them before anything is written.
+            what = 'cannot write %r into %s' % (image.reference, self.uri)
+            uris.validate_repository(image.name, what, host=True)
+            uris.validate_tag(image.tag, what)
         if self.format == 'oci':
             return self._write_oci(image)
         with self._lock:
