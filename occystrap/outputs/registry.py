@@ -265,7 +265,10 @@ class RegistryOutput(ImageOutput):
 
     def abort(self):
         # Blobs already uploaded are unreferenced without a manifest and harmless; what a completed push of
-        # another image taught the cache is still true, so keep it.
+        # another image taught the cache is still true, so keep it. Upload sessions a cancelled run left open
+        # (workers still unwinding when its grace ran out) are ended here.
+        if self.ctx.cancellation.cancelled:
+            self.client.cancel_open_uploads()
         try:
             self.cache.save()
         except OSError as e:
