@@ -44,7 +44,16 @@ def _env(name):
               envvar=_env('RETRIES'), help='Retries of a failed request (exponential backoff, Retry-After honoured).')
 @click.option('--username', envvar=_env('USERNAME'), help='Registry user name.')
 @click.option('--password', envvar=_env('PASSWORD'), help='Registry password (prefer OCCYSTRAP_PASSWORD).')
-@click.option('--insecure', is_flag=True, envvar=_env('INSECURE'), help='Plain HTTP to the registry.')
+@click.option('--password-stdin', is_flag=True,
+              help='Read the password of --username (or of a --src-creds/--dest-creds USER) from standard input.')
+@click.option('--src-creds', metavar='USER[:PASS]', envvar=_env('SRC_CREDS'),
+              help='Credentials for the source registry (before --username and credential files).')
+@click.option('--dest-creds', metavar='USER[:PASS]', envvar=_env('DEST_CREDS'),
+              help='Credentials for the destination registry (before --username and credential files).')
+@click.option('--authfile', type=click.Path(exists=True, dir_okay=False), envvar=_env('AUTHFILE'),
+              help='Credential file (auth.json or Docker config.json) read first, instead of $REGISTRY_AUTH_FILE.')
+@click.option('--insecure', is_flag=True, envvar=_env('INSECURE'),
+              help='Plain HTTP to every registry of the run (for one registry: ?insecure=true on its URI).')
 @click.option('--ca-cert', type=click.Path(exists=True, dir_okay=False), envvar=_env('CA_CERT'),
               help='Extra CA bundle (PEM) for TLS registries.')
 @click.option('--http2/--no-http2', default=False, show_default=True, envvar=_env('HTTP2'),
@@ -67,8 +76,9 @@ def _env(name):
 @click.option('--verbose', is_flag=True, envvar=_env('VERBOSE'), help='Log what is being done.')
 @click.option('--debug', is_flag=True, envvar=_env('DEBUG'), help='Log everything; show tracebacks on errors.')
 @click.pass_context
-def cli(ctx, parallel, image_parallel, rate_limit, retries, username, password, insecure, ca_cert, http2,
-        compression, os_, architecture, variant, temp_dir, layer_cache, output_format, allow_devices, verbose, debug):
+def cli(ctx, parallel, image_parallel, rate_limit, retries, username, password, password_stdin, src_creds, dest_creds,
+        authfile, insecure, ca_cert, http2, compression, os_, architecture, variant, temp_dir, layer_cache,
+        output_format, allow_devices, verbose, debug):
     """Move and reshape container images without a container engine.
 
     \b
@@ -86,11 +96,44 @@ def cli(ctx, parallel, image_parallel, rate_limit, retries, username, password, 
                         format='%(levelname)s: %(message)s', stream=sys.stderr)
     for noisy in ('httpx', 'httpcore', 'hpack', 'h2'):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    username, password, src_creds, dest_creds = _credentials(username, password, password_stdin, src_creds,
+                                                             dest_creds)
     ctx.obj = Settings(parallel=parallel, image_parallel=image_parallel, rate_limit=rate_limit, retries=retries,
-                       username=username, password=password, insecure=insecure, ca_cert=ca_cert, http2=http2,
+                       username=username, password=password, src_creds=src_creds, dest_creds=dest_creds,
+                       authfile=authfile, insecure=insecure, ca_cert=ca_cert, http2=http2,
                        compression=compression, os=os_, architecture=architecture, variant=variant,
                        temp_dir=temp_dir, layer_cache=layer_cache, output_format=output_format, verbose=verbose,
                        debug=debug, progress=sys.stderr.isatty(), allow_devices=allow_devices)
+
+
+def _credentials(username, password, password_stdin, src_creds, dest_creds):
+    """--username/--password and --src-creds/--dest-creds as values, a password read from stdin filled in."""
+    sides = {}
+    for option, text in (('--src-creds', src_creds), ('--dest-creds', dest_creds)):
+        if text is not None:
+            user, sep, secret = text.partition(':')
+            if not user:
+                raise UsageError('%s needs USER[:PASSWORD], not an empty user' % option)
+            sides[option] = [user, secret if sep else None]
+    if password_stdin:
+        if password is not None:
+            raise UsageError('--password and --password-stdin cannot be used together')
+        wanting = [side for side in sides.values() if side[1] is None]
+        if not username and not wanting:
+            raise UsageError('--password-stdin needs --username, or a --src-creds/--dest-creds USER without password')
+        # As docker login --password-stdin: the first line, without its line ending.
+        secret = sys.stdin.readline().rstrip('\r\n')
+        if not secret:
+            raise UsageError('--password-stdin read no password from standard input')
+        if username:
+            password = secret
+        for side in wanting:
+            side[1] = secret
+    for option, side in sides.items():
+        if side[1] is None:
+            raise UsageError('%s %s has no password: give USER:PASSWORD, or --password-stdin' % (option, side[0]))
+    as_tuple = {option: tuple(side) for option, side in sides.items()}
+    return username, password, as_tuple.get('--src-creds'), as_tuple.get('--dest-creds')
 
 
 def _context(settings):

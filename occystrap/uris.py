@@ -16,8 +16,8 @@ PATH_SCHEMES = ('tar', 'file', 'dir', 'oci', 'mounts')
 
 # Which query options each scheme accepts, per role.
 OPTIONS = {
-    ('registry', 'input'): ('os', 'arch', 'architecture', 'variant', 'insecure'),
-    ('registry', 'output'): ('insecure',),
+    ('registry', 'input'): ('os', 'arch', 'architecture', 'variant', 'insecure', 'tls-verify'),
+    ('registry', 'output'): ('insecure', 'tls-verify'),
     ('quay', 'input'): ('token', 'api', 'registry', 'insecure', 'os', 'arch', 'architecture', 'variant'),
     ('docker', 'input'): ('socket',),
     ('docker', 'output'): ('socket',),
@@ -27,7 +27,7 @@ OPTIONS = {
     ('oci', 'output'): (),
     ('mounts', 'output'): (),
 }
-BOOLEAN_OPTIONS = ('insecure', 'unique_names', 'expand')
+BOOLEAN_OPTIONS = ('insecure', 'tls-verify', 'unique_names', 'expand')
 TRUE_WORDS = ('1', 'true', 'yes', 'on')
 FALSE_WORDS = ('0', 'false', 'no', 'off')
 

@@ -177,14 +177,18 @@ class RegistryClient:
     """The distribution API of one registry host (`host[:port]`), shared safely between threads."""
 
     def __init__(self, http, host, insecure=False, username=None, password=None, monolithic_max=MONOLITHIC_MAX,
-                 chunk_size=UPLOAD_CHUNK, authenticators=None):
+                 chunk_size=UPLOAD_CHUNK, authenticators=None, role='input', repository=None, tls_verify=True):
         """`authenticators` is the run's auth.Authenticators (RunContext.authenticators); without it this client
-        keeps tokens to itself."""
+        keeps tokens to itself. Credentials are `username`/`password` (the URI's), else those of the run for this
+        side (`role` 'input' or 'output') and `repository` (registry/credentials.py has the order).
+        `tls_verify=False` speaks TLS without verifying the registry's certificate."""
         self.http = http
         self.host = host
         self.base = '%s://%s' % (http.scheme(insecure), host)
-        user, secret = auth.find_credentials(host, username, password, http.settings)
-        self.auth = (authenticators or auth.Authenticators(http)).get(host, user, secret)
+        self.tls_verify = bool(tls_verify)
+        lookup = auth.credential_lookup(host, username, password, http.settings, role, repository)
+        self.auth = (authenticators or auth.Authenticators(http)).get(host, lookup=lookup,
+                                                                      tls_verify=self.tls_verify)
         self.monolithic_max = monolithic_max
         self.chunk_size = chunk_size
         self._lock = threading.Lock()
@@ -219,7 +223,7 @@ class RegistryClient:
             if own:
                 sent.update(self.auth.headers(scopes))
             response = self.http.request(method, url, headers=sent, content=content, stream=stream, retry=retry,
-                                         params=params, transfer=transfer)
+                                         params=params, transfer=transfer, tls_verify=self.tls_verify)
             if response.status_code == 401 and own and challenges < 2:
                 response.close()
                 challenges += 1
@@ -247,11 +251,15 @@ class RegistryClient:
             if self.auth.has_credentials:
                 return auth.AuthenticationError('registry %s refused the credentials for %s%s'
                                                 % (self.host, what, suffix), status=status)
-            return auth.AuthenticationError('registry %s requires credentials for %s (use --username/--password '
-                                            'or docker login)%s' % (self.host, what, suffix), status=status)
+            return self.auth.needs_credentials(' for %s' % what, suffix)
         if status == 403:
             return auth.AuthenticationError('registry %s denied access to %s%s' % (self.host, what, suffix),
                                             status=status)
+        if status == 400 and self.base.startswith('http:') and self.http.settings.insecure:
+            # Go's TLS servers answer plain HTTP with this 400: --insecure reached a TLS registry.
+            return RegistryError('registry %s answered 400 to plain HTTP for %s: it speaks TLS, but --insecure makes '
+                                 'every registry of the run plain HTTP; drop it and add ?insecure=true to the URI of '
+                                 'the plain-HTTP registry only' % (self.host, what), status=status)
         return RegistryError('registry %s answered %d for %s%s' % (self.host, status, what, suffix), status=status)
 
     @staticmethod
