@@ -101,6 +101,14 @@ def _error_detail(response):
     return ' '.join(text.split())[:300]
 
 
+def _tls_only(response):
+    """True for the 400 Go's TLS servers give a plain-HTTP request (what --insecure against a TLS registry gets)."""
+    try:
+        return b'HTTP request to an HTTPS server' in response.content[:1024]
+    except (httpx.HTTPError, httpx.StreamError):
+        return False
+
+
 def _with_query(url, **params):
     """Add query parameters to a URL that may already carry some (upload locations keep state there)."""
     parts = urllib.parse.urlsplit(url)
@@ -255,11 +263,14 @@ class RegistryClient:
         if status == 403:
             return auth.AuthenticationError('registry %s denied access to %s%s' % (self.host, what, suffix),
                                             status=status)
-        if status == 400 and self.base.startswith('http:') and self.http.settings.insecure:
-            # Go's TLS servers answer plain HTTP with this 400: --insecure reached a TLS registry.
-            return RegistryError('registry %s answered 400 to plain HTTP for %s: it speaks TLS, but --insecure makes '
-                                 'every registry of the run plain HTTP; drop it and add ?insecure=true to the URI of '
-                                 'the plain-HTTP registry only' % (self.host, what), status=status)
+        if status == 400 and self.base.startswith('http:') and _tls_only(response):
+            if self.http.settings.insecure:
+                hint = ('--insecure makes every registry of the run plain HTTP; drop it and add ?insecure=true to the '
+                        'URI of the plain-HTTP registry only')
+            else:
+                hint = 'drop ?insecure=true from its URI (?tls-verify=false is TLS without verification)'
+            return RegistryError('registry %s answered 400 to plain HTTP for %s: it speaks TLS; %s'
+                                 % (self.host, what, hint), status=status)
         return RegistryError('registry %s answered %d for %s%s' % (self.host, status, what, suffix), status=status)
 
     @staticmethod
