@@ -14,7 +14,6 @@ import httpx
 from occystrap import streams
 from occystrap.errors import OccystrapError
 
-CHUNK = 1024 * 1024
 DOCKER_SOCKET = '/var/run/docker.sock'
 ROOT_PODMAN_SOCKET = '/run/podman/podman.sock'
 # Small requests answer at once; exports and loads may take minutes before the first byte, so no read limit.
@@ -80,13 +79,13 @@ class _ResponseReader(streams.ChunkReader):
 
     def __init__(self, response, socket_path):
         self._response = response
-        self._chunks = response.iter_bytes(CHUNK)
+        self._chunks = response.iter_bytes(streams.CHUNK)
         self._socket_path = socket_path
         self._eof = False
 
     def read(self, size=-1):
         if size is None or size < 0:
-            size = CHUNK * 4
+            size = streams.CHUNK * 4
         while not self._held() and not self._eof:
             try:
                 self._hold(next(self._chunks))
@@ -104,7 +103,7 @@ class _ResponseReader(streams.ChunkReader):
 
 def _file_chunks(f):
     while True:
-        chunk = f.read(CHUNK)
+        chunk = f.read(streams.CHUNK)
         if not chunk:
             return
         yield chunk

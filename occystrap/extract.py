@@ -30,6 +30,7 @@ import stat
 import tarfile
 import threading
 
+from occystrap import layertar, streams
 from occystrap.errors import CorruptImageError, OccystrapError
 
 LOG = logging.getLogger(__name__)
@@ -38,12 +39,8 @@ APPLY = 'apply'
 KEEP = 'keep'
 OVERLAY = 'overlay'
 
-WHITEOUT_PREFIX = '.wh.'
-WHITEOUT_META_PREFIX = '.wh..wh.'
-OPAQUE = '.wh..wh..opq'
 # Layers may carry extended attributes in these namespaces; trusted.* could steer overlayfs and is never taken.
 XATTR_PREFIXES = ('user.', 'security.', 'system.posix_acl_')
-CHUNK = 1024 * 1024
 # Errors that concern one member (a name too long, an operation this filesystem or user may not do), not the run.
 MEMBER_ERRORS = (errno.ENAMETOOLONG, errno.EINVAL, errno.EPERM, errno.EEXIST, errno.EMLINK, errno.EOPNOTSUPP)
 DIR_OPEN_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -79,13 +76,9 @@ def is_root():
 
 def split_member_name(name):
     """The path components of a member name below the root; raises _Refused for a `..` component."""
-    parts = []
-    for part in name.split('/'):
-        if part in ('', '.'):
-            continue
-        if part == '..':
-            raise _Refused('has a .. component')
-        parts.append(part)
+    parts = layertar.member_parts(name)
+    if '..' in parts:
+        raise _Refused('has a .. component')
     return parts
 
 
@@ -215,7 +208,7 @@ class _LayerApplier:
                 return                 # the root itself: its metadata belongs to the caller
             raise _Refused('names the root directory itself')
         parent, base = parts[:-1], parts[-1]
-        if base.startswith(WHITEOUT_PREFIX) and self.whiteouts != KEEP:
+        if base.startswith(layertar.WHITEOUT_PREFIX) and self.whiteouts != KEEP:
             return self.whiteout(parent, base)
         if m.isdev() and not self.allow_devices:
             kind = 'FIFO' if m.isfifo() else 'device node'
@@ -301,7 +294,7 @@ class _LayerApplier:
         with os.fdopen(fd, 'wb') as out:
             source = tar.extractfile(m)
             if source is not None:
-                shutil.copyfileobj(source, out, CHUNK)
+                shutil.copyfileobj(source, out, streams.CHUNK)
             out.flush()
             self.summary.bytes += m.size
             self.metadata_fd(out.fileno(), m)
@@ -345,13 +338,13 @@ class _LayerApplier:
     # -- whiteouts --------------------------------------------------------------------------------------------------
 
     def whiteout(self, parent, base):
-        if base == OPAQUE:
+        if base == layertar.OPAQUE_WHITEOUT:
             self.summary.whiteouts += 1
             return self.opaque(parent)
-        if base.startswith(WHITEOUT_META_PREFIX):
+        if base.startswith(layertar.WHITEOUT_META_PREFIX):
             LOG.debug('%s: ignoring whiteout metadata %s', self.what, '/'.join(parent + [base]))
             return
-        name = base[len(WHITEOUT_PREFIX):]
+        name = base[len(layertar.WHITEOUT_PREFIX):]
         if name in ('', '.', '..'):
             raise _Refused('whiteout names %r' % name)
         hidden = tuple(parent + [name])
@@ -377,20 +370,7 @@ class _LayerApplier:
             finally:
                 os.close(dfd)
             return
-        try:
-            dfd = self.tree.open_dir(parent)
-        except _Missing:
-            return
-        try:
-            self.remember_mtime(parent, dfd)
-            st = _lstat(name, dfd)
-            if st is not None and stat.S_ISDIR(st.st_mode):
-                shutil.rmtree(name, dir_fd=dfd)
-                self.tree.invalidate()
-            elif st is not None:
-                os.unlink(name, dir_fd=dfd)
-        finally:
-            os.close(dfd)
+        self.in_existing_dir(parent, lambda dfd: self.clear(dfd, name, keep_directory=False))
 
     def opaque(self, parent):
         if self.whiteouts == OVERLAY:
@@ -400,13 +380,17 @@ class _LayerApplier:
             finally:
                 os.close(dfd)
             return
+        self.in_existing_dir(parent, lambda dfd: self.prune(dfd, tuple(parent)))
+
+    def in_existing_dir(self, parent, change):
+        """Call change(fd of directory `parent`), keeping its mtime, when it exists; else there is nothing to hide."""
         try:
             dfd = self.tree.open_dir(parent)
         except _Missing:
             return
         try:
             self.remember_mtime(parent, dfd)
-            self.prune(dfd, tuple(parent))
+            change(dfd)
         finally:
             os.close(dfd)
 
@@ -519,17 +503,10 @@ def extract_layer(stream, root, whiteouts=APPLY, allow_devices=False, xattrs=Tru
             raise OccystrapError('cannot extract %s into %s: %s' % (what, root, e))
     finally:
         tree.close()
-    _drain(stream)
+    # Whatever follows the tar's end-of-archive blocks is read too, so a verifying reader (streams.HashingReader)
+    # reaches its end and checks its digest; the stream may be a plain file.
+    streams.drain(stream)
     return summary
-
-
-def _drain(stream):
-    """Read whatever follows the tar's end-of-archive blocks, so a digest-checking stream sees all of its bytes."""
-    while stream.read(CHUNK):
-        pass
-    check = getattr(stream, 'check', None)
-    if check is not None:
-        check()
 
 
 def read_file_in(root, path, limit=1 << 20):

@@ -92,8 +92,11 @@ def cli(ctx, parallel, image_parallel, rate_limit, retries, username, password, 
     tuning.apply()   # once per process, for every command run (in-process callers of main() included)
     if rate_limit is not None and rate_limit <= 0:
         raise click.BadParameter('must be greater than 0', param_hint='--rate-limit')
+    from occystrap.terminal import PrintableFormatter
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(PrintableFormatter('%(levelname)s: %(message)s'))   # log lines carry registry and image text
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING,
-                        format='%(levelname)s: %(message)s', stream=sys.stderr)
+                        handlers=[handler])
     for noisy in ('httpx', 'httpcore', 'hpack', 'h2'):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     username, password, src_creds, dest_creds = _credentials(username, password, password_stdin, src_creds,
@@ -144,6 +147,7 @@ def _context(settings):
 def _summary(settings, stats, results=None):
     """The one-line end-of-run summary on stderr (or a JSON object on stdout with -O json)."""
     from occystrap.progress import human_bytes
+    from occystrap.terminal import printable
     failed = [r for r in (results or []) if not r.ok]
     if settings.output_format == 'json':
         payload = {'images': stats.images, 'layers': stats.layers, 'bytes': stats.bytes, 'downloaded': stats.downloaded,
@@ -156,10 +160,10 @@ def _summary(settings, stats, results=None):
         click.echo(json.dumps(payload, indent=2))
         return
     if results is not None and len(results) > 1:
-        width = max(len(r.reference) for r in results)
+        width = max(len(printable(r.reference)) for r in results)
         for r in results:
             state = 'ok' if r.ok else 'FAILED: %s' % r.error
-            click.echo('%-*s  %6.2fs  %s' % (width, r.reference, r.seconds, state), err=True)
+            click.echo('%-*s  %6.2fs  %s' % (width, printable(r.reference), r.seconds, printable(state)), err=True)
     click.echo('done: %d image%s, %d layer%s, %s in %.2f s%s'
                % (stats.images, '' if stats.images == 1 else 's', stats.layers, '' if stats.layers == 1 else 's',
                   human_bytes(stats.bytes), stats.seconds, ', %d failed' % len(failed) if failed else ''), err=True)
@@ -250,7 +254,8 @@ def main(argv=None):
         click.echo('error: aborted', err=True)
         sys.exit(130)
     except click.ClickException as e:
-        click.echo('error: %s' % one_line(e.format_message()), err=True)
+        from occystrap.terminal import printable
+        click.echo('error: %s' % printable(one_line(e.format_message())), err=True)
         sys.exit(2)
     except UsageError as e:
         _fail(e, debug, 2)
@@ -315,6 +320,7 @@ def _fail(error, debug, code, prefix=''):
     if debug:
         import traceback
         traceback.print_exc()
+    from occystrap.terminal import printable
     from occystrap.uris import redact
-    click.echo('error: %s%s' % (prefix, redact(one_line(error))), err=True)
+    click.echo('error: %s%s' % (prefix, printable(redact(one_line(error)))), err=True)
     sys.exit(code)

@@ -9,44 +9,16 @@ a finished temporary file into place. Transformations return new values instead 
 import dataclasses
 import json
 import os
-import tempfile
 import threading
 from typing import Callable, Optional
 
-from occystrap import streams
+from occystrap import oci, streams
 from occystrap.errors import CorruptImageError
-
-MEDIA_DOCKER_MANIFEST = 'application/vnd.docker.distribution.manifest.v2+json'
-MEDIA_DOCKER_LIST = 'application/vnd.docker.distribution.manifest.list.v2+json'
-MEDIA_DOCKER_CONFIG = 'application/vnd.docker.container.image.v1+json'
-MEDIA_DOCKER_LAYER_GZIP = 'application/vnd.docker.image.rootfs.diff.tar.gzip'
-MEDIA_DOCKER_LAYER_TAR = 'application/vnd.docker.image.rootfs.diff.tar'
-MEDIA_OCI_MANIFEST = 'application/vnd.oci.image.manifest.v1+json'
-MEDIA_OCI_INDEX = 'application/vnd.oci.image.index.v1+json'
-MEDIA_OCI_CONFIG = 'application/vnd.oci.image.config.v1+json'
-MEDIA_OCI_LAYER_TAR = 'application/vnd.oci.image.layer.v1.tar'
-MEDIA_OCI_LAYER_GZIP = 'application/vnd.oci.image.layer.v1.tar+gzip'
-MEDIA_OCI_LAYER_ZSTD = 'application/vnd.oci.image.layer.v1.tar+zstd'
-
-MANIFEST_LIST_TYPES = (MEDIA_DOCKER_LIST, MEDIA_OCI_INDEX)
-
-
-def compression_of_media_type(media_type):
-    """'gzip', 'zstd' or 'none' as a layer media type says."""
-    if media_type.endswith('gzip'):
-        return 'gzip'
-    if media_type.endswith('zstd'):
-        return 'zstd'
-    return 'none'
-
-
-def layer_media_type(compression, oci=True):
-    """The layer media type for a compression, in the OCI or Docker vocabulary."""
-    if oci:
-        return {'gzip': MEDIA_OCI_LAYER_GZIP, 'zstd': MEDIA_OCI_LAYER_ZSTD, 'none': MEDIA_OCI_LAYER_TAR}[compression]
-    if compression == 'zstd':
-        return MEDIA_OCI_LAYER_ZSTD  # Docker's vocabulary has no zstd type; engines accept the OCI one
-    return {'gzip': MEDIA_DOCKER_LAYER_GZIP, 'none': MEDIA_DOCKER_LAYER_TAR}[compression]
+# The media types and their helpers live in occystrap.oci; these names stay importable from here.
+from occystrap.oci import (MANIFEST_LIST_TYPES, MEDIA_DOCKER_CONFIG, MEDIA_DOCKER_LAYER_GZIP,  # noqa: F401
+                           MEDIA_DOCKER_LAYER_TAR, MEDIA_DOCKER_LIST, MEDIA_DOCKER_MANIFEST, MEDIA_OCI_CONFIG,
+                           MEDIA_OCI_INDEX, MEDIA_OCI_LAYER_GZIP, MEDIA_OCI_LAYER_TAR, MEDIA_OCI_LAYER_ZSTD,
+                           MEDIA_OCI_MANIFEST, compression_of_media_type, layer_media_type)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,19 +114,8 @@ class Layer:
                 return self._path
             if self.origin is None:
                 raise CorruptImageError('layer %s has no data' % self._diffid)
-            fd, tmp = tempfile.mkstemp(prefix='layer-', suffix='.tar', dir=workdir)
-            try:
-                with os.fdopen(fd, 'wb') as out:
-                    reader = self.open()
-                    try:
-                        size = streams.read_all_to(reader, out)
-                        reader.read(1)  # reaches EOF handling in every wrapper so digests get checked
-                        reader.check()
-                    finally:
-                        reader.close()
-            except BaseException:
-                os.unlink(tmp)
-                raise
+            with streams.temporary_file(workdir, 'layer-', '.tar') as (out, tmp), self.open() as reader:
+                size = streams.copy_verified(reader, out)
             self._diffid = reader.digest
             self._size = size
             self._path = tmp
@@ -216,12 +177,7 @@ class Image:
     manifest_bytes: Optional[bytes] = None   # the source manifest as stored, so an unchanged push keeps its digest
 
     def __post_init__(self):
-        try:
-            self.config = json.loads(self.config_bytes)
-        except ValueError as e:
-            raise CorruptImageError('image config of %s is not JSON: %s' % (self.reference, e))
-        if not isinstance(self.config, dict):
-            raise CorruptImageError('image config of %s is not a JSON object' % self.reference)
+        self.config = oci.load_json_object(self.config_bytes, 'image config of %s' % self.reference)
 
     @property
     def reference(self):
@@ -229,21 +185,28 @@ class Image:
 
     @property
     def config_digest(self):
-        return streams.sha256_bytes(self.config_bytes)
+        return oci.digest_of(self.config_bytes)
 
     @property
     def diffids(self):
-        return list(self.config.get('rootfs', {}).get('diff_ids', []))
+        """The config's rootfs.diff_ids (empty when the config has none; inputs have validated them)."""
+        rootfs = self.config.get('rootfs')
+        diff_ids = rootfs.get('diff_ids') if isinstance(rootfs, dict) else None
+        return list(diff_ids) if isinstance(diff_ids, list) else []
 
     @property
     def history(self):
-        return self.config.get('history', [])
+        """The config's history entries (only the ones that are JSON objects)."""
+        history = self.config.get('history')
+        return [h for h in history if isinstance(h, dict)] if isinstance(history, list) else []
 
     @property
     def platform(self):
-        parts = [self.config.get('os', ''), self.config.get('architecture', '')]
-        if self.config.get('variant'):
-            parts.append(self.config['variant'])
+        """'os/architecture[/variant]' as the config says (fields that are not strings count as missing)."""
+        os_name, architecture, variant = (self.config.get(key) for key in ('os', 'architecture', 'variant'))
+        parts = [os_name if isinstance(os_name, str) else '', architecture if isinstance(architecture, str) else '']
+        if variant and isinstance(variant, str):
+            parts.append(variant)
         return '/'.join(parts)
 
     def replace(self, layers=None, config=None):

@@ -13,8 +13,9 @@ import threading
 
 from occystrap import pipeline, streams
 from occystrap.errors import OccystrapError
-from occystrap.filters import rewrite, search as search_filter
+from occystrap.filters import search as search_filter
 from occystrap.filters.inspect import known_size
+from occystrap.terminal import printable
 
 CREATED_BY_WIDTH = 60
 
@@ -108,8 +109,8 @@ def _truncate(text, width=CREATED_BY_WIDTH):
 
 
 def format_info(info):
-    """The text form of describe()'s dict."""
-    lines = [info['reference']]
+    """The text form of describe()'s dict (every value from the image made printable)."""
+    lines = [printable(info['reference'])]
     fields = [
         ('source', info['source']),
         ('manifest', '%s (%s)' % (info['manifest_digest'], info['manifest_media_type'])
@@ -130,12 +131,13 @@ def format_info(info):
     if layers and None not in sizes:
         totals += ', %s uncompressed' % _size(sum(sizes))
     fields.append(('layers', totals))
-    lines.extend('  %-9s %s' % (key + ':', value) for key, value in fields)
+    lines.extend('  %-9s %s' % (key + ':', printable(value)) for key, value in fields)
     if layers:
         rows = [('#', 'DIFFID', 'BLOB', 'COMPRESSED', 'SIZE', 'CREATED BY')]
         for layer in layers:
-            rows.append((str(layer['index']), _short(layer['diffid']), _short(layer['digest']),
-                         _size(layer['compressed_size']), _size(layer['size']), _truncate(layer['created_by'])))
+            rows.append((str(layer['index']), printable(_short(layer['diffid'])), printable(_short(layer['digest'])),
+                         _size(layer['compressed_size']), _size(layer['size']),
+                         printable(_truncate(layer['created_by']))))
         widths = [max(len(row[i]) for row in rows) for i in range(5)]
         right = (False, False, False, True, True)   # sizes right-aligned, the rest left
         for row in rows:
@@ -230,20 +232,14 @@ def verify_layer(layer, ctx):
             return None
         reader = layer.open()
         try:
-            count = 0
-            while True:
-                data = reader.read(streams.CHUNK)
-                if not data:
-                    break
-                count += len(data)
-            reader.check()
+            count = streams.drain_verified(reader)
         finally:
             reader.close()
         ctx.stats.add(nbytes=count)
         return None
     except OccystrapError as e:
         return str(e)
-    except rewrite.DECOMPRESS_ERRORS as e:
+    except streams.DECOMPRESS_ERRORS as e:
         return 'layer %s is corrupt: %s' % (layer.diffid, e)
 
 
@@ -274,6 +270,9 @@ def check(uri, fast, ctx):
     if as_json:
         _emit(json.dumps(report, indent=2) + '\n')
     else:
-        _emit(''.join('%s %s\n' % (item['image'], 'ok' if item['ok'] else 'FAILED: %s' % '; '.join(item['errors']))
-                      for item in report))
+        lines = []
+        for item in report:
+            state = 'ok' if item['ok'] else 'FAILED: %s' % '; '.join(item['errors'])
+            lines.append('%s %s\n' % (printable(item['image']), printable(state)))
+        _emit(''.join(lines))
     return all(item['ok'] for item in report)

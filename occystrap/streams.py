@@ -4,11 +4,13 @@ Everything that moves layer bytes goes through these few classes so that hashing
 compression uses the fastest library present (isal, which releases the GIL, falling back to zlib).
 """
 
+import contextlib
 import hashlib
 import io
 import os
 import queue
 import shutil
+import tempfile
 import threading
 import zlib
 
@@ -19,6 +21,8 @@ try:
 except ImportError:  # pragma: no cover - isal is a dependency, zlib keeps us working without it
     fast_zlib = zlib
 
+# What zlib and isal raise for a corrupt compressed stream that no reader here turned into a CorruptImageError.
+DECOMPRESS_ERRORS = tuple({zlib.error, fast_zlib.error})
 CHUNK = 1024 * 1024
 INFLATE_MAX = 1024 * 1024   # most bytes one inflate step produces
 GZIP_MAGIC = b'\x1f\x8b'
@@ -38,8 +42,9 @@ def sha256_file(path):
 
 
 def sha256_bytes(data):
-    """Return the 'sha256:...' digest of bytes."""
-    return 'sha256:' + hashlib.sha256(data).hexdigest()
+    """Return the 'sha256:...' digest of bytes (kept for callers; the one definition is oci.digest_of)."""
+    from occystrap.oci import digest_of
+    return digest_of(data)
 
 
 def new_hasher(digest):
@@ -90,8 +95,30 @@ class ChunkReader(io.RawIOBase):
         buffer[:len(data)] = data
         return len(data)
 
+    def check(self):
+        """Raise if what was read fails verification; here nothing is verified, so nothing happens.
 
-class HashingReader(ChunkReader):
+        Only HashingReader verifies. The decompressing and read-ahead readers have nothing of their own to check:
+        the blob's HashingReader below them checks itself when they read it to its end, in whatever thread that
+        is, and read() raises what it found. So every reader here answers check(), and callers never ask whether
+        it can.
+        """
+
+
+class _Wrapper(ChunkReader):
+    """A reader of another stream, `raw`, which it closes when closed."""
+
+    raw = None
+
+    def close(self):
+        try:
+            if self.raw is not None:
+                self.raw.close()
+        finally:
+            super().close()
+
+
+class HashingReader(_Wrapper):
     """Wraps a readable stream, hashing every byte read and counting them.
 
     If `expected` is given the digest is checked when the stream reaches its end, and a mismatch raises
@@ -130,11 +157,28 @@ class HashingReader(ChunkReader):
             raise DigestMismatchError(self.what, self.expected, self.digest)
         self.verified = True
 
-    def close(self):
-        try:
-            self.raw.close()
-        finally:
-            super().close()
+
+class HashingWriter:
+    """A write-only file object that hashes (sha256) and counts the bytes it passes on to `raw`."""
+
+    def __init__(self, raw):
+        self.raw = raw
+        self.hasher = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data):
+        if not data:
+            return 0
+        self.hasher.update(data)
+        self.size += len(data)
+        return self.raw.write(data)
+
+    def tell(self):
+        return self.size
+
+    @property
+    def digest(self):
+        return 'sha256:' + self.hasher.hexdigest()
 
 
 def blame_source(raw, message):
@@ -159,7 +203,7 @@ def sniff_compression(head):
     return 'none'
 
 
-class _GzipReader(ChunkReader):
+class _GzipReader(_Wrapper):
     """Streaming gzip decompression that handles concatenated members.
 
     Each inflate step yields at most INFLATE_MAX bytes (the rest of its input waits in unconsumed_tail), so memory
@@ -187,7 +231,7 @@ class _GzipReader(ChunkReader):
         self._started = True
         try:
             block = self.decomp.decompress(data, INFLATE_MAX)
-        except (zlib.error, fast_zlib.error) as e:
+        except DECOMPRESS_ERRORS as e:
             blame_source(self.raw, 'gzip stream is corrupt: %s' % e)
         self._hold(block)
         self.more = bool(self.decomp.unconsumed_tail) or len(block) >= INFLATE_MAX
@@ -209,14 +253,8 @@ class _GzipReader(ChunkReader):
 
     _started = False
 
-    def close(self):
-        try:
-            self.raw.close()
-        finally:
-            super().close()
 
-
-class _ZstdReader(ChunkReader):
+class _ZstdReader(_Wrapper):
     def __init__(self, raw, first=b''):
         import zstandard
         self.raw = raw
@@ -230,14 +268,8 @@ class _ZstdReader(ChunkReader):
         except Exception as e:
             blame_source(self.raw, 'zstd stream is corrupt: %s' % e)
 
-    def close(self):
-        try:
-            self.raw.close()
-        finally:
-            super().close()
 
-
-class _Prefixed(ChunkReader):
+class _Prefixed(_Wrapper):
     """A stream that returns some already-read bytes before the rest of `raw`."""
 
     def __init__(self, raw, first):
@@ -252,12 +284,6 @@ class _Prefixed(ChunkReader):
             out, self.first = self.first[:size], self.first[size:]
             return out
         return self.raw.read(size)
-
-    def close(self):
-        try:
-            self.raw.close()
-        finally:
-            super().close()
 
 
 def decompressing_reader(raw):
@@ -330,10 +356,6 @@ class _Inflating(ChunkReader):
             self.threaded = True
         return self.reader.read(size)
 
-    def check(self):
-        if hasattr(self.reader, 'check'):
-            self.reader.check()
-
     def close(self):
         global _inflating
         if not self.closed:
@@ -371,12 +393,47 @@ def read_all_to(reader, writer, chunk=CHUNK):
     while True:
         try:
             data = reader.read(chunk)
-        except (zlib.error, fast_zlib.error) as e:
+        except DECOMPRESS_ERRORS as e:
             raise CorruptImageError('compressed stream is corrupt: %s' % e)
         if not data:
             return total
         writer.write(data)
         total += len(data)
+
+
+def copy_verified(reader, writer, chunk=CHUNK):
+    """Copy a reader of this module to `writer` up to its end, then verify it; returns the byte count.
+
+    Raises DigestMismatchError or CorruptImageError when what was read is not what the reader expects; the writer
+    has then received bytes that must be thrown away.
+    """
+    total = read_all_to(reader, writer, chunk)
+    reader.check()
+    return total
+
+
+def drain(stream, chunk=CHUNK):
+    """Read any readable stream to its end, dropping the bytes; returns how many there were.
+
+    A HashingReader verifies itself when it gets there; use drain_verified where the stream is one of ours.
+    """
+    total = 0
+    while True:
+        data = stream.read(chunk)
+        if not data:
+            return total
+        total += len(data)
+
+
+def drain_verified(reader, chunk=CHUNK):
+    """Read a reader of this module to its end, then verify it; returns the number of bytes read.
+
+    For callers that need the check, not the bytes (`check`), or that stopped reading before the end (a tar
+    stream's trailing blocks). Raises like copy_verified.
+    """
+    total = drain(reader, chunk)
+    reader.check()
+    return total
 
 
 class Compressor:
@@ -420,6 +477,19 @@ class Compressor:
         return out
 
 
+@contextlib.contextmanager
+def temporary_file(directory, prefix, suffix=''):
+    """A new file in `directory` (None: the system's), yielded as (file open for writing, path); when the block
+    raises, the file is removed before the error goes on. The caller owns the file after a normal exit."""
+    fd, path = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=directory)
+    try:
+        with os.fdopen(fd, 'wb') as out:
+            yield out, path
+    except BaseException:
+        os.unlink(path)
+        raise
+
+
 def copy_file(src, dst):
     """Copy a file's bytes (used when a rename would cross filesystems)."""
     with open(src, 'rb') as fin, open(dst, 'wb') as fout:
@@ -444,7 +514,7 @@ def move_file(src, dst):
     return False
 
 
-class PrefetchReader(ChunkReader):
+class PrefetchReader(_Wrapper):
     """Reads `raw` ahead in a background thread, so network reads and hashing overlap with decompression.
 
     At most `depth` chunks are buffered, so memory stays bounded. Errors in the reader thread are raised from
@@ -491,15 +561,7 @@ class PrefetchReader(ChunkReader):
                 self._hold(item)
         return self._take(size)
 
-    def check(self):
-        """Digest checks of the wrapped stream (a HashingReader) happen in the thread; nothing left to do."""
-        if hasattr(self.raw, 'check'):
-            self.raw.check()
-
     def close(self):
         self._stop.set()
         self._thread.join()
-        try:
-            self.raw.close()
-        finally:
-            super().close()
+        super().close()

@@ -57,6 +57,72 @@ def snapshot(path):
     return result
 
 
+# --- sandboxes of the property tests -------------------------------------------------------------------------
+
+
+def make_sentinels(outside):
+    os.makedirs(os.path.join(outside, 'dir'))
+    with open(os.path.join(outside, 'file'), 'wb') as f:
+        f.write(b'sentinel\n')
+    with open(os.path.join(outside, 'dir', 'inner'), 'wb') as f:
+        f.write(b'inner\n')
+    os.symlink('file', os.path.join(outside, 'link'))
+    os.chmod(os.path.join(outside, 'file'), 0o640)
+
+
+def picture(top, skip):
+    """Every entry below `top` except the `skip` subtree: type, mode, size, content or link target, inode, mtime."""
+    found = {}
+    for dirpath, dirnames, filenames in os.walk(top):
+        dirnames[:] = [d for d in dirnames if os.path.join(dirpath, d) != skip]
+        for name in dirnames + filenames + ['.']:
+            path = os.path.normpath(os.path.join(dirpath, name))
+            st_ = os.lstat(path)
+            detail = None
+            if stat.S_ISLNK(st_.st_mode):
+                detail = os.readlink(path)
+            elif stat.S_ISREG(st_.st_mode):
+                with open(path, 'rb') as f:
+                    detail = f.read()
+            found[path] = (st_.st_mode, st_.st_size, st_.st_nlink, st_.st_ino, st_.st_mtime_ns, st_.st_uid, detail)
+    return found
+
+
+def assert_contained(dest, outside_inodes):
+    """Nothing in dest shares an inode with a file outside; no relative symlink climbs above dest."""
+    for dirpath, dirnames, filenames in os.walk(dest):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            st_ = os.lstat(path)
+            assert (st_.st_dev, st_.st_ino) not in outside_inodes, path
+            if stat.S_ISLNK(st_.st_mode):
+                target = os.readlink(path)
+                if not target.startswith('/'):
+                    resolved = os.path.normpath(os.path.join(dirpath, target))
+                    assert resolved == dest or resolved.startswith(dest + os.sep), (path, target)
+
+
+# The destination sits this deep below the directory whose picture is compared, deeper than any generated name can
+# climb, so that even an extractor bug that let `..` through would write only inside the picture (and fail the test),
+# never elsewhere on the machine running the tests.
+DEPTH = 7
+
+
+def sandbox(top):
+    """Sentinel trees and an empty destination deep under `top`; returns (outside, dest, picture before, inodes).
+
+    `outside` (the tree absolute link targets aim at) is the destination's sibling; `top/outside` is another.
+    """
+    chain = os.path.join(top, *['up%d' % i for i in range(DEPTH)])
+    outside, dest = os.path.join(chain, 'outside'), os.path.join(chain, 'dest')
+    make_sentinels(outside)
+    make_sentinels(os.path.join(top, 'outside'))
+    os.mkdir(dest)
+    before = picture(top, dest)
+    inodes = {(os.lstat(p).st_dev, os.lstat(p).st_ino) for p in before if not os.path.isdir(p)}
+    return outside, dest, before, inodes
+
+
 # --- layers and images ------------------------------------------------------------------------------------------------
 
 # Layers exercising whiteouts: plain, opaque, a file replaced by a directory, symlinks and hard links.

@@ -12,7 +12,7 @@ import tarfile
 
 import pytest
 
-from occystrap import pipeline, streams
+from occystrap import layertar, pipeline, streams
 from occystrap.errors import CorruptImageError, DigestMismatchError, UsageError
 from occystrap.filters import rewrite
 from occystrap.filters.exclude import Exclude
@@ -120,13 +120,13 @@ def members(layer):
 # --- rewrite ------------------------------------------------------------------------------------------------------
 
 def test_member_path_and_whiteout_target():
-    assert rewrite.member_path('./etc/passwd') == 'etc/passwd'
-    assert rewrite.member_path('/usr/bin/') == 'usr/bin'
-    assert rewrite.member_path('./') == ''
-    assert rewrite.whiteout_target('etc/.wh.passwd') == 'etc/passwd'
-    assert rewrite.whiteout_target('.wh.opt') == 'opt'
-    assert rewrite.whiteout_target('var/cache/.wh..wh..opq') == 'var/cache'
-    assert rewrite.whiteout_target('etc/passwd') is None
+    assert layertar.member_path('./etc/passwd') == 'etc/passwd'
+    assert layertar.member_path('/usr/bin/') == 'usr/bin'
+    assert layertar.member_path('./') == ''
+    assert layertar.whiteout_target('etc/.wh.passwd') == 'etc/passwd'
+    assert layertar.whiteout_target('.wh.opt') == 'opt'
+    assert layertar.whiteout_target('var/cache/.wh..wh..opq') == 'var/cache'
+    assert layertar.whiteout_target('etc/passwd') is None
 
 
 def test_rewrite_drops_hard_links_to_dropped_members(tmp_path):

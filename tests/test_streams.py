@@ -6,6 +6,7 @@ import io
 import os
 import subprocess
 import sys
+import tarfile
 
 import pytest
 import zstandard
@@ -138,6 +139,7 @@ def test_inflating_reader_reports_corruption_from_its_threads():
 
 ALLOCATOR_PROBE = '''
 import sys
+import tarfile
 from occystrap import streams
 streams.tune_allocator()
 streams.tune_allocator()
@@ -156,3 +158,192 @@ def test_allocator_tuning_is_applied_once_and_never_over_the_users_settings(user
                             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), check=True)
     # mallopt is reached through ctypes, which nothing else in a pull imports: its absence means it was not called.
     assert result.stdout.split() == ['True', 'False' if user_setting else 'True']
+
+
+# --- one verifying copy -------------------------------------------------------------------------------------------
+
+def sha256(data):
+    return 'sha256:' + hashlib.sha256(data).hexdigest()
+
+
+def layer_stack(blob, blob_digest, diffid):
+    """What Layer.open() reads from a registry: the blob verified, read ahead, inflated, and the diffid verified."""
+    verified_blob = streams.HashingReader(io.BytesIO(blob), expected=blob_digest, what='blob %s' % blob_digest,
+                                          expected_size=len(blob))
+    return streams.HashingReader(streams.inflating_reader(verified_blob), expected=diffid, what='layer %s' % diffid)
+
+
+def test_copy_verified_copies_a_layer_stack_and_returns_its_size():
+    data = payload(2 * 1024 * 1024 + 3)
+    blob = gzip.compress(data)
+    reader = layer_stack(blob, sha256(blob), sha256(data))
+    out = io.BytesIO()
+    try:
+        assert streams.copy_verified(reader, out) == len(data)
+    finally:
+        reader.close()
+    assert out.getvalue() == data
+    assert reader.verified and reader.digest == sha256(data)
+
+
+def test_copy_verified_names_the_layer_whose_diffid_is_not_what_the_config_promised():
+    data = payload(300_000)
+    blob = gzip.compress(data)
+    promised = sha256(b'something else')
+    reader = layer_stack(blob, sha256(blob), promised)
+    try:
+        with pytest.raises(DigestMismatchError, match=promised):
+            streams.copy_verified(reader, io.BytesIO())
+    finally:
+        reader.close()
+
+
+def test_copy_verified_names_the_blob_whose_bytes_were_swapped_under_a_valid_gzip_stream():
+    # The blob inflates cleanly and to the promised diffid, but it is not the blob the manifest named: only the
+    # blob's own HashingReader, read to its end in the read-ahead thread, can tell.
+    data = payload(300_000)
+    blob = gzip.compress(data)
+    named = sha256(gzip.compress(data, 1))
+    assert named != sha256(blob)
+    reader = layer_stack(blob, named, sha256(data))
+    try:
+        with pytest.raises(DigestMismatchError, match=named):
+            streams.copy_verified(reader, io.BytesIO())
+    finally:
+        reader.close()
+
+
+class Verifying(streams.ChunkReader):
+    """A reader whose check() is the only thing that can fail, to see that the copies call it after the end."""
+
+    def __init__(self, data, problem=None):
+        self.raw = io.BytesIO(data)
+        self.problem = problem
+        self.checked_at = None
+
+    def read(self, size=-1):
+        return self.raw.read(size)
+
+    def check(self):
+        self.checked_at = self.raw.tell()
+        if self.problem:
+            raise CorruptImageError(self.problem)
+
+
+def test_copy_and_drain_verified_call_check_once_everything_is_read():
+    data = os.urandom(3 * streams.CHUNK + 5)
+    reader = Verifying(data)
+    out = io.BytesIO()
+    assert streams.copy_verified(reader, out) == len(data)
+    assert out.getvalue() == data and reader.checked_at == len(data)
+
+    reader = Verifying(data)
+    reader.read(10)          # a consumer that stopped early: the rest is drained, then checked
+    assert streams.drain_verified(reader) == len(data) - 10
+    assert reader.checked_at == len(data)
+
+    with pytest.raises(CorruptImageError, match='not what was promised'):
+        streams.copy_verified(Verifying(data, 'not what was promised'), io.BytesIO())
+    with pytest.raises(CorruptImageError, match='not what was promised'):
+        streams.drain_verified(Verifying(data, 'not what was promised'))
+
+
+def test_drain_verified_rejects_a_blob_shorter_or_longer_than_its_descriptor_says():
+    data = os.urandom(100_000)
+    for size in (len(data) - 1, len(data) + 1):
+        reader = streams.HashingReader(io.BytesIO(data), expected=sha256(data), what='blob X', expected_size=size)
+        with pytest.raises(CorruptImageError, match='blob X is %d bytes, expected %d' % (len(data), size)):
+            streams.drain_verified(reader)
+    reader = streams.HashingReader(io.BytesIO(data), expected=sha256(data), expected_size=len(data))
+    assert streams.drain_verified(reader) == len(data) and reader.verified
+
+
+def test_drain_reads_any_stream_to_its_end_and_a_hashing_reader_checks_itself_there():
+    assert streams.drain(io.BytesIO(b'x' * (streams.CHUNK + 1))) == streams.CHUNK + 1
+    data = os.urandom(10_000)
+    reader = streams.HashingReader(io.BytesIO(data), expected=sha256(data + b'!'), what='blob Y')
+    with pytest.raises(DigestMismatchError, match='blob Y'):
+        streams.drain(reader)
+
+
+@pytest.mark.parametrize('kind', ['gzip', 'zstd', 'none', 'prefetch', 'inflating'])
+def test_every_reader_answers_check_after_its_end(kind):
+    data = payload(200_000)
+    if kind == 'prefetch':
+        reader = streams.PrefetchReader(io.BytesIO(data))
+    elif kind == 'inflating':
+        reader = streams.inflating_reader(io.BytesIO(gzip.compress(data)))
+    else:
+        packed = {'gzip': gzip.compress, 'zstd': zstandard.compress, 'none': bytes}[kind](data)
+        reader = streams.decompressing_reader(io.BytesIO(packed))
+    try:
+        out = io.BytesIO()
+        assert streams.copy_verified(reader, out) == len(data)
+        assert out.getvalue() == data
+        assert reader.check() is None
+    finally:
+        reader.close()
+
+
+def test_a_hashing_reader_checked_before_its_end_fails():
+    data = os.urandom(10_000)
+    reader = streams.HashingReader(io.BytesIO(data), expected=sha256(data), what='blob Z', expected_size=len(data))
+    reader.read(100)
+    with pytest.raises(CorruptImageError, match='blob Z is 100 bytes'):
+        reader.check()
+
+
+def test_hashing_writer_hashes_counts_and_passes_on_what_tarfile_writes():
+    raw = io.BytesIO()
+    out = streams.HashingWriter(raw)
+    data = os.urandom(70_000)
+    with tarfile.open(fileobj=out, mode='w', format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo('etc/data')
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    written = raw.getvalue()
+    assert out.size == out.tell() == len(written) and out.digest == sha256(written)
+    with tarfile.open(fileobj=io.BytesIO(written)) as tar:
+        assert tar.extractfile('etc/data').read() == data
+    assert out.write(b'') == 0 and out.size == len(written)
+
+
+def test_temporary_file_is_kept_when_filled_and_removed_when_filling_fails(tmp_path):
+    with streams.temporary_file(str(tmp_path), 'layer-', '.tar') as (out, path):
+        out.write(b'whole')
+    assert os.path.dirname(path) == str(tmp_path) and os.path.basename(path).startswith('layer-')
+    with open(path, 'rb') as f:
+        assert f.read() == b'whole'
+    data = payload(100_000)
+    with pytest.raises(DigestMismatchError):
+        with streams.temporary_file(str(tmp_path), 'layer-', '.tar') as (out, failed), \
+                streams.HashingReader(io.BytesIO(data), expected=sha256(data[:-1])) as reader:
+            streams.copy_verified(reader, out)
+    assert not os.path.exists(failed) and os.listdir(tmp_path) == [os.path.basename(path)]
+
+
+def test_bytes_hidden_after_a_tars_end_are_still_verified_by_the_readers_of_layers(tmp_path):
+    # Tar readers stop at the end-of-archive blocks; whatever follows must still reach the digest check, in
+    # extraction (streams.drain on any stream) as in the filters' member walk (streams.drain_verified).
+    from occystrap import extract
+    from occystrap.filters import rewrite
+    from occystrap.model import Blob, Layer, MEDIA_OCI_LAYER_TAR
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode='w', format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo('etc/motd')
+        info.size = 5
+        tar.addfile(info, io.BytesIO(b'hello'))
+    clean = buffer.getvalue()
+    tampered = clean + b'\0' * 10240 + b'smuggled'
+    promised = sha256(clean)
+
+    reader = streams.HashingReader(io.BytesIO(tampered), expected=promised, what='layer %s' % promised)
+    with pytest.raises(DigestMismatchError, match=promised):
+        extract.extract_layer(reader, str(tmp_path))
+    assert streams.drain(io.BytesIO(tampered)) == len(tampered)
+
+    layer = Layer(diffid=promised, origin=Blob(promised, MEDIA_OCI_LAYER_TAR, None, lambda: io.BytesIO(tampered)))
+    with pytest.raises(DigestMismatchError, match=promised):
+        list(rewrite.iter_members(layer, data=False))
+    honest = Layer(diffid=promised, origin=Blob(promised, MEDIA_OCI_LAYER_TAR, None, lambda: io.BytesIO(clean)))
+    assert [info.name for info, _ in rewrite.iter_members(honest, data=False)] == ['etc/motd']

@@ -252,7 +252,8 @@ class Rule:
     """One fault: applies to requests whose path (with query) matches `path` and method is in `methods`.
 
     kind 'drop': send the response headers and `after_bytes` bytes of the body, then close the connection.
-    kind 'status': answer `status` (429 or 503) with `Retry-After: retry_after` instead of forwarding.
+    kind 'status': answer `status` (429 or 503) with `Retry-After: retry_after` instead of forwarding; `payload`
+    (bytes) replaces the registry-style JSON error body, e.g. to send a hostile error message.
     kind 'corrupt': flip one byte of the body (at `offset`, default the middle), keeping Content-Length.
 
     A rule fires for the first `count` matching requests (None: always); 'drop' and 'corrupt' only count
@@ -260,7 +261,7 @@ class Rule:
     """
 
     def __init__(self, kind, path, count=1, methods=('GET',), after_bytes=0, status=429, retry_after='1',
-                 offset=None, name=None):
+                 offset=None, name=None, payload=None):
         if kind not in ('drop', 'status', 'corrupt'):
             raise ValueError(f'unknown fault kind {kind!r}')
         self.kind = kind
@@ -271,6 +272,7 @@ class Rule:
         self.status = status
         self.retry_after = retry_after
         self.offset = offset
+        self.payload = payload
         self.name = name or f'{kind}:{path}'
 
     def matches(self, method, path):
@@ -363,9 +365,11 @@ class _FaultHandler(http.server.BaseHTTPRequestHandler):
             self.rfile.readline()
 
     def _send_status_fault(self, rule):
-        payload = (b'{"errors":[{"code":"TOOMANYREQUESTS","message":"injected fault","detail":null}]}'
-                   if rule.status == 429 else
-                   b'{"errors":[{"code":"UNAVAILABLE","message":"injected fault","detail":null}]}')
+        payload = rule.payload
+        if payload is None:
+            payload = (b'{"errors":[{"code":"TOOMANYREQUESTS","message":"injected fault","detail":null}]}'
+                       if rule.status == 429 else
+                       b'{"errors":[{"code":"UNAVAILABLE","message":"injected fault","detail":null}]}')
         self.send_response(rule.status)
         self.send_header('Content-Type', 'application/json')
         self.send_header('Retry-After', str(rule.retry_after))

@@ -11,7 +11,7 @@ passed on as the very same Layer object (origin intact, so its blob can still be
 only layers that lose members are rewritten (new diffid, no origin).
 """
 
-from occystrap import pipeline
+from occystrap import layertar, pipeline
 from occystrap.errors import UsageError
 from occystrap.filters import rewrite
 from occystrap.filters.search import PathMatcher
@@ -33,10 +33,10 @@ class Exclude(pipeline.Filter):
 
     def excluded(self, info):
         """True when a member must be dropped."""
-        path = rewrite.member_path(info.name)
+        path = layertar.member_path(info.name)
         if not path:
             return False
-        hidden = rewrite.whiteout_target(path)
+        hidden = layertar.whiteout_target(path)
         if hidden is not None:
             return bool(hidden) and self.matcher.matches_tree(hidden)
         if self.matcher.matches_tree(path):

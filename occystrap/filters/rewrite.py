@@ -10,58 +10,20 @@ Decisions every rewrite shares:
 - The output is PAX format, members in input order. pax keys that mirror a TarInfo field (path, mtime, uname...)
   are dropped when the edit changes that field, because tarfile would otherwise write the stale pax value over it.
 - Whiteouts (`.wh.NAME`, `.wh..wh..opq`) are ordinary empty files to tar and are written through as they are; the
-  edit function decides about them like any other member (`whiteout_target` says which path one hides).
+  edit function decides about them like any other member (`layertar.whiteout_target` says which path one hides).
 - A hard link whose target was dropped earlier in the same layer is dropped too, rather than turned into a copy
   of the target: a dangling link would make the layer fail to extract, and a copy would bring back the very bytes
   the edit removed.
 """
 
-import hashlib
-import os
 import tarfile
-import tempfile
-import zlib
 
-from occystrap import model, streams
+from occystrap import layertar, model, streams
 from occystrap.errors import CorruptImageError
-
-WHITEOUT_PREFIX = '.wh.'
-OPAQUE_WHITEOUT = '.wh..wh..opq'
 
 # TarInfo fields that a pax header can carry a copy of (pax keyword -> attribute).
 _PAX_MIRRORS = {'path': 'name', 'linkpath': 'linkname', 'uname': 'uname', 'gname': 'gname', 'uid': 'uid',
                 'gid': 'gid', 'mtime': 'mtime', 'size': 'size'}
-
-_TYPE_NAMES = {tarfile.REGTYPE: 'file', tarfile.AREGTYPE: 'file', tarfile.CONTTYPE: 'file',
-               tarfile.GNUTYPE_SPARSE: 'file', tarfile.DIRTYPE: 'dir', tarfile.SYMTYPE: 'symlink',
-               tarfile.LNKTYPE: 'hardlink', tarfile.CHRTYPE: 'char', tarfile.BLKTYPE: 'block',
-               tarfile.FIFOTYPE: 'fifo'}
-
-# What zlib and isal raise for a corrupt compressed stream that nothing below turned into a CorruptImageError.
-DECOMPRESS_ERRORS = tuple({zlib.error, streams.fast_zlib.error})
-
-
-def member_path(name):
-    """A tar member name as a clean relative path: no leading './' or '/', no trailing '/', '' for the root."""
-    while name.startswith('./') or name.startswith('/'):
-        name = name[2:] if name.startswith('./') else name[1:]
-    name = name.rstrip('/')
-    return '' if name == '.' else name
-
-
-def member_type(info):
-    """'file', 'dir', 'symlink', 'hardlink', 'char', 'block', 'fifo' (or 'other') for a TarInfo."""
-    return _TYPE_NAMES.get(info.type, 'other')
-
-
-def whiteout_target(path):
-    """For a whiteout member path, the path it hides ('dir' for an opaque 'dir/.wh..wh..opq'); None otherwise."""
-    parent, _, base = path.rpartition('/')
-    if base == OPAQUE_WHITEOUT:
-        return parent
-    if base.startswith(WHITEOUT_PREFIX):
-        return (parent + '/' if parent else '') + base[len(WHITEOUT_PREFIX):]
-    return None
 
 
 def _layer_name(layer):
@@ -95,39 +57,16 @@ def iter_members(layer, data=True):
                 for info in tar:
                     yield info, (tar.extractfile(info) if data and info.isreg() else None)
         if reader is not None:
-            while reader.read(streams.CHUNK):
-                pass
-            reader.check()
+            streams.drain_verified(reader)
     except tarfile.TarError as e:
         raise CorruptImageError('%s is not a valid tar: %s' % (what, e))
-    except DECOMPRESS_ERRORS as e:
+    except streams.DECOMPRESS_ERRORS as e:
         raise CorruptImageError('%s is corrupt: %s' % (what, e))
     except EOFError as e:
         raise CorruptImageError('%s is truncated: %s' % (what, e))
     finally:
         if reader is not None:
             reader.close()
-
-
-class _HashingWriter:
-    """A write-only file object that hashes and counts what passes through it."""
-
-    def __init__(self, raw):
-        self.raw = raw
-        self.hasher = hashlib.sha256()
-        self.count = 0
-
-    def write(self, data):
-        self.hasher.update(data)
-        self.count += len(data)
-        return self.raw.write(data)
-
-    def tell(self):
-        return self.count
-
-    @property
-    def digest(self):
-        return 'sha256:' + self.hasher.hexdigest()
 
 
 def _mirrored(info):
@@ -137,22 +76,21 @@ def _mirrored(info):
 def rewrite_layer(layer, edit, workdir=None):
     """A new Layer whose tar is `layer`'s with `edit` applied to every member.
 
-    `edit(info)` gets each TarInfo (use `member_path(info.name)` for its clean path) and returns the TarInfo to
+    `edit(info)` gets each TarInfo (`layertar.member_path(info.name)` is its clean path) and returns the TarInfo to
     write (usually the same object, changed in place) or None to drop the member. It must not change a regular
     file's size. Hard links to dropped members are dropped without asking `edit`. The new tar goes to a temporary
     file in `workdir` while it is hashed; the returned layer owns that file, keeps `created_by`, and has no origin.
     """
-    fd, tmp = tempfile.mkstemp(prefix='rewrite-', suffix='.tar', dir=workdir)
     try:
-        with os.fdopen(fd, 'wb') as raw:
-            out = _HashingWriter(raw)
+        with streams.temporary_file(workdir, 'rewrite-', '.tar') as (raw, tmp):
+            out = streams.HashingWriter(raw)
             # Plain 'w' mode writes each block straight through; stream mode ('w|') buffers by concatenating
             # bytes, which is quadratic in its buffer size.
             with tarfile.open(fileobj=out, mode='w', format=tarfile.PAX_FORMAT, copybufsize=streams.CHUNK) as tar:
                 dropped = set()
                 for info, data in iter_members(layer):
-                    path = member_path(info.name)
-                    if info.islnk() and member_path(info.linkname) in dropped:
+                    path = layertar.member_path(info.name)
+                    if info.islnk() and layertar.member_path(info.linkname) in dropped:
                         new = None
                     else:
                         before = _mirrored(info)
@@ -169,9 +107,5 @@ def rewrite_layer(layer, edit, workdir=None):
                     tar.addfile(new, data if new.isreg() else None)
     except (tarfile.TarError, EOFError) as e:
         # Reading a member's data happens here, outside iter_members: a short member is a corrupt layer.
-        os.unlink(tmp)
         raise CorruptImageError('layer %s is truncated or not a valid tar: %s' % (_layer_name(layer), e))
-    except BaseException:
-        os.unlink(tmp)
-        raise
     return model.Layer.from_file(tmp, diffid=out.digest, created_by=layer.created_by, owned=True)

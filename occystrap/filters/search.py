@@ -14,9 +14,10 @@ import re
 import sys
 import threading
 
-from occystrap import pipeline
+from occystrap import layertar, pipeline
 from occystrap.errors import UsageError
 from occystrap.filters import rewrite
+from occystrap.terminal import printable
 from occystrap.uris import parse_bool
 
 _PRINT_LOCK = threading.Lock()
@@ -41,19 +42,19 @@ class PathMatcher:
                 except re.error as e:
                     raise UsageError('bad regular expression %r: %s' % (pattern, e))
             else:
-                compiled.append(re.compile(fnmatch.translate(rewrite.member_path(pattern))))
+                compiled.append(re.compile(fnmatch.translate(layertar.member_path(pattern))))
         self._compiled = compiled
 
     def matches(self, path):
         """True when the clean form of `path` matches a pattern."""
-        path = rewrite.member_path(path)
+        path = layertar.member_path(path)
         if self.regex:
             return any(r.search(path) for r in self._compiled)
         return any(r.match(path) for r in self._compiled)
 
     def matches_tree(self, path):
         """True when `path` or one of its parent directories matches (a matched directory takes its contents)."""
-        parts = rewrite.member_path(path).split('/')
+        parts = layertar.member_path(path).split('/')
         return any(self.matches('/'.join(parts[:i])) for i in range(1, len(parts) + 1) if parts[0])
 
 
@@ -70,17 +71,17 @@ def find_matches(layer, matcher):
     """The members of a layer whose path matches, in tar order (reads the layer's headers; verifies its digest)."""
     found = []
     for info, _ in rewrite.iter_members(layer, data=False):
-        path = rewrite.member_path(info.name)
+        path = layertar.member_path(info.name)
         if path and matcher.matches(path):
-            found.append(Match(path, rewrite.member_type(info), info.size))
+            found.append(Match(path, layertar.member_type(info), info.size))
     return found
 
 
 def format_match(name, tag, diffid, path, script_friendly=False):
-    """One output line: 'NAME:TAG DIFFID PATH', or 'NAME:TAG:DIFFID:PATH' for scripts."""
+    """One output line: 'NAME:TAG DIFFID PATH', or 'NAME:TAG:DIFFID:PATH' for scripts (control characters escaped)."""
     if script_friendly:
-        return '%s:%s:%s:%s' % (name, tag or '', diffid, path)
-    return '%s:%s %s %s' % (name, tag or '', diffid, path)
+        return printable('%s:%s:%s:%s' % (name, tag or '', diffid, path))
+    return printable('%s:%s %s %s' % (name, tag or '', diffid, path))
 
 
 def print_lines(lines, stream=None):

@@ -8,7 +8,6 @@ input, so layers are parsed and verified exactly as for any tarball.
 import dataclasses
 import logging
 import os
-import tempfile
 
 from occystrap import streams
 from occystrap.engine import EngineClient, EngineError
@@ -45,18 +44,10 @@ class DockerInput(ImageInput):
 
     def export(self, reference):
         """Stream the engine's export of `reference` into a temporary file in the workdir; returns its path."""
-        fd, path = tempfile.mkstemp(prefix='docker-export-', suffix='.tar', dir=self.ctx.workdir)
         LOG.info('exporting %s from the engine at %s', reference, self.engine.socket_path)
-        try:
-            with os.fdopen(fd, 'wb') as out:
-                stream = self.engine.export_image(reference)
-                try:
-                    size = streams.read_all_to(stream, out)
-                finally:
-                    stream.close()
-        except BaseException:
-            os.unlink(path)
-            raise
+        with streams.temporary_file(self.ctx.workdir, 'docker-export-', '.tar') as (out, path), \
+                self.engine.export_image(reference) as stream:
+            size = streams.read_all_to(stream, out)
         if size == 0:
             os.unlink(path)
             raise EngineError('engine at %s exported nothing for %s' % (self.engine.socket_path, reference))

@@ -9,10 +9,9 @@ followed) that matches the glob component by component ('*' does not cross '/') 
 
 import fnmatch
 import functools
-import json
 import logging
 
-from occystrap import model
+from occystrap import model, oci
 from occystrap.errors import CorruptImageError, OccystrapError, RegistryError
 from occystrap.pipeline import ImageInput, ImageRef, lookup_workers
 from occystrap.registry.client import RegistryClient, describe_reference
@@ -40,6 +39,7 @@ class RegistryInput(ImageInput):
         self.platform = (options.get('os') or settings.os,
                          options.get('arch') or options.get('architecture') or settings.architecture,
                          options.get('variant') or settings.variant)
+        self._rejected = {}     # ImageRef -> the error opening it gives (a catalog name that is not a valid name)
 
     @property
     def multi(self):
@@ -54,15 +54,29 @@ class RegistryInput(ImageInput):
     def references_for_glob(self):
         """Every catalog repository matching the glob (component by component) that has the tag, sorted by name."""
         pattern = self.uri.name.split('/')
-        matches = sorted(name for name in self.client.catalog() if glob_matches(name, pattern))
-        if not matches:
+        matches, rejected = [], []
+        for name in self.client.catalog():
+            if not isinstance(name, str) or not glob_matches(name, pattern):
+                continue
+            if oci.valid_repository(name):
+                matches.append(name)
+            else:
+                # Never sent back to the registry nor handed to an output: the image fails when opened.
+                ref = ImageRef(oci.shown(name), self.uri.tag)
+                self._rejected[ref] = oci.InvalidNameError('the catalog of %s lists an invalid repository name %s'
+                                                           % (self.client.host, oci.shown(name)))
+                rejected.append(ref)
+        matches.sort()
+        if not matches and not rejected:
             raise OccystrapError('no repository in the catalog of %s matches %s' % (self.client.host, self.uri.name))
+        if not matches:
+            return rejected
         # One tags request per repository: keep many in flight so a long catalog costs a few round trips.
         present = self.ctx.map(self._has_tag, matches, workers=lookup_workers(self.ctx.settings, len(matches)))
         for name, ok in zip(matches, present):
             if not ok:
                 LOG.info('skipping %s: it has no tag %s', name, self.uri.tag)
-        refs = [ImageRef(name, self.uri.tag) for name, ok in zip(matches, present) if ok]
+        refs = [ImageRef(name, self.uri.tag) for name, ok in zip(matches, present) if ok] + rejected
         if not refs:
             raise OccystrapError('no repository of %s matching %s has tag %s'
                                  % (self.client.host, self.uri.name, self.uri.tag))
@@ -81,24 +95,26 @@ class RegistryInput(ImageInput):
 
     def open(self, ref):
         """The Image a reference names, with lazy layers that stream (and resume) from the registry."""
+        if ref in self._rejected:
+            raise self._rejected[ref]
+        # References from other listings (a Quay organisation) reach here unchecked: never put a bad one in a URL.
+        oci.check_name(ref.name, ref.tag, 'image %s' % oci.shown(str(ref)))
+        if ref.digest is not None:
+            oci.parse_digest(ref.digest, 'image %s' % oci.shown(str(ref)))
         reference = ref.digest or ref.tag or 'latest'
         what = describe_reference(ref.name, reference)
         manifest_bytes, media_type, digest, manifest = self.client.resolve_image(ref.name, reference, self.platform)
         LOG.info('%s: manifest %s from %s over %s', what, digest, self.client.host,
                  self.ctx.http.http_version(self.client.host) or 'HTTP')
-        config_desc = manifest.get('config')
-        if not isinstance(config_desc, dict) or not config_desc.get('digest'):
-            raise CorruptImageError('manifest of %s on %s has no config' % (what, self.client.host))
-        config_bytes = self.client.get_blob_bytes(ref.name, config_desc['digest'])
-        if config_desc.get('size') is not None and config_desc['size'] != len(config_bytes):
+        config_desc = manifest.config
+        config_bytes = self.client.get_blob_bytes(ref.name, config_desc.digest)
+        if config_desc.size is not None and config_desc.size != len(config_bytes):
             raise CorruptImageError('config of %s is %d bytes, the manifest says %s'
-                                    % (what, len(config_bytes), config_desc['size']))
-        try:
-            config = json.loads(config_bytes)
-            diff_ids = list(config['rootfs']['diff_ids'])
-        except (ValueError, KeyError, TypeError):
-            raise CorruptImageError('config of %s on %s has no rootfs.diff_ids' % (what, self.client.host))
-        descriptors = manifest.get('layers') or []
+                                    % (what, len(config_bytes), config_desc.size))
+        where = 'config of %s on %s' % (what, self.client.host)
+        config = oci.load_json_object(config_bytes, where)
+        diff_ids = oci.config_diff_ids(config, where)
+        descriptors = manifest.layers
         if len(descriptors) != len(diff_ids):
             raise CorruptImageError('%s has %d layers but its config lists %d diff_ids'
                                     % (what, len(descriptors), len(diff_ids)))
@@ -106,15 +122,15 @@ class RegistryInput(ImageInput):
         location = model.BlobLocation(self.client.host, ref.name)
         layers = []
         for index, (descriptor, diffid) in enumerate(zip(descriptors, diff_ids)):
-            media = descriptor.get('mediaType') or model.MEDIA_OCI_LAYER_GZIP
-            blob = model.Blob(digest=descriptor['digest'], media_type=media, size=descriptor.get('size'),
-                              opener=functools.partial(self.client.open_blob, ref.name, descriptor['digest'],
-                                                       descriptor.get('size'), self._count_bytes),
+            media = descriptor.media_type or oci.MEDIA_OCI_LAYER_GZIP
+            blob = model.Blob(digest=descriptor.digest, media_type=media, size=descriptor.size,
+                              opener=functools.partial(self.client.open_blob, ref.name, descriptor.digest,
+                                                       descriptor.size, self._count_bytes),
                               location=location)
             created_by = history[index].get('created_by') if index < len(history) else None
             layers.append(model.Layer(diffid=diffid, origin=blob, created_by=created_by))
         return model.Image(name=ref.name, tag=ref.tag, config_bytes=config_bytes, layers=layers,
                            source='registry://%s/%s' % (self.client.host, what), manifest_digest=digest,
                            manifest_media_type=media_type, manifest_bytes=manifest_bytes,
-                           config_media_type=config_desc.get('mediaType') or model.MEDIA_OCI_CONFIG,
-                           annotations=dict(manifest.get('annotations') or {}))
+                           config_media_type=config_desc.media_type or oci.MEDIA_OCI_CONFIG,
+                           annotations=manifest.annotations)

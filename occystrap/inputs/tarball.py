@@ -17,25 +17,22 @@ Every layer is verified while it is read: the blob digest and then the diffid th
 
 import dataclasses
 import hashlib
-import json
 import logging
 import os
 import posixpath
 import re
 import tarfile
-import tempfile
 import threading
 from typing import Optional
 
-from occystrap import streams
+from occystrap import layertar, oci, streams
 from occystrap.errors import CorruptImageError, OccystrapError
-from occystrap.model import (Blob, Image, Layer, MANIFEST_LIST_TYPES, MEDIA_DOCKER_CONFIG, MEDIA_OCI_CONFIG,
-                             MEDIA_OCI_MANIFEST, layer_media_type)
+from occystrap.model import Blob, Image, Layer
+from occystrap.oci import MEDIA_DOCKER_CONFIG, MEDIA_OCI_CONFIG, blob_path, layer_media_type
 from occystrap.pipeline import ImageInput, ImageRef
 
 LOG = logging.getLogger(__name__)
 
-BLOB_PATH_RE = re.compile(r'^blobs/(sha256|sha512)/([a-f0-9]{64}|[a-f0-9]{128})$')
 LEGACY_CONFIG_RE = re.compile(r'^([a-f0-9]{64})\.json$')
 MAX_JSON_BYTES = 64 * 1024 * 1024      # manifests and configs are small; refuse to load a huge member into memory
 MAX_LINK_DEPTH = 16
@@ -83,10 +80,13 @@ class RangeReader(streams.ChunkReader):
             super().close()
 
 
-def _clean_name(name):
-    """A member name as the manifests refer to it: no leading './' or '/', no '..' games."""
-    name = posixpath.normpath('/' + name.replace('\\', '/')).lstrip('/')
-    return name
+def unreadable(shown, error):
+    """The one-line OccystrapError for a tarball `shown` that opening or reading failed with OSError `error`."""
+    if isinstance(error, FileNotFoundError):
+        return OccystrapError('tarball %s does not exist' % shown)
+    if isinstance(error, IsADirectoryError):
+        return OccystrapError('tarball %s is a directory, not a tar file' % shown)
+    return OccystrapError('cannot read tarball %s: %s' % (shown, error.strerror or error))
 
 
 class TarIndex:
@@ -108,7 +108,7 @@ class TarIndex:
             with tarfile.open(self.path, mode='r:') as tar:
                 last = None
                 for info in tar:
-                    name = _clean_name(info.name)
+                    name = layertar.archive_name(info.name)
                     if info.isreg():
                         if info.offset_data + info.size > file_size:
                             self._fail('is truncated: member %s needs %d bytes, the file ends %d bytes in'
@@ -116,21 +116,18 @@ class TarIndex:
                         self.files[name] = Member(name, info.offset_data, info.size)
                         self.links.pop(name, None)
                     elif info.issym():
-                        self.links[name] = _clean_name(posixpath.join(posixpath.dirname(name), info.linkname))
+                        target = posixpath.join(posixpath.dirname(name), info.linkname)
+                        self.links[name] = layertar.archive_name(target)
                         self.files.pop(name, None)
                     elif info.islnk():
-                        self.links[name] = _clean_name(info.linkname)
+                        self.links[name] = layertar.archive_name(info.linkname)
                         self.files.pop(name, None)
                     last = name
                 end = tar.offset
         except CorruptImageError:
             raise
-        except FileNotFoundError:
-            raise OccystrapError('tarball %s does not exist' % self.shown)
-        except IsADirectoryError:
-            raise OccystrapError('tarball %s is a directory, not a tar file' % self.shown)
         except OSError as e:
-            raise OccystrapError('cannot read tarball %s: %s' % (self.shown, e.strerror or e))
+            raise unreadable(self.shown, e)
         except (tarfile.TarError, EOFError, ValueError) as e:
             self._fail('is not a readable tar archive: %s' % e)
         # tarfile stops quietly at a damaged or missing header after the first member; a complete archive has a
@@ -144,7 +141,7 @@ class TarIndex:
 
     def resolve(self, name):
         """The Member a name refers to (following links), or None when the tarball has no such file."""
-        name = _clean_name(name)
+        name = layertar.archive_name(name)
         for _ in range(MAX_LINK_DEPTH):
             if name in self.files:
                 return self.files[name]
@@ -180,17 +177,23 @@ class TarIndex:
         finally:
             reader.close()
 
-    def read_json(self, name, digest=None):
-        """A member parsed as JSON; when `digest` is given the bytes must hash to it."""
+    def read_verified(self, name, digest=None):
+        """A metadata member's bytes; when `digest` (a validated one) is given the bytes must hash to it."""
         data = self.read(name)
         if digest is not None:
-            actual = _digest_bytes(data, digest)
+            actual = oci.digest_of(data, digest.split(':', 1)[0])
             if actual != digest:
                 self._fail('member %s does not match its digest %s (it hashes to %s)' % (name, digest, actual))
-        try:
-            return data, json.loads(data)
-        except ValueError as e:
-            self._fail('member %s is not valid JSON: %s' % (name, e))
+        return data
+
+    def source(self, name):
+        """How messages name a member of this tarball."""
+        return 'tarball %s member %s' % (self.shown, name)
+
+    def read_json(self, name, digest=None):
+        """A member's bytes and the JSON they hold; when `digest` is given the bytes must hash to it."""
+        data = self.read_verified(name, digest)
+        return data, oci.load_json(data, self.source(name))
 
     def head(self, name, count=4):
         reader = self.open(name)
@@ -212,17 +215,13 @@ class TarIndex:
             reader.close()
 
 
-def _digest_bytes(data, like):
-    algorithm = like.split(':', 1)[0] if ':' in like else 'sha256'
-    if algorithm not in ('sha256', 'sha512'):
+def blob_digest(name):
+    """The digest a member path 'blobs/<algorithm>/<hex>' stands for, or None when it is not such a path."""
+    parts = layertar.archive_name(name).split('/')
+    if len(parts) != 3 or parts[0] != 'blobs':
         return None
-    return '%s:%s' % (algorithm, hashlib.new(algorithm, data).hexdigest())
-
-
-def blob_member(digest):
-    """The member name of a blob in an OCI layout."""
-    algorithm, _, hexpart = digest.partition(':')
-    return 'blobs/%s/%s' % (algorithm, hexpart)
+    digest = '%s:%s' % (parts[1], parts[2])
+    return digest if oci.is_digest(digest) else None
 
 
 def split_reference(text):
@@ -269,23 +268,8 @@ class ImageSpec:
     manifest_bytes: Optional[bytes] = None
     annotations: dict = dataclasses.field(default_factory=dict)
     what: str = ''
-    descriptor: Optional[dict] = None  # OCI layout: the index.json entry, resolved to a manifest by open()
-
-
-def platform_matches(platform, want_os, want_arch, want_variant):
-    if platform.get('os') != want_os or platform.get('architecture') != want_arch:
-        return False
-    if want_variant:
-        variant = platform.get('variant') or ('v8' if want_arch == 'arm64' else None)
-        return variant == want_variant
-    return True
-
-
-def describe_platform(platform):
-    parts = [platform.get('os', '?'), platform.get('architecture', '?')]
-    if platform.get('variant'):
-        parts.append(platform['variant'])
-    return '/'.join(parts)
+    descriptor: Optional[oci.Descriptor] = None  # OCI layout: the index.json entry, resolved by open()
+    error: Optional[OccystrapError] = None       # why the image cannot be opened (a name that is not valid)
 
 
 class TarballInput(ImageInput):
@@ -316,29 +300,17 @@ class TarballInput(ImageInput):
         try:
             with open(self.path, 'rb') as f:
                 head = f.read(4)
-        except FileNotFoundError:
-            raise OccystrapError('tarball %s does not exist' % self.path)
-        except IsADirectoryError:
-            raise OccystrapError('tarball %s is a directory, not a tar file' % self.path)
         except OSError as e:
-            raise OccystrapError('cannot read tarball %s: %s' % (self.path, e.strerror or e))
+            raise unreadable(self.path, e)
         if streams.sniff_compression(head) == 'none':
             return self.path
         LOG.info('decompressing %s into the work directory', self.path)
-        fd, tmp = tempfile.mkstemp(prefix='tarball-', suffix='.tar', dir=self.ctx.workdir)
         try:
-            with os.fdopen(fd, 'wb') as out:
-                reader = streams.decompressing_reader(open(self.path, 'rb'))
-                try:
-                    streams.read_all_to(reader, out)
-                finally:
-                    reader.close()
+            with streams.temporary_file(self.ctx.workdir, 'tarball-', '.tar') as (out, tmp), \
+                    streams.decompressing_reader(open(self.path, 'rb')) as reader:
+                streams.read_all_to(reader, out)
         except CorruptImageError as e:
-            os.unlink(tmp)
             raise CorruptImageError('tarball %s: %s' % (self.path, e))
-        except BaseException:
-            os.unlink(tmp)
-            raise
         self._temp = tmp
         return tmp
 
@@ -352,6 +324,16 @@ class TarballInput(ImageInput):
         if index.has('index.json'):
             return self._oci_specs()
         self._fail('has neither manifest.json (docker save) nor index.json (OCI layout)')
+
+    def _named_ref(self, text, what, default_tag='latest'):
+        """(ImageRef, error) for a name a tarball gives an image: a valid ref and None, or a placeholder ref
+        (the escaped text, never a usable name) and the error that opening it raises."""
+        name, tag = split_reference(text)
+        try:
+            oci.check_name(name, tag or default_tag, '%s of tarball %s' % (what, self.path))
+        except oci.InvalidNameError as e:
+            return ImageRef(oci.shown(text)), e
+        return ImageRef(name, tag or default_tag), None
 
     def _docker_specs(self):
         _, entries = self._index.read_json('manifest.json')
@@ -368,60 +350,60 @@ class TarballInput(ImageInput):
                 self._fail('%s has no Config' % where)
             if not isinstance(layers, list) or not all(isinstance(name, str) and name for name in layers):
                 self._fail('%s has no list of Layers' % where)
-            config_digest = None
-            blob = BLOB_PATH_RE.match(_clean_name(config))
+            config_digest = blob_digest(config)
             legacy = LEGACY_CONFIG_RE.match(posixpath.basename(config))
-            if blob:
-                config_digest = '%s:%s' % blob.groups()
-            elif legacy:
+            if config_digest is None and legacy:
                 config_digest = 'sha256:' + legacy.group(1)
             sources = entry.get('LayerSources') or {}
             layer_specs = []
             for name in layers:
-                layer_blob = BLOB_PATH_RE.match(_clean_name(name))
-                digest = '%s:%s' % layer_blob.groups() if layer_blob else None
+                digest = blob_digest(name)
                 media_type = None
                 source = sources.get(digest) if digest and isinstance(sources, dict) else None
                 if isinstance(source, dict) and isinstance(source.get('mediaType'), str):
                     media_type = source['mediaType']
                 layer_specs.append(LayerSpec(name, digest, media_type))
             tags = entry.get('RepoTags') or []
+            if not isinstance(tags, list):
+                self._fail('%s has RepoTags that are not a list' % where)
             tag_text = next((t for t in tags if isinstance(t, str) and t), None)
+            error = None
             if tag_text:
-                name, tag = split_reference(tag_text)
-                ref = ImageRef(name, tag or 'latest')
+                ref, error = self._named_ref(tag_text, 'RepoTags of %s' % where)
             else:
                 ref = ImageRef(default_name(self.path), digest=config_digest or 'sha256:unknown-%d' % number)
             specs.append(ImageSpec(ref=ref, config_member=config, config_digest=config_digest, layers=layer_specs,
-                                   oci_blobs=bool(blob), what=where))
+                                   oci_blobs=blob_digest(config) is not None, what=where, error=error))
         return specs
 
     def _oci_specs(self):
         if not self._index.has('oci-layout'):
             self._fail('has index.json but no oci-layout member, so it is neither docker save nor OCI layout')
-        _, top = self._index.read_json('index.json')
-        manifests = top.get('manifests') if isinstance(top, dict) else None
-        if not isinstance(manifests, list) or not manifests:
+        data = self._index.read_verified('index.json')
+        top = oci.Index.parse(data, source=self._index.source('index.json'))
+        if not top.manifests:
             self._fail('member index.json lists no manifests')
         specs = []
-        for number, descriptor in enumerate(manifests):
-            if not isinstance(descriptor, dict) or not isinstance(descriptor.get('digest'), str):
-                self._fail('member index.json entry %d has no digest' % number)
-            annotations = descriptor.get('annotations') or {}
+        for number, descriptor in enumerate(top.manifests):
+            where = 'entry %d of index.json' % number
+            annotations = descriptor.annotations or {}
             full = annotations.get('io.containerd.image.name')
             ref_name = annotations.get('org.opencontainers.image.ref.name')
+            error = None
             if full:
-                name, tag = split_reference(full)
-                ref = ImageRef(name, tag or 'latest')
+                ref, error = self._named_ref(full, 'the io.containerd.image.name of %s' % where)
             elif ref_name and ('/' in ref_name or ':' in ref_name):
-                name, tag = split_reference(ref_name)
-                ref = ImageRef(name, tag or 'latest')
+                ref, error = self._named_ref(ref_name, 'the ref.name of %s' % where)
             elif ref_name:
                 ref = ImageRef(default_name(self.path), ref_name)
+                if not oci.valid_tag(ref_name):
+                    ref = ImageRef(oci.shown(ref_name))
+                    error = oci.InvalidNameError('the ref.name of %s of tarball %s names an invalid tag %s'
+                                                 % (where, self.path, oci.shown(ref_name)))
             else:
-                ref = ImageRef(default_name(self.path), digest=descriptor['digest'])
+                ref = ImageRef(default_name(self.path), digest=descriptor.digest)
             specs.append(ImageSpec(ref=ref, config_member='', config_digest=None, layers=[], oci_blobs=True,
-                                   what='entry %d of index.json' % number, descriptor=descriptor))
+                                   what=where, descriptor=descriptor, error=error))
         return specs
 
     # --- ImageInput -------------------------------------------------------------------------------------------
@@ -439,6 +421,8 @@ class TarballInput(ImageInput):
         if not candidates:
             names = ', '.join(str(r) for r in specs) or 'none'
             raise OccystrapError('tarball %s has no image %s (it has: %s)' % (self.path, ref, names))
+        if candidates[0].error is not None:
+            raise candidates[0].error
         if candidates[0].descriptor is not None:
             spec = self._resolve_oci([c.descriptor for c in candidates], ref)
         else:
@@ -452,65 +436,46 @@ class TarballInput(ImageInput):
 
     # --- OCI layout resolution --------------------------------------------------------------------------------
 
-    def _descriptor_kind(self, descriptor, document):
-        media_type = descriptor.get('mediaType') or document.get('mediaType')
-        if media_type in MANIFEST_LIST_TYPES or (media_type is None and 'manifests' in document):
-            return 'index'
-        return 'manifest'
-
     def _pick_platform(self, descriptors, ref):
         settings = self.ctx.settings
-        if len(descriptors) == 1 and not descriptors[0].get('platform'):
+        if len(descriptors) == 1 and descriptors[0].platform is None:
             return descriptors[0]
-        with_platform = [d for d in descriptors if isinstance(d.get('platform'), dict)]
-        for descriptor in with_platform:
-            if platform_matches(descriptor['platform'], settings.os, settings.architecture, settings.variant):
-                return descriptor
-        without = [d for d in descriptors if not isinstance(d.get('platform'), dict)]
+        with_platform = [d for d in descriptors if d.platform is not None]
+        found = oci.select_platform(with_platform, oci.Platform(settings.os, settings.architecture,
+                                                                settings.variant or ''))
+        if found is not None:
+            return found
+        without = [d for d in descriptors if d.platform is None]
         if len(without) == 1 and not with_platform:
             return without[0]
         want = '/'.join(p for p in (settings.os, settings.architecture, settings.variant) if p)
-        have = ', '.join(sorted(describe_platform(d['platform']) for d in with_platform)) or 'no platforms named'
+        have = ', '.join(sorted(str(d.platform) for d in with_platform)) or 'no platforms named'
         raise OccystrapError('tarball %s has no %s image for %s (it has: %s)' % (self.path, want, ref, have))
 
     def _resolve_oci(self, descriptors, ref):
         descriptor = self._pick_platform(descriptors, ref) if len(descriptors) > 1 else descriptors[0]
         for _ in range(MAX_INDEX_DEPTH):
-            digest = descriptor['digest']
-            raw, document = self._index.read_json(blob_member(digest), digest=digest)
-            if not isinstance(document, dict):
-                self._fail('member %s is not a JSON object' % blob_member(digest))
-            if self._descriptor_kind(descriptor, document) == 'manifest':
-                return self._manifest_spec(ref, descriptor, document, raw)
-            children = [d for d in document.get('manifests') or []
-                        if isinstance(d, dict) and isinstance(d.get('digest'), str)]
-            if not children:
-                self._fail('member %s is an index that lists no manifests' % blob_member(digest))
-            descriptor = self._pick_platform(children, ref)
+            member = blob_path(descriptor.digest)
+            raw = self._index.read_verified(member, digest=descriptor.digest)
+            source = self._index.source(member)
+            document = oci.load_json_object(raw, source)
+            if not oci.is_index_document(descriptor.media_type or document.get('mediaType'), document):
+                return self._manifest_spec(ref, descriptor, oci.Manifest.parse(raw, descriptor.media_type, source))
+            index = oci.Index.parse(raw, descriptor.media_type, source)
+            if not index.manifests:
+                self._fail('member %s is an index that lists no manifests' % member)
+            descriptor = self._pick_platform(index.manifests, ref)
         self._fail('nests indexes more than %d deep for %s' % (MAX_INDEX_DEPTH, ref))
 
-    def _manifest_spec(self, ref, descriptor, manifest, raw):
-        member = blob_member(descriptor['digest'])
-        config = manifest.get('config')
-        layers = manifest.get('layers')
-        if not isinstance(config, dict) or not isinstance(config.get('digest'), str):
-            self._fail('member %s (a manifest) has no config descriptor' % member)
-        if not isinstance(layers, list):
-            self._fail('member %s (a manifest) has no layers list' % member)
-        layer_specs = []
-        for number, layer in enumerate(layers):
-            if not isinstance(layer, dict) or not isinstance(layer.get('digest'), str):
-                self._fail('member %s (a manifest) has a layer %d without a digest' % (member, number))
-            size = layer.get('size')
-            layer_specs.append(LayerSpec(blob_member(layer['digest']), layer['digest'],
-                                         layer.get('mediaType') or None, size if isinstance(size, int) else None))
-        return ImageSpec(ref=ref, config_member=blob_member(config['digest']), config_digest=config['digest'],
-                         layers=layer_specs, oci_blobs=True,
-                         config_media_type=config.get('mediaType') or MEDIA_OCI_CONFIG,
-                         manifest_digest=descriptor['digest'],
-                         manifest_media_type=descriptor.get('mediaType') or manifest.get('mediaType')
-                         or MEDIA_OCI_MANIFEST, manifest_bytes=raw,
-                         annotations=dict(manifest.get('annotations') or {}), what=member)
+    def _manifest_spec(self, ref, descriptor, manifest):
+        member = blob_path(descriptor.digest)
+        layer_specs = [LayerSpec(blob_path(layer.digest), layer.digest, layer.media_type, layer.size)
+                       for layer in manifest.layers]
+        return ImageSpec(ref=ref, config_member=blob_path(manifest.config.digest),
+                         config_digest=manifest.config.digest, layers=layer_specs, oci_blobs=True,
+                         config_media_type=manifest.config.media_type or MEDIA_OCI_CONFIG,
+                         manifest_digest=descriptor.digest, manifest_media_type=manifest.media_type,
+                         manifest_bytes=manifest.raw, annotations=manifest.annotations, what=member)
 
     # --- images -----------------------------------------------------------------------------------------------
 
@@ -518,21 +483,20 @@ class TarballInput(ImageInput):
         index = self._index
         if not index.has(spec.config_member):
             self._fail('has no member %s (the config named by %s)' % (spec.config_member, spec.what))
-        config_bytes, config = index.read_json(spec.config_member, digest=spec.config_digest)
-        if not isinstance(config, dict):
-            self._fail('member %s (an image config) is not a JSON object' % spec.config_member)
-        rootfs = config.get('rootfs') if isinstance(config.get('rootfs'), dict) else {}
-        diffids = rootfs.get('diff_ids')
-        if not isinstance(diffids, list) or not all(isinstance(d, str) for d in diffids):
-            self._fail('member %s (an image config) has no rootfs.diff_ids list' % spec.config_member)
+        config_bytes = index.read_verified(spec.config_member, digest=spec.config_digest)
+        where = '%s (an image config)' % index.source(spec.config_member)
+        config = oci.load_json_object(config_bytes, where)
+        diffids = oci.config_diff_ids(config, where)
         if len(diffids) != len(spec.layers):
             self._fail('%s names %d layers but its config %s lists %d diff_ids'
                        % (spec.what, len(spec.layers), spec.config_member, len(diffids)))
-        history = [h for h in config.get('history') or [] if isinstance(h, dict) and not h.get('empty_layer')]
+        history = config.get('history') if isinstance(config.get('history'), list) else []   # display only
+        history = [h for h in history if isinstance(h, dict) and not h.get('empty_layer')]
         layers = []
         for number, (layer, diffid) in enumerate(zip(spec.layers, diffids)):
             blob = self._layer_blob(layer, diffid, spec)
             created_by = history[number].get('created_by') if number < len(history) else None
+            created_by = created_by if isinstance(created_by, str) else None
             layers.append(Layer(diffid=diffid, origin=blob, created_by=created_by))
         ref = spec.ref
         return Image(name=ref.name, tag=ref.tag, config_bytes=config_bytes, layers=layers, source=str(self.uri),

@@ -25,19 +25,28 @@ PATH must not exist or be an empty directory.
 
 import json
 import os
+import re
+import shlex
 
-from occystrap import extract
-from occystrap.outputs.directory import StagedImageOutput, digest_hex, image_reference
+from occystrap import extract, oci
+from occystrap.errors import CorruptImageError
+from occystrap.outputs.directory import image_reference
+from occystrap.outputs.staging import StagedImageOutput
+from occystrap.terminal import printable
 
 EMPTY_LAYER = 'empty'
 
+# Every value from the image is a single-quoted shell word (shlex.quote) in an assignment, never part of a comment
+# or a double-quoted string, so a name holding a newline, quote, $() or backquote stays data.
 MOUNT_SCRIPT = '''#!/bin/sh
-# Mount the layers of %(reference)s as one overlay filesystem (needs root).
+# Mount the layers of the image named below as one overlay filesystem (needs root).
 # Usage: mount.sh TARGET [UPPERDIR WORKDIR]    read-only unless UPPERDIR and WORKDIR are given.
 # Whiteouts in these layers are in %(whiteouts)s form; see manifest.json.
 set -eu
+# shellcheck disable=SC2016  # the name is a literal: any $ or ` in it is data
+image=%(reference)s
 if [ $# -ne 1 ] && [ $# -ne 3 ]; then
-    echo "usage: $0 TARGET [UPPERDIR WORKDIR]" >&2
+    echo "usage: $0 TARGET [UPPERDIR WORKDIR] (mounts $image)" >&2
     exit 2
 fi
 here=$(cd "$(dirname "$0")" && pwd)
@@ -49,8 +58,14 @@ exec mount -t overlay overlay -o "lowerdir=$lower" "$1"
 '''
 
 
+# What each component of a layer directory name may hold to stand in an overlay lowerdir option: ':' separates its
+# entries, ',' its options, '\\' escapes, so none of them (nor '..', nor shell syntax) may come from a digest.
+LOWERDIR_PART_RE = re.compile(r'^[A-Za-z0-9_-][A-Za-z0-9._-]*$')
+
+
 def layer_directory(index, diffid):
-    return 'layers/%03d-%s' % (index, digest_hex(diffid))
+    """The directory of layer `index`, named by its diffid (checked against the digest grammar: it becomes a path)."""
+    return 'layers/%03d-%s' % (index, oci.digest_hex(diffid, 'layer %d, which names a layer directory,' % index))
 
 
 class MountsOutput(StagedImageOutput):
@@ -66,6 +81,10 @@ class MountsOutput(StagedImageOutput):
                           'show deleted files' % (image.reference, self.path))
         os.makedirs(os.path.join(staged, 'layers', EMPTY_LAYER))
         names = [layer_directory(i, layer.diffid) for i, layer in enumerate(image.layers)]
+        for name, layer in zip(names, image.layers):
+            if not all(LOWERDIR_PART_RE.match(part) for part in name.split('/')):
+                raise CorruptImageError('%s has a layer diffid %r that cannot name a layer directory'
+                                        % (image.reference, layer.diffid))
         allow_devices = self.ctx.settings.allow_devices
 
         def one(item):
@@ -92,8 +111,8 @@ class MountsOutput(StagedImageOutput):
             'whiteouts': 'overlay' if whiteouts == extract.OVERLAY else 'oci',
             'lowerdir': ':'.join(lower),
         }, indent=2).encode())
-        script = MOUNT_SCRIPT % {'reference': image_reference(image), 'whiteouts': whiteouts,
-                                 'lower': '"' + ':'.join('$here/' + d for d in lower) + '"'}
+        script = MOUNT_SCRIPT % {'reference': shlex.quote(printable(image_reference(image))), 'whiteouts': whiteouts,
+                                 'lower': ':'.join('"$here"/' + shlex.quote(d) for d in lower)}
         self.put('mount.sh', script.encode(), mode=0o755)
 
     def put(self, name, data, mode=0o644):

@@ -32,16 +32,15 @@ logged at INFO (--verbose).
 """
 
 import dataclasses
-import json
 import logging
 import os
-import tempfile
 import threading
 
-from occystrap import model, streams
-from occystrap.errors import OccystrapError, RegistryError
+from occystrap import oci, streams
+from occystrap.errors import CorruptImageError, OccystrapError, RegistryError
 from occystrap.layercache import LayerCache
 from occystrap.pipeline import ImageOutput, layer_cost
+from occystrap.progress import human_bytes
 
 LOG = logging.getLogger(__name__)
 
@@ -68,20 +67,11 @@ class PushCounters:
 
     def describe(self):
         text = '%d blob%s uploaded (%s), %d mounted, %d already present, %d compressed' % (
-            self.uploaded, '' if self.uploaded == 1 else 's', _human(self.uploaded_bytes), self.mounted,
+            self.uploaded, '' if self.uploaded == 1 else 's', human_bytes(self.uploaded_bytes), self.mounted,
             self.present, self.compressed)
         if self.cache_hits:
             text += ', %d from the layer cache' % self.cache_hits
         return text
-
-
-@dataclasses.dataclass(frozen=True)
-class Descriptor:
-    """A pushed blob as a manifest lists it."""
-
-    digest: str
-    size: int
-    compression: str
 
 
 class _Job:
@@ -134,9 +124,9 @@ class RegistryOutput(ImageOutput):
     def write(self, image):
         repository, tag = self.destination(image)
         job = _Job(repository)
-        oci = self._oci(image)
+        use_oci = self._oci(image)
         LOG.info('pushing %s to %s/%s:%s (%s manifest, %s layers)', image.reference, self.host, repository,
-                 tag or '<digest>', 'OCI' if oci else 'Docker', self.compression)
+                 tag or '<digest>', 'OCI' if use_oci else 'Docker', self.compression)
         # The config usually sits beside the layers in the source repository: mount it from there too.
         sources = [(layer.origin.location.registry, layer.origin.location.repository) for layer in image.layers
                    if layer.origin is not None and layer.origin.location is not None]
@@ -151,8 +141,8 @@ class RegistryOutput(ImageOutput):
         # The config goes alongside the layers (first, it is small) rather than after them: one round trip fewer.
         descriptors = self.ctx.map(push, [None] + list(image.layers),
                                    cost=lambda layer: float('inf') if layer is None else layer_cost(layer))[1:]
-        manifest_bytes, media_type = self._manifest(image, descriptors, oci)
-        digest = streams.sha256_bytes(manifest_bytes)
+        manifest_bytes, media_type = self._manifest(image, descriptors, use_oci)
+        digest = oci.digest_of(manifest_bytes)
         if tag is None and self.uri.digest and not getattr(self.ctx, 'multi_image', False) \
                 and digest != self.uri.digest:
             raise OccystrapError('pushing %s would give manifest digest %s, not the %s that %s asks for'
@@ -186,38 +176,27 @@ class RegistryOutput(ImageOutput):
         if self.compression == 'zstd':
             return True
         if image.manifest_media_type:
-            return image.manifest_media_type == model.MEDIA_OCI_MANIFEST
-        return image.config_media_type == model.MEDIA_OCI_CONFIG
+            return image.manifest_media_type == oci.MEDIA_OCI_MANIFEST
+        return image.config_media_type == oci.MEDIA_OCI_CONFIG
 
-    def _manifest(self, image, descriptors, oci):
-        """The manifest bytes and media type: the source's own bytes when they still describe this push."""
-        reused = _reusable_manifest(image, descriptors, oci)
+    def _manifest(self, image, descriptors, use_oci):
+        """The manifest bytes and media type: the source's own bytes when they still describe this push.
+
+        `descriptors` are the pushed layers (oci.Descriptor, OCI media types); a Docker manifest gets the Docker
+        names of the same compressions. Field order follows what containers/image writes, so a re-push of its
+        images often matches byte for byte.
+        """
+        reused = _reusable_manifest(image, descriptors, use_oci)
         if reused is not None:
             return reused
-        if oci:
-            manifest = {
-                'schemaVersion': 2,
-                'mediaType': model.MEDIA_OCI_MANIFEST,
-                'config': {'mediaType': model.MEDIA_OCI_CONFIG, 'digest': image.config_digest,
-                           'size': len(image.config_bytes)},
-                'layers': [{'mediaType': model.layer_media_type(d.compression, oci=True), 'digest': d.digest,
-                            'size': d.size} for d in descriptors],
-            }
-            if image.annotations:
-                manifest['annotations'] = dict(image.annotations)
-            media_type = model.MEDIA_OCI_MANIFEST
-        else:
-            manifest = {
-                'schemaVersion': 2,
-                'mediaType': model.MEDIA_DOCKER_MANIFEST,
-                'config': {'mediaType': model.MEDIA_DOCKER_CONFIG, 'size': len(image.config_bytes),
-                           'digest': image.config_digest},
-                'layers': [{'mediaType': model.layer_media_type(d.compression, oci=False), 'size': d.size,
-                            'digest': d.digest} for d in descriptors],
-            }
-            media_type = model.MEDIA_DOCKER_MANIFEST
-        # Field order follows what containers/image writes, so a re-push of its images often matches byte for byte.
-        return json.dumps(manifest, separators=(',', ':')).encode(), media_type
+        media_type = oci.MEDIA_OCI_MANIFEST if use_oci else oci.MEDIA_DOCKER_MANIFEST
+        config = oci.Descriptor(oci.MEDIA_OCI_CONFIG if use_oci else oci.MEDIA_DOCKER_CONFIG, image.config_digest,
+                                len(image.config_bytes))
+        layers = [dataclasses.replace(d, media_type=oci.layer_media_type(d.compression, oci=use_oci))
+                  for d in descriptors]
+        manifest = oci.Manifest.build(config, layers, media_type,
+                                      annotations=image.annotations if use_oci else None)
+        return manifest.raw, media_type
 
     # --- layers
 
@@ -226,9 +205,9 @@ class RegistryOutput(ImageOutput):
         if origin is not None and origin.compression == self.compression:
             locations = [(origin.location.registry, origin.location.repository)] if origin.location else []
             size = self._send_blob(job, origin.digest, origin.size, origin.open_verified, locations)
-            return Descriptor(origin.digest, size, origin.compression)
+            return _pushed(origin.digest, size, origin.compression)
         diffid = layer.diffid
-        media_type = model.layer_media_type(self.compression)
+        media_type = oci.layer_media_type(self.compression)
         # One thread per uncompressed layer: two images sharing it under -J compress it once.
         with self._key_lock(('layer', diffid)):
             hit = self.cache.lookup(diffid, self.compression, self.filters)
@@ -238,7 +217,7 @@ class RegistryOutput(ImageOutput):
                     job.count(cache_hits=1)
                     self.cache.record(diffid, self.compression, self.filters, hit.digest, hit.size, media_type,
                                       self.host, job.repository)
-                    return Descriptor(hit.digest, hit.size, self.compression)
+                    return _pushed(hit.digest, hit.size, self.compression)
                 LOG.info('layer cache entry for %s is stale (blob %s not in %s); compressing again', diffid,
                          hit.digest, self.host)
             path, digest, size = self._compress(layer)
@@ -249,23 +228,15 @@ class RegistryOutput(ImageOutput):
                 os.unlink(path)
             self.cache.record(diffid, self.compression, self.filters, digest, size, media_type, self.host,
                               job.repository)
-        return Descriptor(digest, size, self.compression)
+        return _pushed(digest, size, self.compression)
 
     def _compress(self, layer):
         """Compress the layer's uncompressed stream into a temporary file; returns (path, digest, size)."""
-        fd, path = tempfile.mkstemp(prefix='push-', suffix='.' + self.compression, dir=self.ctx.workdir)
-        try:
-            with os.fdopen(fd, 'wb') as out:
-                writer = _CompressingWriter(out, streams.Compressor(self.compression))
-                reader = layer.open()
-                try:
-                    streams.read_all_to(reader, writer)
-                finally:
-                    reader.close()
-                writer.finish()
-        except BaseException:
-            os.unlink(path)
-            raise
+        with streams.temporary_file(self.ctx.workdir, 'push-', '.' + self.compression) as (out, path):
+            writer = _CompressingWriter(out, streams.Compressor(self.compression))
+            with layer.open() as reader:
+                streams.read_all_to(reader, writer)
+            writer.finish()
         return path, writer.digest, writer.size
 
     # --- blobs
@@ -340,59 +311,46 @@ class RegistryOutput(ImageOutput):
             return lock
 
 
-def _reusable_manifest(image, descriptors, oci):
+def _pushed(digest, size, compression):
+    """The descriptor of a pushed layer blob (OCI media type for its compression)."""
+    return oci.Descriptor(oci.layer_media_type(compression), digest, size)
+
+
+def _reusable_manifest(image, descriptors, use_oci):
     """The source manifest's (bytes, media type) when pushing it again describes exactly this image, else None.
 
     Inputs may keep the bytes as `image.manifest_bytes`; Image.replace() drops the manifest digest when anything
     changes, so the bytes only count while they still hash to it.
     """
     raw = getattr(image, 'manifest_bytes', None)
-    if not raw or not image.manifest_digest or streams.sha256_bytes(raw) != image.manifest_digest:
+    if not raw or not image.manifest_digest or oci.digest_of(raw) != image.manifest_digest:
         return None
-    wanted = model.MEDIA_OCI_MANIFEST if oci else model.MEDIA_DOCKER_MANIFEST
+    wanted = oci.MEDIA_OCI_MANIFEST if use_oci else oci.MEDIA_DOCKER_MANIFEST
     try:
-        manifest = json.loads(raw)
-        media_type = manifest.get('mediaType') or image.manifest_media_type
-        if media_type != wanted or manifest['config']['digest'] != image.config_digest:
-            return None
-        layers = [(entry['digest'], model.compression_of_media_type(entry['mediaType'])) for entry in
-                  manifest['layers']]
-    except (ValueError, KeyError, TypeError, AttributeError):
+        manifest = oci.Manifest.parse(raw, source='source manifest of %s' % image.reference)
+    except CorruptImageError:
         return None
-    if layers != [(d.digest, d.compression) for d in descriptors]:
+    media_type = manifest.document.get('mediaType') or image.manifest_media_type
+    if media_type != wanted or manifest.config.digest != image.config_digest:
+        return None
+    if any(layer.media_type is None for layer in manifest.layers):
+        return None
+    if [(d.digest, d.compression) for d in manifest.layers] != [(d.digest, d.compression) for d in descriptors]:
         return None
     return raw, wanted
 
 
-class _CompressingWriter:
-    """A file-like sink that compresses what is written to it into `out`, hashing the compressed bytes."""
+class _CompressingWriter(streams.HashingWriter):
+    """A file-like sink that compresses what is written to it into `out`; `digest` and `size` are the compressed
+    blob's."""
 
     def __init__(self, out, compressor):
-        self.out = out
+        super().__init__(out)
         self.compressor = compressor
-        self.hasher = streams.new_hasher('sha256:')
-        self.size = 0
 
     def write(self, data):
-        self._emit(self.compressor.compress(data))
+        streams.HashingWriter.write(self, self.compressor.compress(data))
         return len(data)
 
     def finish(self):
-        self._emit(self.compressor.flush())
-
-    def _emit(self, chunk):
-        if chunk:
-            self.hasher.update(chunk)
-            self.size += len(chunk)
-            self.out.write(chunk)
-
-    @property
-    def digest(self):
-        return 'sha256:' + self.hasher.hexdigest()
-
-
-def _human(n):
-    for unit in ('B', 'KB', 'MB', 'GB'):
-        if n < 1000 or unit == 'GB':
-            return ('%d %s' % (n, unit)) if unit == 'B' else '%.1f %s' % (n, unit)
-        n /= 1000.0
+        streams.HashingWriter.write(self, self.compressor.flush())

@@ -42,21 +42,14 @@ import tarfile
 import tempfile
 import threading
 
-from occystrap import streams
+from occystrap import oci, streams
 from occystrap.errors import CorruptImageError, OccystrapError
-from occystrap.model import MEDIA_OCI_CONFIG, MEDIA_OCI_INDEX, MEDIA_OCI_LAYER_TAR, MEDIA_OCI_MANIFEST
+from occystrap.oci import MEDIA_OCI_CONFIG, MEDIA_OCI_LAYER_TAR, MEDIA_OCI_MANIFEST, blob_path
 from occystrap.pipeline import ImageOutput, layer_cost
 
 FIXED_MTIME = 0
-COPY_BUFFER = streams.CHUNK
 REF_NAME = 'org.opencontainers.image.ref.name'
 CONTAINERD_NAME = 'io.containerd.image.name'
-
-
-def blob_member(digest):
-    """Where a blob with this digest lives in the tarball."""
-    algorithm, _, hexpart = digest.partition(':')
-    return 'blobs/%s/%s' % (algorithm, hexpart)
 
 
 def canonical_json(value):
@@ -112,7 +105,7 @@ def _copy_range(src, out, size):
         src.seek(done)
         out.seek(out_offset + done)
         while done < size:
-            chunk = src.read(min(COPY_BUFFER, size - done))
+            chunk = src.read(min(streams.CHUNK, size - done))
             if not chunk:
                 break
             out.write(chunk)
@@ -165,7 +158,7 @@ class TarballOutput(ImageOutput):
             os.fchmod(fd, self._mode)
             self._file = os.fdopen(fd, 'wb')
             self._tar = tarfile.open(fileobj=self._file, mode='w', format=tarfile.PAX_FORMAT)
-            self._tar.copybufsize = COPY_BUFFER
+            self._tar.copybufsize = streams.CHUNK
         return self._tar
 
     def _info(self, name, size=0, directory=False):
@@ -195,11 +188,11 @@ class TarballOutput(ImageOutput):
 
     def _add_blob_bytes(self, digest, data):
         if digest not in self._blobs:
-            self._add_bytes(blob_member(digest), data)
+            self._add_bytes(blob_path(digest), data)
             self._blobs[digest] = len(data)
 
     def _add_layer(self, layer):
-        name = blob_member(layer.diffid)
+        name = blob_path(layer.diffid)
         self._add_dirs(name)
         if layer.path is None:
             # A blob that is its own diffid, streamed from the source and verified at its end; a mismatch makes
@@ -207,7 +200,7 @@ class TarballOutput(ImageOutput):
             size = layer.origin.size
             verified = layer.origin.open_verified()
             # tarfile wants full reads; the buffer gathers them from sources (sockets) that return less.
-            with io.BufferedReader(verified, buffer_size=COPY_BUFFER) as data:
+            with io.BufferedReader(verified, buffer_size=streams.CHUNK) as data:
                 self._tar.addfile(self._info(name, size), data)
                 if data.read(1):
                     raise CorruptImageError('blob %s is longer than the %d bytes it should have'
@@ -222,15 +215,13 @@ class TarballOutput(ImageOutput):
     def _stream_layer(self, layer):
         """Decompress a layer straight into the tarball: its header goes first with size 0 and is rewritten once
         the size is known (the tarball is a regular file, so the header can be patched in place)."""
-        name = blob_member(layer.diffid)
+        name = blob_path(layer.diffid)
         self._add_dirs(name)
 
         def copy(out):
             reader = layer.open()
             try:
-                size = streams.read_all_to(reader, out)
-                reader.read(1)    # EOF reaches every wrapper, so both digests are checked
-                reader.check()
+                size = streams.copy_verified(reader, out)
             finally:
                 reader.close()
             return size
@@ -329,25 +320,22 @@ class TarballOutput(ImageOutput):
                 self._add_layer(layer)
         config_digest = image.config_digest
         self._add_blob_bytes(config_digest, image.config_bytes)
-        layer_paths = [blob_member(layer.diffid) for layer in image.layers]
-        manifest = {
-            'schemaVersion': 2,
-            'mediaType': MEDIA_OCI_MANIFEST,
-            'config': {'mediaType': MEDIA_OCI_CONFIG, 'digest': config_digest, 'size': len(image.config_bytes)},
-            'layers': [{'mediaType': MEDIA_OCI_LAYER_TAR, 'digest': layer.diffid, 'size': self._blobs[layer.diffid]}
-                       for layer in image.layers],
-        }
-        manifest_bytes = canonical_json(manifest)
-        manifest_digest = streams.sha256_bytes(manifest_bytes)
+        layer_paths = [blob_path(layer.diffid) for layer in image.layers]
+        manifest = oci.Manifest.build(
+            oci.Descriptor(MEDIA_OCI_CONFIG, config_digest, len(image.config_bytes)),
+            [oci.Descriptor(MEDIA_OCI_LAYER_TAR, layer.diffid, self._blobs[layer.diffid]) for layer in image.layers],
+            MEDIA_OCI_MANIFEST, sort_keys=True)
+        manifest_bytes = manifest.raw
+        manifest_digest = manifest.digest
         self._add_blob_bytes(manifest_digest, manifest_bytes)
 
         repo_tag = '%s:%s' % (image.name, image.tag) if image.tag else None
         entry = next((e for e in self._entries
-                      if e['Config'] == blob_member(config_digest) and e['Layers'] == layer_paths), None)
+                      if e['Config'] == blob_path(config_digest) and e['Layers'] == layer_paths), None)
         if entry is None:
-            entry = {'Config': blob_member(config_digest), 'RepoTags': None, 'Layers': layer_paths}
+            entry = {'Config': blob_path(config_digest), 'RepoTags': None, 'Layers': layer_paths}
             self._entries.append(entry)
-        descriptor = {'mediaType': MEDIA_OCI_MANIFEST, 'digest': manifest_digest, 'size': len(manifest_bytes)}
+        descriptor = oci.Descriptor(MEDIA_OCI_MANIFEST, manifest_digest, len(manifest_bytes)).to_dict()
         if repo_tag:
             if repo_tag not in (entry['RepoTags'] or []):
                 entry['RepoTags'] = (entry['RepoTags'] or []) + [repo_tag]
@@ -362,9 +350,10 @@ class TarballOutput(ImageOutput):
     def finalize(self):
         with self._lock:
             self._open()
-            index = {'schemaVersion': 2, 'mediaType': MEDIA_OCI_INDEX, 'manifests': self._descriptors}
+            index = oci.Index.build([oci.Descriptor.from_dict(d, 'index.json entry') for d in self._descriptors],
+                                    sort_keys=True)
             try:
-                self._add_bytes('index.json', canonical_json(index))
+                self._add_bytes('index.json', index.raw)
                 self._add_bytes('manifest.json', canonical_json(self._entries))
                 self._add_bytes('oci-layout', canonical_json({'imageLayoutVersion': '1.0.0'}))
                 self._add_bytes('repositories', canonical_json(self._repositories))

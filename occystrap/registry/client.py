@@ -5,7 +5,6 @@ Authenticator. This module knows nothing about tarballs or directories: it moves
 """
 
 import io
-import json
 import logging
 import os
 import re
@@ -14,18 +13,15 @@ import urllib.parse
 
 import httpx
 
-from occystrap import model, streams
+from occystrap import oci, streams
 from occystrap.errors import CorruptImageError, DigestMismatchError, RegistryError
 from occystrap.registry import auth
 from occystrap.registry.http import REDIRECT_STATUSES, ConnectionFailed, RetryPolicy, host_of
 
 LOG = logging.getLogger(__name__)
 
-ALL_MANIFEST_TYPES = (model.MEDIA_OCI_INDEX, model.MEDIA_DOCKER_LIST, model.MEDIA_OCI_MANIFEST,
-                      model.MEDIA_DOCKER_MANIFEST)
-IMAGE_MANIFEST_TYPES = (model.MEDIA_OCI_MANIFEST, model.MEDIA_DOCKER_MANIFEST)
-SCHEMA1_TYPES = ('application/vnd.docker.distribution.manifest.v1+json',
-                 'application/vnd.docker.distribution.manifest.v1+prettyjws')
+ALL_MANIFEST_TYPES = oci.ALL_MANIFEST_TYPES
+IMAGE_MANIFEST_TYPES = oci.IMAGE_MANIFEST_TYPES
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 MAX_CONFIG_BYTES = 64 * 1024 * 1024
 MAX_REDIRECTS = 5
@@ -43,47 +39,7 @@ def describe_reference(name, reference):
 
 
 def is_digest(reference):
-    return bool(reference) and reference.startswith(('sha256:', 'sha512:'))
-
-
-def digest_of(data, algorithm='sha256'):
-    hasher = streams.new_hasher(algorithm + ':')
-    hasher.update(data)
-    return '%s:%s' % (algorithm, hasher.hexdigest())
-
-
-def platform_string(platform):
-    parts = [platform.get('os', ''), platform.get('architecture', '')]
-    if platform.get('variant'):
-        parts.append(platform['variant'])
-    return '/'.join(parts)
-
-
-def _default_variant(architecture):
-    return {'arm64': 'v8', 'arm': 'v7'}.get(architecture, '')
-
-
-def select_platform(index, os_name, architecture, variant=None):
-    """The descriptor of a manifest list / OCI index for a platform, or None.
-
-    With no variant asked for, an entry without variant (or with the architecture's usual one) is preferred.
-    """
-    candidates = []
-    for entry in index.get('manifests') or []:
-        platform = entry.get('platform') or {}
-        if platform.get('os') != os_name or platform.get('architecture') != architecture:
-            continue
-        candidates.append(entry)
-    if variant:
-        for entry in candidates:
-            have = entry['platform'].get('variant') or _default_variant(architecture)
-            if have == variant:
-                return entry
-        return None
-    for entry in candidates:
-        if (entry['platform'].get('variant') or '') in ('', _default_variant(architecture)):
-            return entry
-    return candidates[0] if candidates else None
+    return oci.is_digest(reference)
 
 
 def _error_detail(response):
@@ -302,34 +258,34 @@ class RegistryClient:
         if len(data) > MAX_MANIFEST_BYTES:
             raise RegistryError('registry %s answered a %d byte manifest for %s (limit %d)'
                                 % (self.host, len(data), what, MAX_MANIFEST_BYTES))
-        digest = digest_of(data)
+        digest = oci.digest_of(data)
         if is_digest(reference):
             algorithm = reference.split(':', 1)[0]
-            actual = digest_of(data, algorithm)
+            actual = oci.digest_of(data, algorithm)
             if actual != reference:
                 raise DigestMismatchError('manifest %s' % what, reference, actual)
         header = response.headers.get('Docker-Content-Digest')
         if header and header.split(':', 1)[0] in ('sha256', 'sha512'):
-            actual = digest_of(data, header.split(':', 1)[0])
+            actual = oci.digest_of(data, header.split(':', 1)[0])
             if actual != header:
                 raise DigestMismatchError('manifest %s (Docker-Content-Digest)' % what, header, actual)
-        try:
-            document = json.loads(data)
-        except ValueError:
-            raise CorruptImageError('registry %s answered a manifest for %s that is not JSON' % (self.host, what))
-        if not isinstance(document, dict):
-            raise CorruptImageError('registry %s answered a manifest for %s that is not a JSON object'
-                                    % (self.host, what))
+        source = 'manifest %s on registry %s' % (what, self.host)
+        document = oci.load_json_object(data, source)
         media_type = response.headers.get('Content-Type', '').split(';', 1)[0].strip()
         if media_type not in ALL_MANIFEST_TYPES:
-            media_type = document.get('mediaType') or media_type
-        if document.get('schemaVersion') == 1 or media_type in SCHEMA1_TYPES:
+            declared = document.get('mediaType')
+            media_type = declared if isinstance(declared, str) and declared else media_type
+        if document.get('schemaVersion') == 1 or media_type in oci.MEDIA_SCHEMA1:
             raise RegistryError('%s on registry %s is a schema 1 manifest, which is not supported'
                                 % (what, self.host))
         if media_type not in ALL_MANIFEST_TYPES:
             # An OCI manifest may omit mediaType; its shape tells which it is.
-            media_type = model.MEDIA_OCI_INDEX if 'manifests' in document else model.MEDIA_OCI_MANIFEST
-        return data, media_type, digest, document
+            media_type = oci.MEDIA_OCI_INDEX if oci.is_index_document(None, document) else oci.MEDIA_OCI_MANIFEST
+        if media_type in oci.MANIFEST_LIST_TYPES:
+            parsed = oci.Index.parse(data, media_type, source)
+        else:
+            parsed = oci.Manifest.parse(data, media_type, source)
+        return data, media_type, digest, parsed
 
     def get_manifest(self, name, reference, accept=ALL_MANIFEST_TYPES):
         """(bytes, media type, digest) of a manifest; the digest is verified when `reference` is one.
@@ -340,28 +296,27 @@ class RegistryClient:
         return data, media_type, digest
 
     def resolve_image(self, name, reference, platform=None):
-        """The image manifest for a reference: (bytes, media type, digest, parsed manifest).
+        """The image manifest for a reference: (bytes, media type, digest, oci.Manifest).
 
         A manifest list or OCI index is followed to the entry for `platform` ((os, architecture, variant), default
-        from the settings); when none matches, the error lists the platforms there are.
+        from the settings), matched by oci.Platform's one rule; when none matches, the error lists the platforms
+        there are.
         """
         if platform is None:
             settings = self.http.settings
             platform = (settings.os, settings.architecture, settings.variant)
         os_name, architecture, variant = platform
         data, media_type, digest, document = self._get_manifest(name, reference, ALL_MANIFEST_TYPES)
-        if media_type not in model.MANIFEST_LIST_TYPES:
+        if not isinstance(document, oci.Index):
             return data, media_type, digest, document
-        entry = select_platform(document, os_name, architecture, variant)
+        entry = document.select(oci.Platform(os_name, architecture, variant or ''))
         if entry is None:
-            available = [platform_string(e.get('platform') or {}) for e in document.get('manifests') or []
-                         if (e.get('platform') or {}).get('os') not in (None, 'unknown')]
             wanted = '/'.join(p for p in (os_name, architecture, variant) if p)
             raise RegistryError('%s on registry %s has no %s image; available: %s'
                                 % (describe_reference(name, reference), self.host, wanted,
-                                   ', '.join(available) or 'none'))
-        data, media_type, digest, document = self._get_manifest(name, entry['digest'], IMAGE_MANIFEST_TYPES)
-        if media_type in model.MANIFEST_LIST_TYPES:
+                                   ', '.join(document.platforms()) or 'none'))
+        data, media_type, digest, document = self._get_manifest(name, entry.digest, IMAGE_MANIFEST_TYPES)
+        if isinstance(document, oci.Index):
             raise CorruptImageError('%s on registry %s nests one index in another'
                                     % (describe_reference(name, reference), self.host))
         return data, media_type, digest, document
@@ -390,7 +345,7 @@ class RegistryClient:
         finally:
             response.close()
         data = b''.join(parts)
-        actual = digest_of(data, digest.split(':', 1)[0])
+        actual = oci.digest_of(data, digest.split(':', 1)[0])
         if actual != digest:
             raise DigestMismatchError(what, digest, actual)
         return data
@@ -432,7 +387,7 @@ class RegistryClient:
                 raise self._error(response, what)
             try:
                 found.extend(response.json().get(key) or [])
-            except (ValueError, AttributeError):
+            except (ValueError, AttributeError, RecursionError):    # RecursionError: JSON nested too deeply
                 raise RegistryError('registry %s answered %s with something that is not JSON' % (self.host, what))
             following = response.links.get('next', {}).get('url')
             url = urllib.parse.urljoin(str(response.request.url), following) if following else None
@@ -595,7 +550,7 @@ class RegistryClient:
     def put_manifest(self, name, reference, data, media_type):
         """Store a manifest under a tag (or its digest); returns the manifest's digest."""
         what = describe_reference(name, reference)
-        digest = digest_of(data)
+        digest = oci.digest_of(data)
         response = self._send('PUT', self._url('/v2/%s/manifests/%s' % (name, reference)), self._push(name), what,
                               headers={'Content-Type': media_type}, content=data)
         if response.status_code not in (200, 201):
