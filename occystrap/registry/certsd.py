@@ -7,10 +7,8 @@ For a registry `HOST[:PORT]` the first existing directory of `ROOT/HOST[:PORT]/`
 certificate for mutual TLS.
 """
 
-import dataclasses
 import os
 import re
-from typing import Optional, Tuple
 
 from occystrap.errors import OccystrapError
 
@@ -26,13 +24,18 @@ class CertsDirError(OccystrapError):
     """A certs.d directory holds something unusable (a key without its certificate, a bad PEM)."""
 
 
-@dataclasses.dataclass(frozen=True)
 class HostTls:
-    """What a certs.d directory says for one registry: its directory, CA files, and a client (cert, key) pair."""
+    """What a certs.d directory says for one registry: its directory, CA files, and a client (cert, key) pair.
 
-    directory: str
-    ca_files: Tuple[str, ...] = ()
-    client: Optional[Tuple[str, str]] = None
+    Compared and hashed by identity: each is read once per run (HttpClient keeps them per host).
+    """
+
+    __slots__ = ('directory', 'ca_files', 'client')
+
+    def __init__(self, directory, ca_files=(), client=None):
+        self.directory = directory
+        self.ca_files = tuple(ca_files)
+        self.client = client
 
 
 def roots(environ=None):

@@ -17,15 +17,11 @@ was looked for.
 """
 
 import base64
-import dataclasses
 import json
 import logging
 import os
 import re
-import subprocess
 import threading
-from typing import Optional
-
 from occystrap.errors import OccystrapError, RegistryError
 
 LOG = logging.getLogger(__name__)
@@ -45,14 +41,31 @@ class CredentialError(RegistryError):
     """A credential source is configured but unusable: a missing or failing helper, an unreadable file."""
 
 
-@dataclasses.dataclass(frozen=True)
-class Credential:
+class _Value:
+    """Equality and hashing by the fields in __slots__ (plain classes: a dataclass costs ~1 ms of start-up)."""
+
+    __slots__ = ()
+
+    def _fields(self):
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __eq__(self, other):
+        return type(other) is type(self) and other._fields() == self._fields()
+
+    def __hash__(self):
+        return hash((type(self).__name__,) + self._fields())
+
+
+class Credential(_Value):
     """A user name and password, or an identity (OAuth2 refresh) token; `source` says where it came from."""
 
-    username: Optional[str] = None
-    password: Optional[str] = None
-    identity_token: Optional[str] = None
-    source: str = ''
+    __slots__ = ('username', 'password', 'identity_token', 'source')
+
+    def __init__(self, username=None, password=None, identity_token=None, source=''):
+        self.username = username
+        self.password = password
+        self.identity_token = identity_token
+        self.source = source
 
     def __repr__(self):   # never show a secret, even in a traceback
         return '<Credential %s from %s>' % (self.username or 'identity token', self.source)
@@ -162,16 +175,19 @@ def entry_credential(entry, source):
     return None
 
 
-@dataclasses.dataclass(frozen=True)
-class Helper:
-    """A `docker-credential-NAME` to ask for `server`."""
+class Helper(_Value):
+    """A `docker-credential-NAME` to ask for `server`; `source` is 'credHelpers in PATH' or 'credsStore in PATH'."""
 
-    name: str
-    server: str
-    source: str                       # 'credHelpers in PATH' / 'credsStore in PATH'
+    __slots__ = ('name', 'server', 'source')
+
+    def __init__(self, name, server, source):
+        self.name = name
+        self.server = server
+        self.source = source
 
     def get(self, environ=None):
         """Run the helper's `get`; the Credential, or None when it has none for the server. Raises CredentialError."""
+        import subprocess             # only runs that use a helper pay for it
         program = 'docker-credential-' + self.name
         if not HELPER_NAME_RE.match(self.name):
             raise CredentialError('credential helper name %r (%s) is not a valid name' % (self.name[:64], self.source))
