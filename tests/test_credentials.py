@@ -297,3 +297,23 @@ def test_key_normalisation_follows_docker_and_containers():
     # A glob only matches the literal namespace before it.
     assert credentials.lookup_keys('reg.example', 'ns/app*') == ['reg.example/ns', 'reg.example']
     assert credentials.helper_server_url('registry-1.docker.io') == 'https://index.docker.io/v1/'
+
+
+def test_helpers_run_only_when_a_registry_asks(registry, oci_image, repo_name, tmp_path):
+    seed_image(registry, repo_name, 'v1', oci_image.path)
+    home = tmp_path / 'home'
+    # A helper that is not installed is no error while no registry wants credentials.
+    write_json(home / '.docker' / 'config.json', {'credsStore': 'nosuchhelper'})
+    result = occystrap('info', 'registry://%s/%s:v1?insecure=true' % (registry.host, repo_name), env=clean_env(home))
+    assert result.returncode == 0, result.stderr
+    assert oci_image.manifest_digest in result.stdout
+
+
+def test_an_identity_token_cannot_answer_a_basic_challenge(private, tmp_path):
+    reg, _ = private
+    home = tmp_path / 'home'
+    write_json(home / '.docker' / 'config.json', {'auths': {reg.host: {'identitytoken': 'SomeRefreshToken'}}})
+    result = info(reg, 'team/app', clean_env(home))
+    line = one_error_line(result)
+    assert result.returncode == 1 and 'is an identity token' in line
+    assert 'SomeRefreshToken' not in result.stderr
