@@ -84,7 +84,7 @@ def test_tls_verify_false_speaks_tls_without_verifying(seeded, oci_image, repo_n
     assert oci_image.manifest_digest in result.stdout
     # Distinct from insecure=true, which is plain HTTP and so cannot talk to this TLS-only registry.
     plain = occystrap('info', uri + '?insecure=true', env=env)
-    assert plain.returncode == 1 and 'it speaks TLS; drop ?insecure=true' in one_error_line(plain)
+    assert plain.returncode == 1 and 'leave ?insecure=true off its URI' in one_error_line(plain)
     # A push with tls-verify=false too.
     dest = 'registry://%s/%s-copy:v1?tls-verify=false' % (reg.host, repo_name)
     copy = occystrap('process', uri + '?tls-verify=false', dest, env=env)

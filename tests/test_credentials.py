@@ -284,7 +284,7 @@ def test_global_insecure_against_a_tls_registry_hints_at_the_per_uri_form(tls_re
                        env=clean_env(tmp_path / 'home'))
     assert result.returncode == 1
     line = one_error_line(result)
-    assert 'it speaks TLS' in line and '?insecure=true' in line
+    assert 'speaks TLS' in line and '?insecure=true' in line
 
 
 def test_key_normalisation_follows_docker_and_containers():
