@@ -312,8 +312,7 @@ def describe_transport_error(error):
         return ('TLS handshake refused (%s); the registry wants a client certificate: put client.cert and '
                 'client.key in its certs.d/HOST:PORT/ directory' % text)
     if 'WRONG_VERSION_NUMBER' in text or 'record layer failure' in text:
-        return ('TLS handshake failed (%s); is it a plain HTTP registry? then add ?insecure=true to its URI '
-                '(--insecure makes every registry of the run plain HTTP)' % text)
+        return 'TLS handshake failed (%s); is it a plain HTTP registry? then use --insecure' % text
     return '%s: %s' % (type(error).__name__, text)
 
 
