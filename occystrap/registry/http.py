@@ -25,6 +25,7 @@ import zlib
 import httpx
 
 from occystrap import __version__
+from occystrap.cancel import Cancellation
 from occystrap.errors import OccystrapError, RegistryError
 from occystrap.registry import certsd
 from occystrap.registry.ratelimit import TokenBucket
@@ -143,7 +144,8 @@ def one_line(error):
 
 
 def host_of(url):
-    return urllib.parse.urlsplit(str(url)).netloc
+    """host[:port] of a URL, never its userinfo (this text reaches errors and logs)."""
+    return urllib.parse.urlsplit(str(url)).netloc.rpartition('@')[2]
 
 
 def origin(url):
@@ -408,11 +410,14 @@ class ProxyRouter(httpx.BaseTransport):
 class HttpClient:
     """Wraps one httpx.Client for the whole run; see the module docstring."""
 
-    def __init__(self, settings, environ=None):
-        """`environ` (default os.environ) supplies the proxy variables (registry/proxy.py)."""
+    def __init__(self, settings, environ=None, cancellation=None):
+        """`environ` (default os.environ) supplies the proxy variables (registry/proxy.py); `cancellation` is the
+        run's stop switch (occystrap.cancel)."""
         from occystrap.registry.proxy import ProxyConfig
         self.settings = settings
-        self.retry = RetryPolicy(settings.retries)
+        # The run's stop switch (occystrap.cancel): retry waits end when the run is cancelled.
+        self.cancellation = cancellation or Cancellation()
+        self.retry = RetryPolicy(settings.retries, sleep=self.cancellation.sleep)
         self.limiter = TokenBucket(settings.rate_limit) if settings.rate_limit else None
         self.proxies = ProxyConfig(environ)
         for scheme in ('http', 'https'):
@@ -535,7 +540,9 @@ class HttpClient:
         request (a registry URI's ?tls-verify=false).
         """
         what = what or 'the answer to %s %s' % (method, without_query(url))
-        extensions = None if tls_verify else {TLS_VERIFY: False}
+        extensions = {'trace': self.cancellation.trace}
+        if not tls_verify:
+            extensions[TLS_VERIFY] = False
         attempt = 0
         while True:
             if self.limiter is not None:
