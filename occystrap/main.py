@@ -172,11 +172,9 @@ def _size(ctx, param, value):
     if value is None:
         return None
     size = parse_size(str(value))
-    if size is None or size < 1:
-        source = ctx.get_parameter_source(param.name)
-        origin = ' (from %s)' % param.envvar if source == click.core.ParameterSource.ENVIRONMENT else ''
-        raise click.BadParameter('must be a positive size in bytes, with an optional K, M, G or T suffix, not %r%s'
-                                 % (value, origin))
+    if size is None or size < 1:   # EnvOption names the variable when the value came from one
+        raise click.BadParameter('must be a positive size in bytes, with an optional K, M, G or T suffix, not %r'
+                                 % value)
     return size
 
 
