@@ -97,9 +97,10 @@ class RegistryOutput(ImageOutput):
         settings = ctx.settings
         self.host = uri.host
         self.compression = settings.compression
-        # Credentials: the URI's, else --username/--password, else ~/.docker/config.json (the client decides).
+        # Credentials: the URI's, else --dest-creds, --username, credential files (registry/credentials.py).
         self.client = RegistryClient(ctx.http, uri.host, insecure=uri.flag('insecure'), username=uri.username,
-                                     password=uri.password, authenticators=ctx.authenticators)
+                                     password=uri.password, authenticators=ctx.authenticators, role='output',
+                                     repository=uri.name, tls_verify=uri.flag('tls-verify', True))
         self.cache = LayerCache(settings.layer_cache, warn=ctx.warn)
         self.counters = ctx.stats.push = PushCounters()
         self.pushed = []                  # (destination reference, manifest digest), in completion order
@@ -111,7 +112,7 @@ class RegistryOutput(ImageOutput):
     # --- the image
 
     def destination(self, image):
-        """(repository, tag or None) an image is pushed to; None means push by digest.
+        """(repository, tag or None) an image (or an ImageRef of one) is pushed to; None means push by digest.
 
         Both are checked against the reference grammar before any request: a multi-image source names them, and a
         leaf of '..' or a tag holding '#' or '?' would otherwise leave the prefix or change the URL.
@@ -121,9 +122,9 @@ class RegistryOutput(ImageOutput):
         else:
             leaf = (image.name or '').rstrip('/').rsplit('/', 1)[-1]
             if not leaf:
-                raise OccystrapError('image from %s has no name to push under %s' % (image.source or '?', self.uri))
+                raise OccystrapError('image from %s has no name to push under %s'
+                                     % (getattr(image, 'source', None) or '?', self.uri))
             repository, tag = '%s/%s' % (self.uri.name, leaf), image.tag
-        # `image` is an Image, or the ImageRef a summary asks the target of
         what = 'cannot push %r under %s' % (getattr(image, 'reference', None) or str(image), self.uri)
         uris.validate_repository(repository, what)
         if tag is not None:
@@ -265,7 +266,10 @@ class RegistryOutput(ImageOutput):
 
     def abort(self):
         # Blobs already uploaded are unreferenced without a manifest and harmless; what a completed push of
-        # another image taught the cache is still true, so keep it.
+        # another image taught the cache is still true, so keep it. Upload sessions a cancelled run left open
+        # (workers still unwinding when its grace ran out) are ended here.
+        if self.ctx.cancellation.cancelled:
+            self.client.cancel_open_uploads()
         try:
             self.cache.save()
         except OSError as e:
