@@ -21,6 +21,16 @@ DEFAULT_RETRIES = 3
 
 LOG = logging.getLogger('occystrap')
 
+# A hint that the failing command's SOURCE earns (docker://HOST:PORT/... meant as a registry), added to its error.
+_hints = []
+
+
+def _note_source(text):
+    from occystrap.uris import registry_hint
+    hint = registry_hint(text)
+    if hint:
+        _hints.append(hint)
+
 
 def _positive(ctx, param, value):
     if value is not None and value < 1:
@@ -71,6 +81,8 @@ def cli(ctx, parallel, image_parallel, rate_limit, retries, username, password, 
         compression, os_, architecture, variant, temp_dir, layer_cache, output_format, allow_devices, verbose, debug):
     """Move and reshape container images without a container engine.
 
+    Global options may also follow the command (occystrap info --insecure SOURCE).
+
     \b
     SOURCE:      registry://HOST/NAME[:TAG|@DIGEST]  quay://ORG[/GLOB][:TAG]
                  docker://NAME[:TAG]  tar:///PATH.tar
@@ -107,13 +119,15 @@ def _summary(settings, stats, results=None):
     from occystrap.terminal import printable
     failed = [r for r in (results or []) if not r.ok]
     if settings.output_format == 'json':
-        payload = {'images': stats.images, 'layers': stats.layers, 'bytes': stats.bytes, 'downloaded': stats.downloaded,
-                   'seconds': round(stats.seconds, 3), 'failed': len(failed)}
+        from occystrap.reports import JSON_SCHEMA
+        payload = {'schema': JSON_SCHEMA, 'images': stats.images, 'layers': stats.layers, 'bytes': stats.bytes,
+                   'downloaded': stats.downloaded, 'seconds': round(stats.seconds, 3), 'failed': len(failed)}
         if stats.push is not None:
             payload['push'] = stats.push.as_dict()
         if results is not None:
-            payload['results'] = [{'image': r.reference, 'ok': r.ok, 'error': r.error, 'layers': r.layers,
-                                   'seconds': round(r.seconds, 3)} for r in results]
+            payload['results'] = [{'image': r.reference, 'reference': r.reference, 'ok': r.ok, 'error': r.error,
+                                   'digest': r.digest, 'layers': r.layers, 'seconds': round(r.seconds, 3)}
+                                  for r in results]
         click.echo(json.dumps(payload, indent=2))
         return
     if results is not None and len(results) > 1:
@@ -135,6 +149,7 @@ def _summary(settings, stats, results=None):
 def process(settings, source, destination, filters):
     """Copy images from SOURCE to DESTINATION through optional filters."""
     from occystrap import pipeline, uris
+    _note_source(source)
     src = uris.parse_uri(source, 'input')
     dst = uris.parse_uri(destination, 'output')
     specs = [uris.parse_filter(f, pipeline.FILTERS) for f in filters]
@@ -156,6 +171,7 @@ def process(settings, source, destination, filters):
 def info(settings, source):
     """Describe the images SOURCE names: manifest, config and layers."""
     from occystrap import reports, uris
+    _note_source(source)
     ctx = _context(settings)
     try:
         ok = reports.info(uris.parse_uri(source, 'input'), ctx)
@@ -174,6 +190,7 @@ def info(settings, source):
 def search(settings, source, pattern, regex, script_friendly):
     """List files in the layers of SOURCE whose path matches PATTERN."""
     from occystrap import reports, uris
+    _note_source(source)
     ctx = _context(settings)
     try:
         ok = reports.search(uris.parse_uri(source, 'input'), pattern, regex, script_friendly, ctx)
@@ -190,6 +207,7 @@ def search(settings, source, pattern, regex, script_friendly):
 def check(settings, source, fast):
     """Verify the images SOURCE names: digests, diffids and config consistency."""
     from occystrap import reports, uris
+    _note_source(source)
     ctx = _context(settings)
     try:
         ok = reports.check(uris.parse_uri(source, 'input'), fast, ctx)
@@ -199,10 +217,119 @@ def check(settings, source, fast):
         sys.exit(1)
 
 
+def _source_command(name, help_text, extra=()):
+    """A small read-only command over one SOURCE (tags, digest, manifest, config)."""
+    def decorate(fn):
+        @click.argument('source')
+        @click.pass_obj
+        def command(settings, source, **options):
+            from occystrap import uris
+            _note_source(source)
+            ctx = _context(settings)
+            try:
+                fn(uris.parse_uri(source, 'input'), ctx, **options)
+            finally:
+                ctx.close()
+        command.__doc__ = help_text
+        for option in reversed(extra):
+            command = option(command)
+        return cli.command(name=name)(command)
+    return decorate
+
+
+@_source_command('tags', 'Print every tag SOURCE holds (a tarball: its images\' references).')
+def tags(uri, ctx):
+    from occystrap import reports
+    reports.tags(uri, ctx)
+
+
+@_source_command('digest', 'Print the digest of what SOURCE names (an index: its own).')
+def digest(uri, ctx):
+    from occystrap import reports
+    reports.digest(uri, ctx)
+
+
+@_source_command('manifest', 'Print the manifest or index SOURCE names (--raw: exact bytes).',
+                 extra=(click.option('--raw', is_flag=True, help='The exact bytes as stored, nothing added.'),))
+def manifest(uri, ctx, raw):
+    from occystrap import reports
+    reports.manifest(uri, raw, ctx)
+
+
+@_source_command('config', 'Print the exact config blob of the image SOURCE names.')
+def config(uri, ctx):
+    from occystrap import reports
+    reports.config(uri, ctx)
+
+
+def _option_table(group):
+    """{option string: takes a value} for a command's options (--help and --version left out)."""
+    table = {}
+    for param in group.params:
+        if isinstance(param, click.Option):
+            for name in param.opts + param.secondary_opts:
+                table[name] = not (param.is_flag or param.count)
+    for name in ('-h', '--help', '--version'):
+        table.pop(name, None)
+    return table
+
+
+def _split_option(token):
+    """(option name, value attached) for '--name=value', '--name', '-jN', '-j'; (None, False) for the rest."""
+    if token.startswith('--'):
+        name, eq, _ = token.partition('=')
+        return name, bool(eq)
+    if token.startswith('-') and len(token) > 1:
+        return token[:2], len(token) > 2
+    return None, False
+
+
+def hoist_global_options(group, args):
+    """argv with the global options that follow the command moved in front of it, so that
+    `occystrap info --insecure SOURCE` means `occystrap --insecure info SOURCE`.
+
+    Options the command declares itself stay where they are, as does everything after `--`; a value-taking option
+    at the very end (its value missing) is left for click to report.
+    """
+    globals_ = _option_table(group)
+    index = 0
+    while index < len(args):       # find the command, stepping over global options and their values
+        name, attached = _split_option(args[index])
+        if args[index] == '--' or (name is None and not args[index].startswith('-')):
+            break
+        index += 1 + (1 if globals_.get(name) and not attached else 0)
+    if index >= len(args) or args[index] not in group.commands:
+        return list(args)
+    own = _option_table(group.commands[args[index]])
+    before, after = list(args[:index]), [args[index]]
+    position = index + 1
+    while position < len(args):
+        token = args[position]
+        if token == '--':
+            after.extend(args[position:])
+            break
+        name, attached = _split_option(token)
+        if name in own:
+            width = 1 + (1 if own[name] and not attached else 0)
+            after.extend(args[position:position + width])
+        elif name in globals_:
+            width = 1 + (1 if globals_[name] and not attached else 0)
+            if position + width > len(args):
+                after.append(token)
+            else:
+                before.extend(args[position:position + width])
+        else:
+            width = 1
+            after.append(token)
+        position += width
+    return before + after
+
+
 def main(argv=None):
     """Entry point: runs the CLI, turning every known failure into one line on stderr and an exit status."""
-    args = sys.argv[1:] if argv is None else argv
+    args = hoist_global_options(cli, sys.argv[1:] if argv is None else list(argv))
     debug = '--debug' in args or bool(os.environ.get('OCCYSTRAP_DEBUG'))
+    del _hints[:]
     try:
         cli.main(args=args, prog_name='occystrap', standalone_mode=False)
     except click.exceptions.Exit as e:
@@ -279,5 +406,6 @@ def _fail(error, debug, code, prefix=''):
         traceback.print_exc()
     from occystrap.terminal import printable
     from occystrap.uris import redact
-    click.echo('error: %s%s' % (prefix, printable(redact(one_line(error)))), err=True)
+    hint = ' (%s)' % _hints[0] if _hints else ''
+    click.echo('error: %s%s' % (prefix, printable(redact(one_line('%s%s' % (error, hint))))), err=True)
     sys.exit(code)

@@ -45,12 +45,21 @@ OUTPUTS = {
     'docker': 'occystrap.outputs.docker:DockerOutput',
 }
 
+# The sources the small commands (tags, digest, manifest, config) read.
+INSPECTABLE = ('registry', 'tar')
+
 FILTERS = {
     'normalize-timestamps': 'occystrap.filters.timestamps:NormalizeTimestamps',
     'exclude': 'occystrap.filters.exclude:Exclude',
     'search': 'occystrap.filters.search:Search',
     'inspect': 'occystrap.filters.inspect:Inspect',
 }
+
+
+def unsupported(command, scheme):
+    """The usage error for a small command (tags, digest, manifest, config) given a source it cannot read."""
+    return UsageError('occystrap %s cannot read %s:// sources (it reads %s)'
+                      % (command, scheme, ', '.join(s + '://' for s in INSPECTABLE)))
 
 
 def load(table, key):
@@ -218,6 +227,30 @@ class ImageInput(abc.ABC):
         """True when this source can name many images (quay:// or a catalog glob)."""
         return False
 
+    # The small commands (tags, digest, manifest, config): one method each, refused by inputs that lack it.
+
+    def tags(self):
+        """Every tag the source holds for the repository it names (registry: every page of the tag list)."""
+        raise self.unsupported('tags')
+
+    def manifest_bytes(self, ref):
+        """(exact bytes, media type) of what the reference names: the index itself for a multi-platform tag."""
+        raise self.unsupported('manifest')
+
+    def digest(self, ref):
+        """The digest of what the reference names (the index's for a multi-platform tag), from its exact bytes."""
+        from occystrap import oci
+        data, _ = self.manifest_bytes(ref)
+        return oci.digest_of(data)
+
+    def config_bytes(self, ref):
+        """The exact config blob of the image the reference names (its platform picked from an index)."""
+        raise self.unsupported('config')
+
+    def unsupported(self, command):
+        """The usage error for a command this kind of source cannot answer."""
+        return unsupported(command, self.uri.scheme)
+
     def close(self):
         pass
 
@@ -231,7 +264,7 @@ class ImageOutput(abc.ABC):
 
     @abc.abstractmethod
     def write(self, image):
-        """Consume one image completely."""
+        """Consume one image completely; an output that knows the manifest digest it wrote may return it."""
 
     def finalize(self):
         """Called once after every image was written: make results visible atomically."""
@@ -253,7 +286,7 @@ class Filter(ImageOutput):
         return image
 
     def write(self, image):
-        self.inner.write(self.apply(image))
+        return self.inner.write(self.apply(image))
 
     def finalize(self):
         self.inner.finalize()
@@ -276,6 +309,7 @@ class ImageResult:
     error: Optional[str] = None
     layers: int = 0
     seconds: float = 0.0
+    digest: Optional[str] = None     # the destination manifest digest, when the output knows it (a push)
 
 
 def lookup_workers(settings, count):
@@ -340,14 +374,21 @@ def run_process(source_uri, dest_uri, filters, ctx):
     ctx.multi_image = source.multi
     output = build_output(dest_uri, ctx, filters)
     finished = False
+    written = {}      # reference -> the manifest digest the output reports writing (outputs that know it)
+    lock = threading.Lock()
     try:
         def copy_one(ref):
             image = source.open(ref)
-            output.write(image)
+            digest = output.write(image)
+            if isinstance(digest, str):
+                with lock:
+                    written[str(ref)] = digest
             ctx.stats.add(images=1, layers=len(image.layers))
             return len(image.layers)
 
         results = for_each_image(source, copy_one, ctx)
+        for result in results:
+            result.digest = written.get(result.reference)
         if any(r.ok for r in results):
             output.finalize()
             finished = True

@@ -1,4 +1,4 @@
-"""The read-only commands: info, search and check.
+"""The read-only commands: info, search and check, and the small ones scripts use: tags, digest, manifest, config.
 
 Each builds the input for a SOURCE URI and runs over every image it names with `pipeline.for_each_image`, so a
 multi-image source is handled -J images at a time and one failing image does not stop the others. Each returns
@@ -11,13 +11,16 @@ import json
 import sys
 import threading
 
-from occystrap import pipeline, streams
-from occystrap.errors import OccystrapError
+from occystrap import oci, pipeline, streams
+from occystrap.errors import OccystrapError, UsageError
 from occystrap.filters import search as search_filter
 from occystrap.filters.inspect import known_size
 from occystrap.terminal import printable
 
 CREATED_BY_WIDTH = 60
+# The version of every JSON object the commands print (docs/commands.md, "JSON output"); raise it when a key
+# changes meaning or goes away, not when one is added.
+JSON_SCHEMA = 1
 
 
 def _json(settings):
@@ -66,9 +69,11 @@ def describe(image):
             'created_by': layer.created_by,
         })
     return {
+        'schema': JSON_SCHEMA,
         'image': image.name,
         'tag': image.tag,
         'reference': image.reference,
+        'digest': image.manifest_digest,
         'source': image.source,
         'manifest_digest': image.manifest_digest,
         'manifest_media_type': image.manifest_media_type,
@@ -156,8 +161,9 @@ def info(uri, ctx):
 
     results, payloads = _run(uri, ctx, one)
     if as_json:
-        _emit(json.dumps([payloads.get(r.reference) or {'image': r.reference, 'error': r.error}
-                          for r in results], indent=2) + '\n')
+        failed = {r.reference: {'schema': JSON_SCHEMA, 'image': r.reference, 'reference': r.reference, 'error': r.error}
+                  for r in results}
+        _emit(json.dumps([payloads.get(r.reference) or failed[r.reference] for r in results], indent=2) + '\n')
     else:
         _emit('\n'.join(format_info(payloads[r.reference]) for r in results if r.reference in payloads))
     return all(r.ok for r in results)
@@ -182,7 +188,10 @@ def search(uri, pattern, regex, script_friendly, ctx):
     results, payloads = _run(uri, ctx, one)
     records = [record for r in results for record in payloads.get(r.reference) or []]
     if as_json:
-        _emit(json.dumps(records, indent=2) + '\n')
+        shown = [dict({'schema': JSON_SCHEMA,
+                       'reference': '%s:%s' % (r['image'], r['tag']) if r['tag'] else r['image']}, **r)
+                 for r in records]
+        _emit(json.dumps(shown, indent=2) + '\n')
     else:
         search_filter.print_lines([search_filter.format_match(r['image'], r['tag'], r['diffid'], r['path'],
                                                               script_friendly) for r in records])
@@ -266,7 +275,8 @@ def check(uri, fast, ctx):
     report = []
     for r in results:
         errors = payloads.get(r.reference, [r.error] if not r.ok else [])
-        report.append({'image': r.reference, 'ok': r.ok and not errors, 'errors': errors})
+        report.append({'schema': JSON_SCHEMA, 'image': r.reference, 'reference': r.reference,
+                       'ok': r.ok and not errors, 'errors': errors})
     if as_json:
         _emit(json.dumps(report, indent=2) + '\n')
     else:
@@ -276,3 +286,97 @@ def check(uri, fast, ctx):
             lines.append('%s %s\n' % (printable(item['image']), printable(state)))
         _emit(''.join(lines))
     return all(item['ok'] for item in report)
+
+
+# --- tags, digest, manifest, config -----------------------------------------------------------------------------
+
+def _one_image(source, command):
+    """The one image a small command reads; a source naming several is a usage error that lists them."""
+    refs = source.references()
+    if len(refs) != 1:
+        raise UsageError('occystrap %s reads one image, and %s names %d: %s'
+                         % (command, source.uri, len(refs), ', '.join(printable(r) for r in refs[:10])
+                            + (', ...' if len(refs) > 10 else '')))
+    return refs[0]
+
+
+def _open(uri, ctx, command):
+    if uri.scheme not in pipeline.INSPECTABLE:
+        raise pipeline.unsupported(command, uri.scheme)
+    return pipeline.build_input(uri, ctx)
+
+
+def _emit_bytes(data):
+    """Exact bytes to stdout (a pipe or file gets them byte for byte; a terminal gets control characters escaped)."""
+    if sys.stdout.isatty():
+        _emit(printable(data.decode('utf-8', 'surrogateescape')))
+        return
+    sys.stdout.flush()
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
+
+
+def tags(uri, ctx):
+    """Print every tag the source holds: one a line, or with -O json one object."""
+    source = _open(uri, ctx, 'tags')
+    try:
+        found = source.tags()
+    finally:
+        source.close()
+    if _json(ctx.settings):
+        repository = uri.name if uri.scheme == 'registry' else None
+        _emit(json.dumps({'schema': JSON_SCHEMA, 'source': str(uri), 'repository': repository,
+                          'tags': found}, indent=2) + '\n')
+    else:
+        _emit(''.join(printable(tag) + '\n' for tag in found))
+
+
+def digest(uri, ctx):
+    """Print the digest of what the source names (the index's for a multi-platform tag)."""
+    source = _open(uri, ctx, 'digest')
+    try:
+        ref = _one_image(source, 'digest')
+        data, media_type = source.manifest_bytes(ref)
+    finally:
+        source.close()
+    value = oci.digest_of(data)
+    if _json(ctx.settings):
+        _emit(json.dumps({'schema': JSON_SCHEMA, 'reference': str(ref), 'digest': value, 'media_type': media_type,
+                          'size': len(data)}, indent=2) + '\n')
+    else:
+        _emit(value + '\n')
+
+
+def manifest(uri, raw, ctx):
+    """Print the manifest (or index) the source names: exact bytes with `raw`, else indented JSON."""
+    source = _open(uri, ctx, 'manifest')
+    try:
+        ref = _one_image(source, 'manifest')
+        data, media_type = source.manifest_bytes(ref)
+    finally:
+        source.close()
+    if raw:
+        _emit_bytes(data)
+        return
+    document = oci.load_json(data, 'manifest of %s' % printable(ref))
+    if _json(ctx.settings):
+        _emit(json.dumps({'schema': JSON_SCHEMA, 'reference': str(ref), 'digest': oci.digest_of(data),
+                          'media_type': media_type, 'manifest': document}, indent=2) + '\n')
+    else:
+        _emit(json.dumps(document, indent=2) + '\n')
+
+
+def config(uri, ctx):
+    """Print the exact config blob of the image the source names (with -O json, inside an object)."""
+    source = _open(uri, ctx, 'config')
+    try:
+        ref = _one_image(source, 'config')
+        data = source.config_bytes(ref)
+    finally:
+        source.close()
+    document = oci.load_json_object(data, 'config of %s' % printable(ref))
+    if _json(ctx.settings):
+        _emit(json.dumps({'schema': JSON_SCHEMA, 'reference': str(ref), 'digest': oci.digest_of(data),
+                          'config': document}, indent=2) + '\n')
+    else:
+        _emit_bytes(data)

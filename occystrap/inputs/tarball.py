@@ -415,7 +415,7 @@ class TarballInput(ImageInput):
     def multi(self):
         return len(self._ensure()) > 1
 
-    def open(self, ref):
+    def _candidates(self, ref):
         specs = self._ensure()
         candidates = specs.get(ref)
         if not candidates:
@@ -423,11 +423,78 @@ class TarballInput(ImageInput):
             raise OccystrapError('tarball %s has no image %s (it has: %s)' % (self.path, ref, names))
         if candidates[0].error is not None:
             raise candidates[0].error
+        return candidates
+
+    def _spec(self, ref):
+        candidates = self._candidates(ref)
         if candidates[0].descriptor is not None:
-            spec = self._resolve_oci([c.descriptor for c in candidates], ref)
-        else:
-            spec = candidates[0]
-        return self._build_image(spec)
+            return self._resolve_oci([c.descriptor for c in candidates], ref)
+        return candidates[0]
+
+    def open(self, ref):
+        return self._build_image(self._spec(ref))
+
+    # --- the small commands (tags, digest, manifest, config) ---------------------------------------------------
+
+    def tags(self):
+        """The references of the images the tarball names (RepoTags or ref names), as skopeo list-tags shows them."""
+        return [str(ref) for ref, candidates in self._ensure().items()
+                if ref.tag and candidates[0].error is None]
+
+    def manifest_bytes(self, ref):
+        """An OCI layout's manifest or index (the index.json entry's blob, exact bytes); for docker save, the
+        Docker schema 2 manifest that skopeo's docker-archive: reading generates, so the digests agree."""
+        candidates = self._candidates(ref)
+        if candidates[0].descriptor is not None:
+            descriptor = candidates[0].descriptor
+            if len(candidates) > 1:     # several index.json entries under one name: the run's platform
+                descriptor = self._pick_platform([c.descriptor for c in candidates], ref)
+            data = self._index.read_verified(blob_path(descriptor.digest), digest=descriptor.digest)
+            document = oci.load_json_object(data, self._index.source(blob_path(descriptor.digest)))
+            media_type = descriptor.media_type or document.get('mediaType')
+            if not isinstance(media_type, str) or not media_type:
+                media_type = oci.MEDIA_OCI_INDEX if oci.is_index_document(None, document) else oci.MEDIA_OCI_MANIFEST
+            return data, media_type
+        return self._generated_manifest(candidates[0]), oci.MEDIA_DOCKER_MANIFEST
+
+    def _generated_manifest(self, spec):
+        """containers/image's manifest for a docker-archive image: the config, then per diffid the layer's
+        uncompressed size and the diffid itself as digest, in Docker's gzip layer media type."""
+        index = self._index
+        config_bytes = index.read_verified(spec.config_member, digest=spec.config_digest)
+        where = '%s (an image config)' % index.source(spec.config_member)
+        diffids = oci.config_diff_ids(oci.load_json_object(config_bytes, where), where)
+        if len(diffids) != len(spec.layers):
+            self._fail('%s names %d layers but its config %s lists %d diff_ids'
+                       % (spec.what, len(spec.layers), spec.config_member, len(diffids)))
+        config = oci.Descriptor(MEDIA_DOCKER_CONFIG, oci.digest_of(config_bytes), len(config_bytes))
+        layers = [oci.Descriptor(oci.MEDIA_DOCKER_LAYER_GZIP, diffid, self._uncompressed_size(layer.member))
+                  for layer, diffid in zip(spec.layers, diffids)]
+        return oci.Manifest.build(config, layers, oci.MEDIA_DOCKER_MANIFEST).raw
+
+    def _uncompressed_size(self, name):
+        member = self._index.member(name)
+        if streams.sniff_compression(self._index.head(name)) == 'none':
+            return member.size
+        reader = streams.decompressing_reader(self._index.open(name))
+        try:
+            total = 0
+            while True:
+                data = reader.read(streams.CHUNK * 4)
+                if not data:
+                    return total
+                total += len(data)
+        except streams.DECOMPRESS_ERRORS as e:
+            self._fail('member %s is corrupt: %s' % (name, e))
+        finally:
+            reader.close()
+
+    def config_bytes(self, ref):
+        """The config member's exact bytes, verified against the digest the layout names it by."""
+        spec = self._spec(ref)
+        if not self._index.has(spec.config_member):
+            self._fail('has no member %s (the config named by %s)' % (spec.config_member, spec.what))
+        return self._index.read_verified(spec.config_member, digest=spec.config_digest)
 
     def close(self):
         if self._temp and os.path.exists(self._temp):

@@ -5,6 +5,7 @@ Authenticator. This module knows nothing about tarballs or directories: it moves
 """
 
 import io
+import json
 import logging
 import os
 import re
@@ -24,6 +25,7 @@ ALL_MANIFEST_TYPES = oci.ALL_MANIFEST_TYPES
 IMAGE_MANIFEST_TYPES = oci.IMAGE_MANIFEST_TYPES
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 MAX_CONFIG_BYTES = 64 * 1024 * 1024
+MAX_LIST_BYTES = 8 * 1024 * 1024       # one page of a tag list or the catalog
 MAX_REDIRECTS = 5
 MONOLITHIC_MAX = 128 * 1024 * 1024    # blobs up to this size go up in one PUT; larger ones in PATCH chunks
 UPLOAD_CHUNK = 32 * 1024 * 1024
@@ -228,17 +230,29 @@ class RegistryClient:
         response.close()
         return True
 
+    def _read_capped(self, response, limit, what):
+        """A streamed response's whole body, refused once it passes `limit` bytes (never held beyond it)."""
+        parts, total = [], 0
+        try:
+            for chunk in response.iter_bytes():
+                total += len(chunk)
+                if total > limit:
+                    raise RegistryError('registry %s answered more than %d bytes for %s' % (self.host, limit, what))
+                parts.append(chunk)
+        except httpx.HTTPError as e:
+            raise ConnectionFailed('reading %s from %s broke off: %s' % (what, self.host, e))
+        finally:
+            response.close()
+        return b''.join(parts)
+
     def _get_manifest(self, name, reference, accept):
         what = describe_reference(name, reference)
         url = self._url('/v2/%s/manifests/%s' % (name, reference))
-        response = self._send('GET', url, self._pull(name), what, headers={'Accept': ', '.join(accept)})
+        response = self._send('GET', url, self._pull(name), what, headers={'Accept': ', '.join(accept)},
+                              stream=True)
         if response.status_code != 200:
             raise self._error(response, what)
-        data = response.content
-        response.close()
-        if len(data) > MAX_MANIFEST_BYTES:
-            raise RegistryError('registry %s answered a %d byte manifest for %s (limit %d)'
-                                % (self.host, len(data), what, MAX_MANIFEST_BYTES))
+        data = self._read_capped(response, MAX_MANIFEST_BYTES, 'the manifest %s' % what)
         digest = oci.digest_of(data)
         if is_digest(reference):
             algorithm = reference.split(':', 1)[0]
@@ -363,13 +377,18 @@ class RegistryClient:
         found = []
         seen = set()
         while url:
-            response = self._send('GET', url, scopes, what, params=params)
+            response = self._send('GET', url, scopes, what, params=params, stream=True)
             if response.status_code != 200:
                 raise self._error(response, what)
+            body = self._read_capped(response, MAX_LIST_BYTES, what)
             try:
-                found.extend(response.json().get(key) or [])
+                page = json.loads(body)
+                entries = page.get(key) or []
             except (ValueError, AttributeError, RecursionError):    # RecursionError: JSON nested too deeply
                 raise RegistryError('registry %s answered %s with something that is not JSON' % (self.host, what))
+            if not isinstance(entries, list):
+                raise RegistryError('registry %s answered %s with a %s that is not a list' % (self.host, what, key))
+            found.extend(entries)
             following = response.links.get('next', {}).get('url')
             url = urllib.parse.urljoin(str(response.request.url), following) if following else None
             params = None
