@@ -39,7 +39,6 @@ class RegistryInput(ImageInput):
                          options.get('arch') or options.get('architecture') or settings.architecture,
                          options.get('variant') or settings.variant)
         self._rejected = {}     # ImageRef -> the error opening it gives (a catalog name that is not a valid name)
-        self.tags_page_size = None   # the `n` of tag list requests (None: the registry's own page size)
 
     @property
     def multi(self):
@@ -100,7 +99,7 @@ class RegistryInput(ImageInput):
         """Every tag of the repository, all Link pages followed; a tag that breaks the grammar is left out."""
         self._one('tags')
         found = []
-        for tag in self.client.list_tags(self.uri.name, self.tags_page_size):
+        for tag in self.client.list_tags(self.uri.name):
             if isinstance(tag, str) and oci.valid_tag(tag):
                 found.append(tag)
             else:
