@@ -294,3 +294,25 @@ def test_hostile_repotags_in_a_tarball_are_not_listed(tmp_path):
     bad = occystrap('manifest', 'tar://%s' % archive, check=False)
     err = one_line_error(bad, 1)
     assert '\x1b' not in err
+
+
+@pytest.mark.parametrize('given, expected', [
+    (['info', 'SRC', '--insecure'], ['--insecure', 'info', 'SRC']),
+    (['-O', 'json', 'info', '-j4', '--retries', '0', 'SRC'], ['-O', 'json', '-j4', '--retries', '0', 'info', 'SRC']),
+    (['process', 'A', 'B', '-f', 'exclude:pattern=x', '--http2'], ['--http2', 'process', 'A', 'B', '-f',
+                                                                   'exclude:pattern=x']),
+    (['manifest', '--raw', 'SRC', '--output-format=json'], ['--output-format=json', 'manifest', '--raw', 'SRC']),
+    (['info', '--', '--insecure'], ['info', '--', '--insecure']),      # after --, an argument
+    (['info', 'SRC', '-O'], ['info', 'SRC', '-O']),                    # no value: left for click to report
+    (['info', '--help'], ['info', '--help']),                          # the command's own help
+    (['nope', '--insecure'], ['nope', '--insecure']),                  # not a command: click says so
+])
+def test_global_options_are_moved_before_the_command(given, expected):
+    from occystrap import main
+    assert main.hoist_global_options(main.cli, given) == expected
+
+
+def test_a_global_option_missing_its_value_after_the_command_is_a_usage_error():
+    result = occystrap('info', 'tar:///nonexistent.tar', '--retries', check=False)
+    assert result.returncode == 2 and result.stderr.decode().startswith('error: ') and 'retries' in \
+        result.stderr.decode()
