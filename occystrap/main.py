@@ -21,7 +21,7 @@ DEFAULT_RETRIES = 3
 
 LOG = logging.getLogger('occystrap')
 
-# A hint that the failing command's SOURCE earns (docker://HOST:PORT/... meant as a registry), added to its error.
+# Hints the failing command's URIs earn (docker://HOST:PORT/... meant as a registry), added to its error.
 _hints = []
 
 
@@ -150,6 +150,7 @@ def process(settings, source, destination, filters):
     """Copy images from SOURCE to DESTINATION through optional filters."""
     from occystrap import pipeline, uris
     _note_source(source)
+    _note_source(destination)
     src = uris.parse_uri(source, 'input')
     dst = uris.parse_uri(destination, 'output')
     specs = [uris.parse_filter(f, pipeline.FILTERS) for f in filters]

@@ -228,6 +228,14 @@ def test_docker_host_port_gets_a_registry_hint():
     assert 'registry://' not in plain.stderr.decode()
 
 
+def test_docker_host_port_as_a_destination_gets_the_hint_too(tmp_path, oci_image):
+    archive = tmp_path / 'src.tar'
+    skopeo_copy('oci:%s' % oci_image.path, 'docker-archive:%s:src/app:v1' % archive)
+    result = occystrap('process', 'tar://%s' % archive, 'docker://localhost:5000/team/app:v1?socket=/nonexistent.sock',
+                       check=False)
+    one_line_error(result, 1, 'use registry://localhost:5000/team/app:v1')
+
+
 @pytest.mark.parametrize('given, role, hint', [
     ('oci:/tmp/layout', 'source', 'use ocidir:///tmp/layout'),
     ('oci:/tmp/layout:v1', 'source', 'use ocidir:///tmp/layout?ref=v1'),
