@@ -19,6 +19,10 @@ DEFAULT_PARALLEL = 8
 DEFAULT_IMAGE_PARALLEL = 3
 DEFAULT_RETRIES = 3
 
+# The version of every JSON object the commands print (docs/commands.md, "JSON output"); raise it when a key
+# changes meaning or goes away, not when one is added.
+JSON_SCHEMA = 1
+
 LOG = logging.getLogger('occystrap')
 
 # Hints the failing command's URIs earn (docker://HOST:PORT/... meant as a registry), added to its error.
@@ -119,7 +123,6 @@ def _summary(settings, stats, results=None):
     from occystrap.terminal import printable
     failed = [r for r in (results or []) if not r.ok]
     if settings.output_format == 'json':
-        from occystrap.reports import JSON_SCHEMA
         payload = {'schema': JSON_SCHEMA, 'images': stats.images, 'layers': stats.layers, 'bytes': stats.bytes,
                    'downloaded': stats.downloaded, 'seconds': round(stats.seconds, 3), 'failed': len(failed)}
         if stats.push is not None:

@@ -15,12 +15,10 @@ from occystrap import oci, pipeline, streams
 from occystrap.errors import OccystrapError, UsageError
 from occystrap.filters import search as search_filter
 from occystrap.filters.inspect import known_size
+from occystrap.main import JSON_SCHEMA
 from occystrap.terminal import printable
 
 CREATED_BY_WIDTH = 60
-# The version of every JSON object the commands print (docs/commands.md, "JSON output"); raise it when a key
-# changes meaning or goes away, not when one is added.
-JSON_SCHEMA = 1
 
 
 def _json(settings):
@@ -188,10 +186,7 @@ def search(uri, pattern, regex, script_friendly, ctx):
     results, payloads = _run(uri, ctx, one)
     records = [record for r in results for record in payloads.get(r.reference) or []]
     if as_json:
-        shown = [dict({'schema': JSON_SCHEMA,
-                       'reference': '%s:%s' % (r['image'], r['tag']) if r['tag'] else r['image']}, **r)
-                 for r in records]
-        _emit(json.dumps(shown, indent=2) + '\n')
+        _emit(json.dumps(records, indent=2) + '\n')
     else:
         search_filter.print_lines([search_filter.format_match(r['image'], r['tag'], r['diffid'], r['path'],
                                                               script_friendly) for r in records])
