@@ -14,6 +14,9 @@ import httpx
 from occystrap import streams
 from occystrap.errors import OccystrapError
 
+# The most of an engine's answer held in memory (inspect JSON, version, the reply to a load); a longer error
+# message is dropped. Image data itself is streamed, never held.
+ANSWER_LIMIT = 16 * 1024 * 1024
 DOCKER_SOCKET = '/var/run/docker.sock'
 ROOT_PODMAN_SOCKET = '/run/podman/podman.sock'
 # Small requests answer at once; exports and loads may take minutes before the first byte, so no read limit.
@@ -138,10 +141,18 @@ class EngineClient:
     # --- requests -------------------------------------------------------------------------------------------------
 
     def _send(self, method, path, stream=False, timeout=QUICK_TIMEOUT, **kwargs):
-        """Send a request; transport failures become EngineErrors that say what is wrong with the socket."""
+        """Send a request; transport failures become EngineErrors that say what is wrong with the socket.
+
+        Unless `stream`, the answer is read into memory, at most ANSWER_LIMIT bytes.
+        """
+        from occystrap.registry.http import buffered
         request = self._client.build_request(method, path, timeout=timeout, **kwargs)
         try:
-            return self._client.send(request, stream=stream)
+            response = self._client.send(request, stream=True)
+            if stream:
+                return response
+            return buffered(response, ANSWER_LIMIT, 'the answer of the engine at %s to %s %s'
+                            % (self.socket_path, method, path), error=EngineError)
         except httpx.ConnectError as e:
             raise self._connect_error(e)
         except httpx.TimeoutException:
@@ -163,14 +174,20 @@ class EngineClient:
         """Raise an EngineError for an error status, with the engine's own message; 404 on an image says so."""
         if response.status_code < 400:
             return response
+        from occystrap.registry.http import ERROR_BODY_LIMIT, read_capped
         try:
-            body = response.read()
+            body = response.content
+        except httpx.ResponseNotRead:
+            try:
+                body = read_capped(response, ERROR_BODY_LIMIT, 'an error answer', error=EngineError)
+            except (EngineError, httpx.HTTPError, httpx.StreamError):
+                body = b''
         finally:
             response.close()
         message = ''
         try:
             message = json.loads(body).get('message', '')
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             message = body.decode('utf-8', 'replace')
         if response.status_code == 404 and image is not None:
             detail = 'no such image %s' % image
@@ -200,7 +217,7 @@ class EngineClient:
         response = self._check(self._send('GET', self._image_path(ref, 'json')), image=ref)
         try:
             return response.json()
-        except ValueError:
+        except (ValueError, RecursionError):
             raise EngineError('engine at %s answered inspect of %s with something other than JSON'
                               % (self.socket_path, ref))
 
@@ -230,8 +247,13 @@ class EngineClient:
         response = self._send('POST', '/images/load', params={'quiet': '1'}, content=chunks, headers=headers,
                               timeout=STREAM_TIMEOUT, stream=True)
         self._check(response)
+        from occystrap.registry.http import read_capped
         try:
-            body = response.read()
+            body = read_capped(response, ANSWER_LIMIT, 'the reply of the engine at %s to the load'
+                               % self.socket_path, error=EngineError)
+        except httpx.HTTPError as e:
+            raise EngineError('engine at %s broke off its reply to the load: %s'
+                              % (self.socket_path, one_line(e) or type(e).__name__))
         finally:
             response.close()
         return self._loaded_names(body)

@@ -18,6 +18,7 @@ Fixtures:
 """
 
 import itertools
+import os
 import re
 
 import pytest
@@ -25,7 +26,15 @@ import pytest
 from tests.services import Podman, Registry, build_oci_layout
 
 
+# Tests talk to servers on loopback; a proxy set in the developer's shell would carry those requests (occystrap
+# honours *_PROXY as curl does, loopback included). Tests of proxies set these variables themselves.
+PROXY_VARIABLES = ('http_proxy', 'https_proxy', 'all_proxy', 'no_proxy')
+
+
 def pytest_configure(config):
+    for name in PROXY_VARIABLES:
+        os.environ.pop(name, None)
+        os.environ.pop(name.upper(), None)
     config.addinivalue_line('markers', 'integration: starts real services (docker-registry, podman, skopeo)')
 
 

@@ -287,11 +287,11 @@ def test_an_oversized_manifest_or_tag_page_is_refused():
     huge = b'{"pad":"' + b'x' * (5 * 1024 * 1024) + b'"}'
     with ScriptedServer([(200, {'Content-Type': 'application/json'}, huge)]) as server:
         result = occystrap('--insecure', 'digest', 'registry://%s/x/y:v1' % server.host, check=False)
-    one_line_error(result, 1, 'more than 4194304 bytes')
+    one_line_error(result, 1, 'manifest', 'more than the limit of')
     pages = b'{"name":"x/y","tags":["' + b'a' * (9 * 1024 * 1024) + b'"]}'
     with ScriptedServer([(200, {'Content-Type': 'application/json'}, pages)]) as server:
         result = occystrap('--insecure', 'tags', 'registry://%s/x/y' % server.host, check=False)
-    one_line_error(result, 1, 'more than 8388608 bytes')
+    one_line_error(result, 1, 'tags', 'more than the limit of')
 
 
 def test_hostile_repotags_in_a_tarball_are_not_listed(tmp_path):

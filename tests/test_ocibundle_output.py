@@ -1,9 +1,11 @@
 """oci:// output: a runtime bundle whose config.json follows runc's conventions and which runc really runs."""
 
+import io
 import json
 import os
 import subprocess
 import sys
+import tarfile
 
 import pytest
 
@@ -13,7 +15,7 @@ from occystrap.pipeline import RunContext
 from occystrap.settings import Settings
 from occystrap.uris import parse_uri
 from tests.services import build_oci_layout
-from tests.helpers import WHITEOUT_LAYERS, image_from_layout, snapshot, umoci_rootfs
+from tests.helpers import WHITEOUT_LAYERS, image_config, image_from_layout, sha256, snapshot, umoci_rootfs, write_tar
 
 PASSWD = b'root:x:0:0:root:/root:/bin/sh\nbob:x:1000:1000::/home/bob:/bin/sh\n'
 GROUP = b'root:x:0:\nbob:x:1000:\nwheel:x:10:bob\nstaff:x:50:alice,bob\n'
@@ -181,3 +183,33 @@ def test_cli_tarball_to_bundle(tmp_path):
                            capture_output=True, text=True)
     assert again.returncode == 1
     assert again.stderr.startswith('error: ') and 'not an empty directory' in again.stderr
+
+
+def hostile_config_tarball(path, field, value):
+    """A one-layer docker save tarball whose config gives `field` of its "config" object the wrong JSON type."""
+    layer = io.BytesIO()
+    with tarfile.open(fileobj=layer, mode='w') as tar:
+        info = tarfile.TarInfo('hello.txt')
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b'hi\n'))
+    layer = layer.getvalue()
+    config = json.loads(image_config([layer]))
+    config['config'][field] = value
+    config = json.dumps(config).encode()
+    config_name = sha256(config).split(':')[1] + '.json'
+    manifest = [{'Config': config_name, 'RepoTags': ['test/hostile:latest'], 'Layers': ['l/layer.tar']}]
+    return write_tar(path, {config_name: config, 'l/layer.tar': layer, 'manifest.json': json.dumps(manifest).encode()})
+
+
+@pytest.mark.parametrize('field,value', [('Entrypoint', 5), ('Cmd', 'sh -c id'), ('Env', [1]), ('User', ['root']),
+                                         ('WorkingDir', {}), ('Labels', {'a': 1}), ('ExposedPorts', ['80/tcp'])])
+def test_config_fields_of_the_wrong_type_are_one_line_and_leave_nothing(tmp_path, field, value):
+    source = hostile_config_tarball(tmp_path / 'hostile.tar', field, value)
+    dest = tmp_path / 'bundle'
+    result = subprocess.run([sys.executable, '-m', 'occystrap', 'process', 'tar://%s' % source, 'oci://%s' % dest],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith('error: ') and len(result.stderr.splitlines()) == 1, result.stderr
+    assert 'internal error' not in result.stderr and field in result.stderr
+    assert not dest.exists()
+    assert sorted(os.listdir(tmp_path)) == ['hostile.tar']

@@ -5,6 +5,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -306,3 +307,108 @@ def test_uploads_through_the_proxy_get_locations_pointing_at_it(registry, seeded
     manifest = client.get(f'{registry}/v2/faults/pushed/manifests/v1', headers={'Accept': imagegen.OCI_MANIFEST})
     assert manifest.status_code == 200
     assert any(method == 'PUT' and '/manifests/v1' in path for method, path, _, _ in proxy.requests)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Fault proxy as a hostile server: its own answers, huge bodies, raw bytes, a TLS front
+# ---------------------------------------------------------------------------------------------------------
+
+def test_answer_fills_in_its_own_address_and_the_path(seeded, fault_proxy, client):
+    name, digest, _ = seeded
+    proxy = fault_proxy([delayproxy.redirect(r'/blobs/', 'http://{netloc}{path}?port={port}', scheme='http')])
+
+    response = client.get(f'{proxy.url}/v2/{name}/blobs/{digest}')
+
+    assert response.status_code == 307
+    assert response.headers['Location'] == (f'http://{proxy.netloc}/v2/{name}/blobs/{digest}'
+                                            f'?port={proxy.netloc.rsplit(":", 1)[1]}')
+    assert proxy.received[-1].scheme == 'http' and proxy.received[-1].path == f'/v2/{name}/blobs/{digest}'
+    assert proxy.requests[-1] == ('GET', f'/v2/{name}/blobs/{digest}', 307, 'answer')
+
+
+@pytest.mark.parametrize('framing', ['length', 'chunked', 'close'])
+def test_huge_body_is_generated_as_sent_in_each_framing(fault_proxy, framing):
+    size = 3 * 1024 * 1024 + 5
+    proxy = fault_proxy([delayproxy.huge(r'/big', size, framing=framing, fill=b'ab')])
+
+    with httpx.Client(timeout=10) as http, http.stream('GET', f'{proxy.url}/big') as response:
+        digest = hashlib.sha256()
+        for chunk in response.iter_raw():
+            digest.update(chunk)
+        headers = response.headers
+
+    expected = (b'ab' * (size // 2 + 1))[:size]
+    assert digest.hexdigest() == hashlib.sha256(expected).hexdigest()
+    assert headers.get('Content-Length') == (str(size) if framing == 'length' else None)
+    assert (headers.get('Transfer-Encoding') == 'chunked') == (framing == 'chunked')
+
+
+def test_huge_gzip_body_inflates_to_its_size(fault_proxy):
+    size = 64 * 1024 * 1024
+    proxy = fault_proxy([delayproxy.huge(r'/bomb', size, encoding='gzip', fill=b'\0')])
+
+    with httpx.Client(timeout=10) as http:
+        response = http.get(f'{proxy.url}/bomb')
+
+    assert response.headers['Content-Encoding'] == 'gzip'
+    assert int(response.headers['Content-Length']) < size // 500
+    assert len(response.content) == size and response.content.count(0) == size
+
+
+def test_raw_writes_bytes_that_are_not_http(fault_proxy):
+    proxy = fault_proxy([delayproxy.raw(r'/garbage', b'\x15\x03\x03\x00\x02\x02\x46')])
+    with socket.create_connection(('127.0.0.1', int(proxy.netloc.rsplit(':', 1)[1]))) as sock:
+        sock.sendall(b'GET /garbage HTTP/1.1\r\nHost: x\r\n\r\n')
+        received = b''
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                break
+            received += data
+    assert received == b'\x15\x03\x03\x00\x02\x02\x46'
+
+
+@pytest.fixture(scope='module')
+def tls_material(tmp_path_factory):
+    from tests.services import write_tls_material
+    return write_tls_material(tmp_path_factory.mktemp('proxy-tls'))
+
+
+def test_tls_front_serves_https_and_sees_plain_http_on_the_same_port(registry, seeded, tls_material):
+    name, digest, blob = seeded
+    with delayproxy.FaultProxy(registry, tls=(tls_material['cert'], tls_material['key'])) as proxy:
+        assert proxy.url.startswith('https://127.0.0.1:')
+        with httpx.Client(verify=ssl.create_default_context(cafile=tls_material['ca']), timeout=10) as https:
+            assert https.get(f'{proxy.url}/v2/{name}/blobs/{digest}').content == blob
+        with httpx.Client(timeout=10) as plain:
+            plain_answer = plain.get(f'http://{proxy.netloc}/v2/{name}/blobs/{digest}',
+                                     headers={'Authorization': 'Basic c2VjcmV0'})
+    assert plain_answer.content == blob
+    assert [(r.scheme, r.headers.get('Authorization')) for r in proxy.received] == [
+        ('https', None), ('http', 'Basic c2VjcmV0')]
+
+
+def test_tls_front_before_a_tls_registry(tmp_path, tls_material):
+    with Registry(tmp_path / 'tls-registry', tls=True) as upstream, \
+            delayproxy.FaultProxy(upstream.url, tls=(tls_material['cert'], tls_material['key']),
+                                  upstream_ca=upstream.ca_path) as proxy, \
+            httpx.Client(verify=ssl.create_default_context(cafile=tls_material['ca']), timeout=10) as https:
+        assert https.get(f'{proxy.url}/v2/').status_code == 200
+    assert [r.scheme for r in proxy.received] == ['https']
+
+
+@pytest.mark.parametrize('plain, expected', [
+    ('go', b'HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n'),
+    ('alert', b'\x15\x03\x03\x00\x02\x02\x46')])
+def test_tls_front_answers_plain_http_as_tls_servers_do(registry, tls_material, plain, expected):
+    with delayproxy.FaultProxy(registry, tls=(tls_material['cert'], tls_material['key']), plain=plain) as proxy:
+        with socket.create_connection(('127.0.0.1', int(proxy.netloc.rsplit(':', 1)[1]))) as sock:
+            sock.sendall(b'GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n')
+            received = b''
+            while True:
+                data = sock.recv(65536)
+                if not data:
+                    break
+                received += data
+    assert received == expected
+    assert proxy.received == []

@@ -14,10 +14,13 @@ DelayProxy (command line and ``start_proxy_thread``) is a userspace TCP proxy th
 It works at the TCP level, so it carries TLS and HTTP/2 unchanged. Byte order within each direction is
 preserved and half-closes are forwarded after the delay.
 
-FaultProxy is a plain-HTTP reverse proxy for tests that injects faults into matching requests (see Rule):
-drop the connection part way through a response body, answer 429/503 with Retry-After, or flip one byte of a
-body while keeping its Content-Length. Everything else (methods, bodies, Range requests, headers) passes
-through; Location headers that point at the registry are rewritten to point at the proxy.
+FaultProxy is an HTTP (or HTTPS) reverse proxy for tests that injects faults into matching requests (see Rule):
+drop the connection part way through a response body, answer 429/503 with Retry-After, flip one byte of a
+body while keeping its Content-Length, or play a hostile server: any answer of its own (a redirect, a challenge,
+garbage), a huge body (with Content-Length, chunked or ended by closing; optionally gzip-compressed), or raw bytes
+that are not HTTP. Everything else (methods, bodies, Range requests, headers) passes through to a plain or TLS
+registry; Location headers that point at the registry are rewritten to point at the proxy. Every request it
+receives is kept in `received` with its scheme and headers, so a test can see what a client sent in clear text.
 
 Usage::
 
@@ -26,20 +29,23 @@ Usage::
 
 import argparse
 import asyncio
+import collections
 import http.client
 import http.server
 import re
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
 import urllib.parse
+import zlib
 
 try:
-    from tools.loopback import BackgroundHTTPServer
+    from tools.loopback import BackgroundHTTPServer, server_context
 except ImportError:  # run as a script from tools/
-    from loopback import BackgroundHTTPServer
+    from loopback import BackgroundHTTPServer, server_context
 
 CHUNK = 64 * 1024
 DEFAULT_WINDOW = 4 * 1024 * 1024
@@ -248,22 +254,37 @@ async def _serve(args):
 # Fault proxy
 # ---------------------------------------------------------------------------------------------------------
 
+FRAMINGS = ('length', 'chunked', 'close')
+
+
 class Rule:
-    """One fault: applies to requests whose path (with query) matches `path` and method is in `methods`.
+    """One fault: applies to requests whose path (with query) matches `path`, method is in `methods` and, when
+    `scheme` is given ('http' or 'https'), that arrived over that scheme.
 
     kind 'drop': send the response headers and `after_bytes` bytes of the body, then close the connection.
     kind 'status': answer `status` (429 or 503) with `Retry-After: retry_after` instead of forwarding; `payload`
     (bytes) replaces the registry-style JSON error body, e.g. to send a hostile error message.
     kind 'corrupt': flip one byte of the body (at `offset`, default the middle), keeping Content-Length.
+    kind 'answer': answer `status` with `headers` and a body instead of forwarding. Header values may hold
+    {netloc} (the proxy's host:port), {port} and {path} (the request's path and query). The body is `body`,
+    or with `size` that many bytes repeating `fill`, gzip-compressed when `encoding='gzip'` (the size is then
+    the uncompressed one); `framing` is 'length' (Content-Length), 'chunked' or 'close' (no length, the
+    connection closes after).
+    kind 'raw': write `body` to the connection as it is (not HTTP) and close it.
 
     A rule fires for the first `count` matching requests (None: always); 'drop' and 'corrupt' only count
     responses that have a body. FaultProxy.hits[name] says how often it fired.
     """
 
     def __init__(self, kind, path, count=1, methods=('GET',), after_bytes=0, status=429, retry_after='1',
-                 offset=None, name=None, payload=None):
-        if kind not in ('drop', 'status', 'corrupt'):
+                 offset=None, name=None, payload=None, headers=None, body=b'', size=None, fill=b'\0',
+                 framing='length', encoding=None, scheme=None):
+        if kind not in ('drop', 'status', 'corrupt', 'answer', 'raw'):
             raise ValueError(f'unknown fault kind {kind!r}')
+        if framing not in FRAMINGS:
+            raise ValueError(f'framing must be one of {FRAMINGS}, not {framing!r}')
+        if encoding not in (None, 'gzip'):
+            raise ValueError(f'unknown encoding {encoding!r}')
         self.kind = kind
         self.pattern = re.compile(path)
         self.count = count
@@ -274,9 +295,57 @@ class Rule:
         self.offset = offset
         self.payload = payload
         self.name = name or f'{kind}:{path}'
+        self.headers = dict(headers or {})
+        self.body = body
+        self.size = size
+        self.fill = fill or b'\0'
+        self.framing = framing
+        self.encoding = encoding
+        self.scheme = scheme
+        self._compressed = None
+        self._lock = threading.Lock()
 
-    def matches(self, method, path):
-        return (self.methods is None or method in self.methods) and self.pattern.search(path) is not None
+    def matches(self, method, path, scheme=None):
+        return ((self.methods is None or method in self.methods) and self.pattern.search(path) is not None
+                and (self.scheme is None or scheme is None or self.scheme == scheme))
+
+    def chunks(self):
+        """The answer's body in pieces of at most CHUNK bytes, generated as it is sent (a huge one is never held)."""
+        if self.size is None:
+            for start in range(0, len(self.body), CHUNK):
+                yield self.body[start:start + CHUNK]
+            return
+        if self.encoding == 'gzip':
+            data = self._gzipped()
+            for start in range(0, len(data), CHUNK):
+                yield data[start:start + CHUNK]
+            return
+        block = (self.fill * (CHUNK // len(self.fill) + 1))[:CHUNK]
+        remaining = self.size
+        while remaining > 0:
+            piece = block if remaining >= CHUNK else block[:remaining]
+            remaining -= len(piece)
+            yield piece
+
+    def _gzipped(self):
+        # Compressed once per rule: a gigabyte of one repeated byte is about a megabyte of gzip.
+        with self._lock:
+            if self._compressed is None:
+                compressor = zlib.compressobj(9, zlib.DEFLATED, 31)
+                block = (self.fill * (CHUNK // len(self.fill) + 1))[:CHUNK]
+                parts, remaining = [], self.size
+                while remaining > 0:
+                    piece = block if remaining >= CHUNK else block[:remaining]
+                    parts.append(compressor.compress(piece))
+                    remaining -= len(piece)
+                parts.append(compressor.flush())
+                self._compressed = b''.join(parts)
+            return self._compressed
+
+    def body_length(self):
+        if self.size is None:
+            return len(self.body)
+        return len(self._gzipped()) if self.encoding == 'gzip' else self.size
 
 
 def drop_after(path, nbytes, count=1, **kwargs):
@@ -294,6 +363,37 @@ def corrupt(path, count=1, offset=None, **kwargs):
     return Rule('corrupt', path, count=count, offset=offset, **kwargs)
 
 
+def answer(path, status, headers=None, body=b'', count=None, **kwargs):
+    """A rule that answers matching requests itself (see Rule, kind 'answer'); always, unless count is given."""
+    return Rule('answer', path, count=count, status=status, headers=headers, body=body, **kwargs)
+
+
+def redirect(path, location, status=307, **kwargs):
+    """A rule that redirects matching requests to `location` (a template: {netloc}, {port}, {path})."""
+    return answer(path, status, headers={'Location': location}, **kwargs)
+
+
+def challenge(path, www_authenticate, **kwargs):
+    """A rule that answers 401 with the given WWW-Authenticate header (a template: {netloc}, {path})."""
+    return answer(path, 401, headers={'WWW-Authenticate': www_authenticate, 'Content-Type': 'application/json'},
+                  body=b'{"errors":[{"code":"UNAUTHORIZED","message":"injected challenge"}]}', **kwargs)
+
+
+def huge(path, size, status=200, framing='length', encoding=None, fill=b'[', **kwargs):
+    """A rule that answers matching requests with a body of `size` bytes of `fill`, sent as it is generated."""
+    headers = dict(kwargs.pop('headers', None) or {})
+    headers.setdefault('Content-Type', 'application/json')
+    return answer(path, status, headers=headers, size=size, fill=fill, framing=framing, encoding=encoding, **kwargs)
+
+
+def raw(path, data, count=None, **kwargs):
+    """A rule that writes `data` instead of an HTTP answer and closes the connection."""
+    return Rule('raw', path, count=count, body=data, **kwargs)
+
+
+Received = collections.namedtuple('Received', 'scheme method path headers')
+
+
 HOP_BY_HOP = {'connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade',
               'proxy-authenticate', 'proxy-authorization'}
 
@@ -309,22 +409,38 @@ class _FaultHandler(http.server.BaseHTTPRequestHandler):
 
     do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_GET
 
+    @property
+    def scheme(self):
+        return 'https' if isinstance(self.connection, ssl.SSLSocket) else 'http'
+
     def _proxy(self):
         owner = self.server.owner
         method = self.command
-        rule = owner._claim(method, self.path, ('status',))
+        owner._received(Received(self.scheme, method, self.path, dict(self.headers.items())))
+        rule = owner._claim(method, self.path, ('status', 'answer', 'raw'), scheme=self.scheme)
         body = self._request_body()
         if rule is not None:
             if body is not None:
                 for _ in body:
                     pass
-            self._send_status_fault(rule)
-            owner._record(method, self.path, rule.status)
+            # Recorded first: a client that has the answer may look at the record at once.
+            owner._record(method, self.path, rule.status if rule.kind != 'raw' else None,
+                          None if rule.kind == 'status' else rule.kind)
+            if rule.kind == 'status':
+                self._send_status_fault(rule)
+            elif rule.kind == 'raw':
+                self._send_raw(rule)
+            else:
+                self._send_answer(rule)
             return
         # Without Content-Length, http.client re-frames a generator body as chunked, as the client sent it.
         headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP | {'host', 'expect'}}
         headers['Host'] = owner.target_netloc
-        upstream = http.client.HTTPConnection(owner.target_host, owner.target_port, timeout=60)
+        if owner.upstream_tls is not None:
+            upstream = http.client.HTTPSConnection(owner.target_host, owner.target_port, timeout=60,
+                                                   context=owner.upstream_tls)
+        else:
+            upstream = http.client.HTTPConnection(owner.target_host, owner.target_port, timeout=60)
         try:
             try:
                 upstream.request(method, self.path, body=body, headers=headers)
@@ -378,6 +494,48 @@ class _FaultHandler(http.server.BaseHTTPRequestHandler):
         if self.command != 'HEAD':
             self.wfile.write(payload)
 
+    def _send_raw(self, rule):
+        self.close_connection = True
+        try:
+            self.wfile.write(rule.body)
+            self.wfile.flush()
+        except OSError:
+            pass
+        self._abort()
+
+    def _send_answer(self, rule):
+        netloc = self.server.owner.netloc
+        values = {'netloc': netloc, 'port': netloc.rsplit(':', 1)[1], 'path': self.path}
+        self.send_response(rule.status)
+        for key, value in rule.headers.items():
+            self.send_header(key, value.format(**values))
+        if rule.encoding:
+            self.send_header('Content-Encoding', rule.encoding)
+        if rule.framing == 'length':
+            self.send_header('Content-Length', str(rule.body_length()))
+        elif rule.framing == 'chunked':
+            self.send_header('Transfer-Encoding', 'chunked')
+        else:
+            self.send_header('Connection', 'close')
+            self.close_connection = True
+        self.end_headers()
+        if self.command == 'HEAD':
+            return
+        try:
+            for chunk in rule.chunks():
+                if rule.framing == 'chunked':
+                    self.wfile.write(b'%x\r\n%s\r\n' % (len(chunk), chunk))
+                else:
+                    self.wfile.write(chunk)
+            if rule.framing == 'chunked':
+                self.wfile.write(b'0\r\n\r\n')
+            self.wfile.flush()
+        except OSError:
+            # The client stopped reading (as it should, for a huge body): nothing more to send.
+            self.close_connection = True
+        if rule.framing == 'close':
+            self._abort()
+
     def _relay(self, response, method):
         owner = self.server.owner
         length = response.getheader('Content-Length')
@@ -387,7 +545,8 @@ class _FaultHandler(http.server.BaseHTTPRequestHandler):
             # Unframed upstream bodies (chunked or close-delimited) are small JSON; re-frame them.
             data = response.read()
             length = str(len(data))
-        rule = owner._claim(method, self.path, ('drop', 'corrupt'), int(length or 0) if has_body else 0)
+        rule = owner._claim(method, self.path, ('drop', 'corrupt'), int(length or 0) if has_body else 0,
+                            scheme=self.scheme)
         self.send_response_only(response.status, response.reason)
         for key, value in response.getheaders():
             lower = key.lower()
@@ -430,30 +589,35 @@ class _FaultHandler(http.server.BaseHTTPRequestHandler):
 
 
 class FaultProxy(BackgroundHTTPServer):
-    """A plain-HTTP reverse proxy to target_url that injects the faults described by rules.
+    """A reverse proxy to target_url (http or https) that injects the faults described by rules.
 
-    start() binds 127.0.0.1 on a free port and serves in a thread; url is then 'http://127.0.0.1:PORT'.
-    hits maps rule name to the number of times it fired; requests lists (method, path, status, fault).
+    start() binds 127.0.0.1 on a free port and serves in a thread; url is then 'http://127.0.0.1:PORT', or
+    'https://...' with `tls=(certfile, keyfile)`; then `plain` says what plain HTTP to that port gets (see
+    tools/loopback.py: 'serve' answers it too, so a test sees what was sent in clear). An https target is verified
+    with `upstream_ca` (a PEM file). hits maps rule name to the number of times it fired; requests lists
+    (method, path, status, fault); received lists every request as Received(scheme, method, path, headers).
     """
 
-    def __init__(self, target_url, rules=()):
+    def __init__(self, target_url, rules=(), tls=None, plain='serve', upstream_ca=None):
         parsed = urllib.parse.urlsplit(target_url)
-        if parsed.scheme != 'http':
-            raise ValueError('FaultProxy only forwards to plain http registries')
-        self.target_url = f'http://{parsed.netloc}'
+        if parsed.scheme not in ('http', 'https'):
+            raise ValueError('FaultProxy forwards to http or https registries')
+        self.target_url = f'{parsed.scheme}://{parsed.netloc}'
         self.target_netloc = parsed.netloc
         self.target_host = parsed.hostname
-        self.target_port = parsed.port or 80
+        self.target_port = parsed.port or (443 if parsed.scheme == 'https' else 80)
+        self.upstream_tls = ssl.create_default_context(cafile=upstream_ca) if parsed.scheme == 'https' else None
         self.rules = list(rules)
         self.hits = {rule.name: 0 for rule in self.rules}
         self.requests = []
+        self.received = []
         self._lock = threading.Lock()
-        super().__init__()
+        super().__init__(tls=server_context(*tls) if tls else None, plain=plain)
 
     thread_name = 'faultproxy'
     handler = _FaultHandler
 
-    def _claim(self, method, path, kinds, body_length=0):
+    def _claim(self, method, path, kinds, body_length=0, scheme=None):
         """Find the first rule of one of `kinds` that should fire now, and count it."""
         with self._lock:
             for rule in self.rules:
@@ -463,7 +627,7 @@ class FaultProxy(BackgroundHTTPServer):
                     continue
                 if rule.kind == 'drop' and body_length <= rule.after_bytes:
                     continue
-                if not rule.matches(method, path):
+                if not rule.matches(method, path, scheme):
                     continue
                 if rule.count is not None and self.hits[rule.name] >= rule.count:
                     continue
@@ -474,6 +638,10 @@ class FaultProxy(BackgroundHTTPServer):
     def _record(self, method, path, status, fault=None):
         with self._lock:
             self.requests.append((method, path, status, fault))
+
+    def _received(self, entry):
+        with self._lock:
+            self.received.append(entry)
 
     def _rewrite_location(self, value):
         if value.startswith(self.target_url):

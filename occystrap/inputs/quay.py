@@ -18,6 +18,7 @@ import urllib.parse
 
 from occystrap.errors import OccystrapError, RegistryError
 from occystrap.pipeline import ImageInput, ImageRef, lookup_workers
+from occystrap.registry.http import LISTING_LIMIT
 from occystrap.uris import Uri
 
 LOG = logging.getLogger(__name__)
@@ -55,12 +56,13 @@ class QuayApi:
 
     def _get(self, path, params, what):
         url = self.base_url + path
-        response = self.http.request('GET', url, headers=self._headers(), params=params)
+        response = self.http.request('GET', url, headers=self._headers(), params=params, limit=LISTING_LIMIT,
+                                     what='the Quay API %s answer for %s' % (self.base_url, what))
         try:
             if response.status_code == 200:
                 try:
                     return response.json()
-                except ValueError:
+                except (ValueError, RecursionError):
                     raise QuayApiError('Quay API %s answered non-JSON for %s' % (self.base_url, what), status=200)
             return response.status_code
         finally:

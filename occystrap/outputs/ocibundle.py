@@ -22,7 +22,7 @@ import logging
 import os
 
 from occystrap import extract
-from occystrap.errors import OccystrapError
+from occystrap.errors import CorruptImageError, OccystrapError
 from occystrap.outputs.staging import StagedImageOutput
 
 LOG = logging.getLogger(__name__)
@@ -107,28 +107,59 @@ def resolve_user(spec, rootfs, reference):
     return uid, gid, additional, home
 
 
-def image_annotations(image_config):
+# The image config's execution fields and what each must be (image-spec, "Properties" of config): the values reach
+# config.json and the process a runtime starts.
+_STRINGS = 'a list of strings'
+_CONFIG_TYPES = {'Entrypoint': _STRINGS, 'Cmd': _STRINGS, 'Env': _STRINGS, 'User': 'a string',
+                 'WorkingDir': 'a string', 'Hostname': 'a string', 'StopSignal': 'a string',
+                 'Labels': 'an object of strings', 'ExposedPorts': 'an object'}
+
+
+def _is(value, kind):
+    if kind == _STRINGS:
+        return isinstance(value, list) and all(isinstance(item, str) for item in value)
+    if kind == 'a string':
+        return isinstance(value, str)
+    if kind == 'an object of strings':
+        return isinstance(value, dict) and all(isinstance(item, str) for item in value.values())
+    return isinstance(value, dict)
+
+
+def execution_config(image):
+    """The image config's `config` object, its fields checked: a number for Entrypoint or a list for User is a
+    corrupt image (one line), not an internal error."""
+    config = image.config.get('config') or {}
+    if not isinstance(config, dict):
+        raise CorruptImageError('%s: the image config\'s "config" is not an object' % image.reference)
+    for key, kind in _CONFIG_TYPES.items():
+        if config.get(key) is not None and not _is(config[key], kind):
+            raise CorruptImageError('%s: the image config\'s %s is not %s' % (image.reference, key, kind))
+    return config
+
+
+def image_annotations(image_config, config=None):
     """Annotations the OCI image spec's conversion rules derive from an image config, labels included."""
-    config = image_config.get('config') or {}
+    config = image_config.get('config') or {} if config is None else config
     annotations = dict(config.get('Labels') or {})
     facts = {
         'org.opencontainers.image.os': image_config.get('os'),
         'org.opencontainers.image.architecture': image_config.get('architecture'),
         'org.opencontainers.image.variant': image_config.get('variant'),
         'org.opencontainers.image.os.version': image_config.get('os.version'),
-        'org.opencontainers.image.os.features': ','.join(image_config.get('os.features') or []),
+        'org.opencontainers.image.os.features': ','.join(f for f in image_config.get('os.features') or []
+                                                         if isinstance(f, str)),
         'org.opencontainers.image.author': image_config.get('author'),
         'org.opencontainers.image.created': image_config.get('created'),
         'org.opencontainers.image.stopSignal': config.get('StopSignal'),
         'org.opencontainers.image.exposedPorts': ','.join(sorted(config.get('ExposedPorts') or {})),
     }
-    annotations.update({k: v for k, v in facts.items() if v})
+    annotations.update({k: v for k, v in facts.items() if v and isinstance(v, str)})
     return annotations
 
 
 def runtime_config(image, rootfs, warn):
     """The runtime spec config.json (a dict) for an image whose layers are applied at `rootfs`."""
-    config = image.config.get('config') or {}
+    config = execution_config(image)
     args = list(config.get('Entrypoint') or []) + list(config.get('Cmd') or [])
     if not args:
         warn('%s: the image has no Entrypoint or Cmd; config.json runs "sh"' % image.reference)
@@ -160,7 +191,7 @@ def runtime_config(image, rootfs, warn):
         'mounts': json.loads(json.dumps(DEFAULT_MOUNTS)),
         'linux': json.loads(json.dumps(DEFAULT_LINUX)),
     }
-    annotations = image_annotations(image.config)
+    annotations = image_annotations(image.config, config)
     if annotations:
         spec['annotations'] = annotations
     return spec

@@ -4,6 +4,9 @@ Credentials come from (in order) the URI's user:pass, --username/--password, and
 configuration (~/.docker/config.json, or $DOCKER_CONFIG/config.json). A registry says what it wants in a 401's
 WWW-Authenticate header; Bearer tokens are fetched from its realm, cached per scope until they expire, and shared
 by every thread (one fetch per scope at a time). No credential or token is ever logged or put in an error.
+
+A realm must be an http(s) URL with a host, and a registry reached over TLS may not name a plain-HTTP realm (the
+credentials, or the token, would cross the network in clear text); token answers are read up to TOKEN_LIMIT.
 """
 
 import base64
@@ -16,13 +19,16 @@ import time
 import urllib.parse
 
 from occystrap.errors import RegistryError
+from occystrap.registry.http import TOKEN_LIMIT, usable_url
 
 LOG = logging.getLogger(__name__)
 
 DEFAULT_TOKEN_LIFETIME = 60          # seconds, as the token spec says when expires_in is missing
 EXPIRY_MARGIN = 10                   # refresh a little before the registry would refuse the token
+MAX_TOKEN_LIFETIME = 24 * 3600       # a longer expires_in is believed only this far
 DOCKER_HUB_ALIASES = ('docker.io', 'index.docker.io', 'registry-1.docker.io')
 
+_TOKEN_RE = re.compile(r'[\x21-\x7e]+')
 _PARAM_RE = re.compile(r'\s*([A-Za-z0-9_.-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^,\s]*)\s*,?')
 
 
@@ -150,6 +156,7 @@ class Authenticator:
         self.password = password
         self.scheme = None            # None (anonymous so far), 'basic' or 'bearer'
         self.challenge = {}
+        self.challenge_scheme = None  # 'https' or 'http': how the registry that challenged us was reached
         self._tokens = {}             # scope tuple -> _Token
         self._scope_locks = {}
         self._lock = threading.Lock()
@@ -194,6 +201,7 @@ class Authenticator:
             with self._lock:
                 self.scheme = 'bearer'
                 self.challenge = params
+                self.challenge_scheme = response.request.url.scheme
             if sent.startswith('Bearer '):
                 # The token we used was refused (expired early, or revoked): forget it so the repeat fetches anew.
                 stale = sent[len('Bearer '):]
@@ -220,15 +228,29 @@ class Authenticator:
                 self._tokens[scopes] = token
             return token.value
 
-    def _fetch_token(self, scopes):
+    def _realm(self):
+        """The challenge's realm, refused unless it is an http(s) URL and keeps TLS when the registry has it."""
         realm = self.challenge['realm']
+        if not usable_url(realm):
+            raise AuthenticationError('registry %s named a token realm that is not an http(s) URL with a host'
+                                      % self.host)
+        if self.challenge_scheme != 'http' and urllib.parse.urlsplit(realm).scheme.lower() == 'http':
+            raise AuthenticationError('registry %s named a plain-HTTP token realm (%s); refusing to send credentials '
+                                      'or ask for a token in clear text (use ?insecure=true on its URI only if this '
+                                      'registry is meant to be reached over plain HTTP)'
+                                      % (self.host, urllib.parse.urlsplit(realm).netloc), status=401)
+        return realm
+
+    def _fetch_token(self, scopes):
+        realm = self._realm()
         params = [('service', self.challenge['service'])] if self.challenge.get('service') else []
         params += [('scope', scope) for scope in scopes if scope]
         headers = {'Accept': 'application/json'}
         if self.has_credentials:
             headers['Authorization'] = self._basic_value()
         LOG.debug('fetching a token for %s (%s)', self.host, ' '.join(scopes) or 'no scope')
-        response = self.http.request('GET', realm, headers=headers, params=params)
+        response = self.http.request('GET', realm, headers=headers, params=params, limit=TOKEN_LIMIT,
+                                     what='the token answer for registry %s' % self.host)
         self.token_fetches += 1
         if response.status_code in (401, 403):
             if self.has_credentials:
@@ -243,9 +265,13 @@ class Authenticator:
             body = response.json()
             value = body.get('token') or body.get('access_token')
             lifetime = int(body.get('expires_in') or DEFAULT_TOKEN_LIFETIME)
-        except (ValueError, AttributeError, TypeError):
+        except (ValueError, AttributeError, TypeError, RecursionError, OverflowError):
             value = None
         if not value:
             raise AuthenticationError('token service of registry %s answered without a token' % self.host)
-        lifetime = max(lifetime, DEFAULT_TOKEN_LIFETIME)
+        # The token goes into a header: printable ASCII without spaces, as a bearer token is.
+        if not isinstance(value, str) or not _TOKEN_RE.fullmatch(value):
+            raise AuthenticationError('token service of registry %s answered a token that is not a bearer token'
+                                      % self.host)
+        lifetime = min(max(lifetime, DEFAULT_TOKEN_LIFETIME), MAX_TOKEN_LIFETIME)
         return _Token(value, time.monotonic() + lifetime - EXPIRY_MARGIN)

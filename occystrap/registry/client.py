@@ -5,7 +5,6 @@ Authenticator. This module knows nothing about tarballs or directories: it moves
 """
 
 import io
-import json
 import logging
 import os
 import re
@@ -17,19 +16,23 @@ import httpx
 from occystrap import oci, streams
 from occystrap.errors import CorruptImageError, DigestMismatchError, RegistryError
 from occystrap.registry import auth
-from occystrap.registry.http import REDIRECT_STATUSES, ConnectionFailed, RetryPolicy, host_of
+from occystrap.registry.http import (DOCUMENT_LIMIT, ERROR_BODY_LIMIT, LISTING_LIMIT, MAX_REDIRECTS,
+                                     REDIRECT_STATUSES, ConnectionFailed, RetryPolicy, host_of, origin, read_capped,
+                                     speaks_tls, unusable_redirect, usable_url)
 
 LOG = logging.getLogger(__name__)
 
 ALL_MANIFEST_TYPES = oci.ALL_MANIFEST_TYPES
 IMAGE_MANIFEST_TYPES = oci.IMAGE_MANIFEST_TYPES
-MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+MAX_MANIFEST_BYTES = DOCUMENT_LIMIT
 MAX_CONFIG_BYTES = 64 * 1024 * 1024
-MAX_LIST_BYTES = 8 * 1024 * 1024       # one page of a tag list or the catalog
-MAX_REDIRECTS = 5
+MAX_PAGES = 10000                     # pages of tags or catalog followed before the registry is thought to loop
 MONOLITHIC_MAX = 128 * 1024 * 1024    # blobs up to this size go up in one PUT; larger ones in PATCH chunks
 UPLOAD_CHUNK = 32 * 1024 * 1024
 CATALOG_SCOPE = 'registry:catalog:*'
+# What Go's net/http and nginx answer a plain-HTTP request sent to their TLS port.
+PLAIN_TO_TLS_TEXTS = (b'Client sent an HTTP request to an HTTPS server',
+                      b'The plain HTTP request was sent to HTTPS port')
 _RANGE_RE = re.compile(r'^(?:bytes=)?(\d+)-(-?\d+)$')
 
 
@@ -44,12 +47,28 @@ def is_digest(reference):
     return oci.is_digest(reference)
 
 
-def _error_detail(response):
+def _error_body(response):
+    """The (capped) body of an error answer, or b'' when there is none to read: a HEAD answer, a body already
+    closed unread, one over ERROR_BODY_LIMIT, or one whose reading fails in any way."""
+    try:
+        return response.content
+    except httpx.ResponseNotRead:
+        pass
+    if response.is_closed or response.request.method == 'HEAD':
+        return b''
+    try:
+        return read_capped(response, ERROR_BODY_LIMIT, 'an error answer')
+    except (RegistryError, httpx.HTTPError, httpx.StreamError, OSError, ValueError):
+        return b''
+    finally:
+        response.close()
+
+
+def _error_detail(response, body=None):
     """'CODE: message' from a registry's JSON error body, or ''."""
     try:
-        response.read()
-        body = response.json()
-    except (ValueError, httpx.HTTPError, UnicodeDecodeError):
+        body = oci.load_json(_error_body(response) if body is None else body, 'an error answer')
+    except CorruptImageError:
         return ''
     errors = body.get('errors') if isinstance(body, dict) else None
     if not errors or not isinstance(errors, list) or not isinstance(errors[0], dict):
@@ -158,16 +177,46 @@ class RegistryClient:
         return self.base + path
 
     def _own(self, url):
-        return host_of(url) == host_of(self.base)
+        """True when `url` has this registry's origin (scheme, host and port): only then do credentials go along."""
+        return origin(url) == origin(self.base)
+
+    @property
+    def plain(self):
+        """True when the user asked for plain HTTP to this registry (--insecure, or ?insecure=true on its URI)."""
+        return self.base.startswith('http://')
+
+    def _follow(self, response, location, what, kind='redirected'):
+        """The URL a redirect (or a Link) leads to, refused unless it is a usable http(s) URL and, for a TLS
+        registry, unless it stays on TLS."""
+        try:
+            target = urllib.parse.urljoin(str(response.request.url), location)
+        except ValueError:
+            target = None
+        if target is None or not usable_url(target):
+            if kind == 'redirected':
+                raise unusable_redirect('%s from registry %s' % (what, self.host))
+            raise RegistryError('registry %s %s %s to an unusable URL (not http or https with a host)'
+                                % (self.host, kind, what))
+        if not self.plain and urllib.parse.urlsplit(target).scheme.lower() == 'http':
+            raise RegistryError('registry %s %s %s to plain HTTP; refusing to leave TLS (use ?insecure=true on its '
+                                'URI only if this registry is meant to be reached over plain HTTP)'
+                                % (self.host, kind, what))
+        return target
+
+    def _upload_location(self, response, what):
+        """Where an upload goes on, from the answer's Location: checked as a redirect is."""
+        return self._follow(response, response.headers['Location'], what, 'moved the upload of')
 
     def _send(self, method, url, scopes, what, headers=None, content=None, stream=False, retry=True, follow=False,
-              params=None, transfer=False):
+              params=None, transfer=False, limit=ERROR_BODY_LIMIT):
         """An authenticated request; 401s are answered by authenticating, redirects followed when `follow`.
 
         `transfer=True` for blob downloads and uploads (see HttpClient.request).
 
-        Authorization goes only to this registry's own host, never to a host a redirect leads to. Returns the
-        response whatever its status (except an unresolvable 401, which raises AuthenticationError).
+        Authorization goes only to this registry's own origin (scheme, host, port), never to another one a redirect
+        leads to; redirects to plain HTTP from a TLS registry and more than MAX_REDIRECTS are refused. Unless
+        `stream`, the body is read, at most `limit` bytes. Returns the response whatever its status (except an
+        unresolvable 401, which raises AuthenticationError).
         """
         challenges = 0
         redirects = 0
@@ -176,8 +225,15 @@ class RegistryClient:
             own = self._own(url)
             if own:
                 sent.update(self.auth.headers(scopes))
-            response = self.http.request(method, url, headers=sent, content=content, stream=stream, retry=retry,
-                                         params=params, transfer=transfer)
+            try:
+                response = self.http.request(method, url, headers=sent, content=content, stream=stream, retry=retry,
+                                             params=params, transfer=transfer, limit=limit,
+                                             what='%s from registry %s' % (what, self.host))
+            except ConnectionFailed as e:
+                # A plain-HTTP request that a TLS port could not parse breaks the protocol instead of answering 400.
+                if self.plain and isinstance(e.__context__, httpx.RemoteProtocolError) and speaks_tls(host_of(url)):
+                    raise self._speaks_tls(what) from None
+                raise
             if response.status_code == 401 and own and challenges < 2:
                 response.close()
                 challenges += 1
@@ -189,18 +245,34 @@ class RegistryClient:
                 if redirects > MAX_REDIRECTS:
                     raise RegistryError('registry %s redirected %s more than %d times'
                                         % (self.host, what, MAX_REDIRECTS))
-                url = urllib.parse.urljoin(str(response.request.url), response.headers['Location'])
+                url = self._follow(response, response.headers['Location'], what)
                 params = None
                 LOG.debug('%s redirected to %s', what, host_of(url))
                 continue
             return response
 
+    def _speaks_tls(self, what):
+        if self.http.settings.insecure:
+            how = ('--insecure asks every registry for plain HTTP: leave it out, and put ?insecure=true only on the '
+                   'URI of a registry that needs plain HTTP')
+        else:
+            how = 'leave ?insecure=true off its URI'
+        return RegistryError('registry %s speaks TLS (HTTPS) and refused %s over plain HTTP; %s'
+                             % (self.host, what, how), status=400)
+
     def _error(self, response, what):
-        """The exception for an unexpected answer, naming the registry, the status and the registry's own reason."""
-        detail = _error_detail(response)
+        """The exception for an unexpected answer, naming the registry, the status and the registry's own reason.
+
+        The body is read safely (see _error_body); a 400 to plain HTTP from a TLS port says how to ask for TLS.
+        """
+        body = _error_body(response)
         response.close()
-        suffix = ' (%s)' % detail if detail else ''
         status = response.status_code
+        if status == 400 and self.plain:
+            if any(text in body for text in PLAIN_TO_TLS_TEXTS) or (not body and speaks_tls(self.host)):
+                return self._speaks_tls(what)
+        detail = _error_detail(response, body)
+        suffix = ' (%s)' % detail if detail else ''
         if status == 401:
             if self.auth.has_credentials:
                 return auth.AuthenticationError('registry %s refused the credentials for %s%s'
@@ -230,29 +302,14 @@ class RegistryClient:
         response.close()
         return True
 
-    def _read_capped(self, response, limit, what):
-        """A streamed response's whole body, refused once it passes `limit` bytes (never held beyond it)."""
-        parts, total = [], 0
-        try:
-            for chunk in response.iter_bytes():
-                total += len(chunk)
-                if total > limit:
-                    raise RegistryError('registry %s answered more than %d bytes for %s' % (self.host, limit, what))
-                parts.append(chunk)
-        except httpx.HTTPError as e:
-            raise ConnectionFailed('reading %s from %s broke off: %s' % (what, self.host, e))
-        finally:
-            response.close()
-        return b''.join(parts)
-
     def _get_manifest(self, name, reference, accept):
         what = describe_reference(name, reference)
         url = self._url('/v2/%s/manifests/%s' % (name, reference))
-        response = self._send('GET', url, self._pull(name), what, headers={'Accept': ', '.join(accept)},
-                              stream=True)
+        response = self._send('GET', url, self._pull(name), 'the manifest of %s' % what,
+                              headers={'Accept': ', '.join(accept)}, limit=MAX_MANIFEST_BYTES)
         if response.status_code != 200:
             raise self._error(response, what)
-        data = self._read_capped(response, MAX_MANIFEST_BYTES, 'the manifest %s' % what)
+        data = response.content
         digest = oci.digest_of(data)
         if is_digest(reference):
             algorithm = reference.split(':', 1)[0]
@@ -329,6 +386,9 @@ class RegistryClient:
         try:
             if response.status_code != 200:
                 raise self._error(response, what)
+            length = response.headers.get('Content-Length', '').strip()
+            if length.isdigit() and int(length) > max_size:
+                raise RegistryError('%s on registry %s is larger than %d bytes' % (what, self.host, max_size))
             parts, total = [], 0
             for chunk in response.iter_raw(streams.CHUNK):
                 total += len(chunk)
@@ -355,11 +415,12 @@ class RegistryClient:
     def blob_exists(self, name, digest):
         """The blob's size when the repository has it, else None (a HEAD request)."""
         response, what = self._blob_response(name, digest, method='HEAD')
-        response.close()
         if response.status_code == 404:
+            response.close()
             return None
         if response.status_code != 200:
             raise self._error(response, what)
+        response.close()
         return int(response.headers.get('Content-Length') or 0)
 
     def list_tags(self, name, page_size=None):
@@ -377,23 +438,23 @@ class RegistryClient:
         found = []
         seen = set()
         while url:
-            response = self._send('GET', url, scopes, what, params=params, stream=True)
+            response = self._send('GET', url, scopes, what, params=params, limit=LISTING_LIMIT)
             if response.status_code != 200:
                 raise self._error(response, what)
-            body = self._read_capped(response, MAX_LIST_BYTES, what)
             try:
-                page = json.loads(body)
-                entries = page.get(key) or []
+                page = response.json().get(key) or []
             except (ValueError, AttributeError, RecursionError):    # RecursionError: JSON nested too deeply
                 raise RegistryError('registry %s answered %s with something that is not JSON' % (self.host, what))
-            if not isinstance(entries, list):
-                raise RegistryError('registry %s answered %s with a %s that is not a list' % (self.host, what, key))
-            found.extend(entries)
+            if not isinstance(page, list):
+                raise RegistryError('registry %s answered %s without a list of %s' % (self.host, what, key))
+            found.extend(page)
             following = response.links.get('next', {}).get('url')
-            url = urllib.parse.urljoin(str(response.request.url), following) if following else None
+            url = self._follow(response, following, what, 'paginated') if following else None
             params = None
             if url in seen:
                 raise RegistryError('registry %s paginates %s in a loop' % (self.host, what))
+            if len(seen) >= MAX_PAGES:
+                raise RegistryError('registry %s paginates %s beyond %d pages' % (self.host, what, MAX_PAGES))
             seen.add(url)
         return found
 
@@ -411,7 +472,7 @@ class RegistryClient:
         if response.status_code == 202 and response.headers.get('Location'):
             # The registry opened an ordinary upload instead; keep it for upload_blob rather than waste it.
             with self._lock:
-                self._pending_uploads[(name, digest)] = urllib.parse.urljoin(url, response.headers['Location'])
+                self._pending_uploads[(name, digest)] = self._upload_location(response, what)
             return False
         raise self._error(response, what)
 
@@ -421,7 +482,7 @@ class RegistryClient:
         response.close()
         if response.status_code != 202 or not response.headers.get('Location'):
             raise self._error(response, what)
-        return urllib.parse.urljoin(url, response.headers['Location'])
+        return self._upload_location(response, what)
 
     def upload_blob(self, name, digest, source, size=None, on_bytes=None):
         """Upload a blob unless told otherwise; returns its digest as the registry confirmed it.
@@ -518,7 +579,7 @@ class RegistryClient:
             if response is not None:
                 response.close()
                 if response.status_code == 202 and response.headers.get('Location'):
-                    return urllib.parse.urljoin(location, response.headers['Location'])
+                    return self._upload_location(response, what)
                 if not (RetryPolicy.retryable_status(response.status_code) or response.status_code == 416):
                     raise self._error(response, what)
                 reason = 'registry answered %d' % response.status_code
@@ -544,7 +605,7 @@ class RegistryClient:
         # '0--1' in older versions), so read '0-0' as empty: a lone byte that arrived would make the digest fail.
         have = int(match.group(2)) + 1 if match and match.group(2) not in ('0', '-1') else 0
         if response.headers.get('Location'):
-            location = urllib.parse.urljoin(location, response.headers['Location'])
+            location = self._upload_location(response, what)
         return location, max(0, have)
 
     def put_manifest(self, name, reference, data, media_type):

@@ -4,16 +4,21 @@ RunContext.http creates a single HttpClient per run; every thread and image shar
 limit are shared too (tokens are the run's auth.Authenticators'). It knows HTTP, not the registry protocol: callers
 say which requests are blob transfers. Requests go through the environment's proxies (registry/proxy.py). Redirects
 are not followed here: the registry client follows them itself so that Authorization is dropped when a redirect
-leads to another host.
+leads to another origin (scheme, host and port).
+
+Bodies read into memory are capped (`read_capped`): a request without `stream=True` answers a response whose body
+was read in full, but never more than its `limit`, so a hostile server cannot make the run hold a huge answer.
 """
 
 import email.utils
 import logging
 import random
+import socket
 import ssl
 import threading
 import time
 import urllib.parse
+import zlib
 
 import httpx
 
@@ -26,6 +31,15 @@ LOG = logging.getLogger(__name__)
 TIMEOUT = httpx.Timeout(connect=30.0, read=120.0, write=120.0, pool=600.0)
 MAX_RETRY_AFTER = 300.0
 REDIRECT_STATUSES = (301, 302, 303, 307, 308)
+MAX_REDIRECTS = 5                       # redirects followed for one request, wherever redirects are followed
+# The most of a body held in memory. Answers read whole (stream=False) are capped at DOCUMENT_LIMIT unless the
+# caller says otherwise; an error answer's body only serves for the registry's reason, so beyond ERROR_BODY_LIMIT
+# it is dropped rather than read.
+DOCUMENT_LIMIT = 4 * 1024 * 1024        # manifests and indexes, as the distribution spec suggests
+LISTING_LIMIT = 8 * 1024 * 1024         # one page of tags, of the catalog, or of the Quay API
+TOKEN_LIMIT = 64 * 1024
+ERROR_BODY_LIMIT = 64 * 1024
+DEFAULT_PORTS = {'http': 80, 'https': 443}
 
 
 class ConnectionFailed(RegistryError):
@@ -95,6 +109,156 @@ def ssl_context(ca_cert=None):
 
 def host_of(url):
     return urllib.parse.urlsplit(str(url)).netloc
+
+
+def origin(url):
+    """(scheme, host, port) of a URL with the default port filled in: what must match for credentials to be sent."""
+    parts = urllib.parse.urlsplit(str(url))
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return scheme, (parts.hostname or '').lower(), port or DEFAULT_PORTS.get(scheme)
+
+
+def usable_url(url):
+    """True for an absolute http(s) URL with a host, a valid port and no user information: one we may follow."""
+    try:
+        parts = urllib.parse.urlsplit(str(url))
+        parts.port
+    except ValueError:
+        return False
+    return (parts.scheme.lower() in ('http', 'https') and bool(parts.hostname) and '@' not in parts.netloc
+            and not any(ord(c) < 33 or ord(c) == 127 for c in str(url)))
+
+
+def limit_text(limit):
+    """'4 MiB', '64 KiB' or '100 bytes', as a limit is shown in an error."""
+    for unit, size in (('MiB', 1024 * 1024), ('KiB', 1024)):
+        if limit >= size and limit % size == 0:
+            return '%d %s' % (limit // size, unit)
+    return '%d bytes' % limit
+
+
+def _too_large(error, what, limit, size=None):
+    if size is not None:
+        return error('%s is %d bytes, more than the limit of %s' % (what, size, limit_text(limit)))
+    return error('%s is larger than the limit of %s' % (what, limit_text(limit)))
+
+
+def _inflate(data, wbits, limit, what, error):
+    decompressor = zlib.decompressobj(wbits)
+    out = decompressor.decompress(data, limit + 1)
+    if len(out) > limit:
+        raise _too_large(error, what, limit)
+    return out + decompressor.flush()
+
+
+def _decode(data, encodings, limit, what, error):
+    """The body as sent before Content-Encoding, never more than `limit` bytes however well it was compressed."""
+    for coding in reversed([c.strip().lower() for c in encodings.split(',') if c.strip()]):
+        try:
+            if coding == 'identity':
+                continue
+            if coding in ('gzip', 'x-gzip'):
+                data = _inflate(data, 31, limit, what, error)
+            elif coding == 'deflate':
+                # Servers send either zlib-wrapped or raw deflate under this name, as httpx tolerates too.
+                try:
+                    data = _inflate(data, 15, limit, what, error)
+                except zlib.error:
+                    data = _inflate(data, -15, limit, what, error)
+            elif coding == 'zstd':
+                import zstandard
+                reader = zstandard.ZstdDecompressor().stream_reader(data, read_across_frames=True)
+                parts, total = [], 0
+                while total <= limit:
+                    part = reader.read(limit + 1 - total)
+                    if not part:
+                        break
+                    parts.append(part)
+                    total += len(part)
+                if total > limit:
+                    raise _too_large(error, what, limit)
+                data = b''.join(parts)
+            else:
+                raise error('%s has Content-Encoding %s, which occystrap cannot read' % (what, ascii(coding)[:40]))
+        except (zlib.error, ValueError) as e:
+            raise error('%s is not valid %s: %s' % (what, coding, ' '.join(str(e).split())[:100]))
+        except Exception as e:
+            if type(e).__name__ == 'ZstdError':
+                raise error('%s is not valid zstd: %s' % (what, ' '.join(str(e).split())[:100]))
+            raise
+    return data
+
+
+def read_capped(response, limit, what, error=RegistryError):
+    """The body of a streamed response (decoded), or `error` naming `what` and the limit; the response is closed.
+
+    A Content-Length over `limit` is refused before anything is read; otherwise at most `limit` bytes as received
+    and `limit` bytes decoded are held, so memory stays bounded whatever the server sends. Transport failures
+    while reading propagate as httpx errors (the caller decides whether to retry). HEAD answers have no body.
+    """
+    try:
+        if response.request.method == 'HEAD':
+            return b''
+        length = response.headers.get('Content-Length', '').strip()
+        if length.isdigit() and int(length) > limit:
+            raise _too_large(error, what, limit, int(length))
+        parts, total = [], 0
+        for chunk in response.iter_raw():
+            total += len(chunk)
+            if total > limit:
+                raise _too_large(error, what, limit)
+            parts.append(chunk)
+    finally:
+        response.close()
+    data = b''.join(parts)
+    encodings = response.headers.get('Content-Encoding')
+    return _decode(data, encodings, limit, what, error) if encodings else data
+
+
+def buffered(response, limit, what, error=RegistryError):
+    """A streamed response read into memory (read_capped) as a closed httpx.Response with the same status,
+    headers and request, so that .content, .json() and .links work as after an ordinary read.
+
+    An error answer (status 400 and up) whose body is over ERROR_BODY_LIMIT keeps its status with an empty body.
+    """
+    if response.status_code >= 400 and limit > ERROR_BODY_LIMIT:
+        limit = ERROR_BODY_LIMIT
+    try:
+        data = read_capped(response, limit, what, error)
+    except error:
+        if response.status_code < 400:
+            raise
+        data = b''
+    headers = response.headers
+    if headers.get('Content-Encoding'):
+        headers = [(k, v) for k, v in headers.multi_items() if k.lower() not in ('content-encoding', 'content-length')]
+    return httpx.Response(response.status_code, headers=headers, content=data, request=response.request,
+                          extensions=response.extensions)
+
+
+def unusable_redirect(what):
+    """The error for a redirect to a URL that is not http(s) with a host (`what` names the thing asked for)."""
+    return RegistryError('%s was redirected to an unusable URL (not http or https with a host)' % what)
+
+
+def speaks_tls(netloc, timeout=5.0):
+    """True when a TLS handshake with host:port succeeds (the certificate is not checked): a plain-HTTP request
+    that was refused or not understood went to a TLS port."""
+    parts = urllib.parse.urlsplit('//' + netloc)
+    try:
+        port = parts.port or 443
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        with socket.create_connection((parts.hostname, port), timeout=timeout) as sock:
+            with context.wrap_socket(sock, server_hostname=parts.hostname):
+                return True
+    except (OSError, ValueError, TypeError):
+        return False
 
 
 def without_query(url):
@@ -260,15 +424,17 @@ class HttpClient:
         return self.versions.get(host)
 
     def request(self, method, url, headers=None, content=None, stream=False, retry=True, params=None,
-                transfer=False):
+                transfer=False, limit=DOCUMENT_LIMIT, what=None):
         """Send a request, retrying connection errors, 429 and 5xx; returns the httpx.Response.
 
         `content` is bytes, None, or a callable returning a fresh body (bytes or an iterator of bytes) for each
-        attempt. With `stream=True` the body is left unread: the caller must close the response. Raises
+        attempt. With `stream=True` the body is left unread: the caller must close the response. Otherwise the body
+        is read (see `buffered`): more than `limit` bytes raise RegistryError naming `what`. Raises
         ConnectionFailed when the server stays unreachable. With `retry=False` nothing is retried. `transfer=True`
         says the request moves bulk data (a blob download or upload): it goes over an HTTP/1.1 connection of its
         own, as does every request that sends a body.
         """
+        what = what or 'the answer to %s %s' % (method, without_query(url))
         attempt = 0
         while True:
             if self.limiter is not None:
@@ -278,8 +444,15 @@ class HttpClient:
                 bulk = transfer or body is not None
                 client = self.transfer_client if bulk else self.client
                 req = client.build_request(method, url, headers=headers, content=body, params=params)
-                response = client.send(req, stream=stream)
+                response = client.send(req, stream=True)
+                if not stream:
+                    response = buffered(response, limit, what)
+            except httpx.InvalidURL:
+                # httpx parses a redirect's Location even when it does not follow it.
+                raise unusable_redirect(what) from None
             except httpx.TransportError as e:
+                if isinstance(e, httpx.RemoteProtocolError) and 'location header' in str(e):
+                    raise unusable_redirect(what) from None
                 # A refused connection to a host that has not answered once in this run is a wrong port or nothing
                 # running there: retrying would only wait. One that answered before may be restarting: retry.
                 refused_first = connection_refused(e) and host_of(url) not in self._answered
