@@ -234,14 +234,10 @@ class ImageInput(abc.ABC):
         raise self.unsupported('tags')
 
     def manifest_bytes(self, ref):
-        """(exact bytes, media type) of what the reference names: the index itself for a multi-platform tag."""
-        raise self.unsupported('manifest')
+        """(exact bytes, media type) of what the reference names: the index itself for a multi-platform tag.
 
-    def digest(self, ref):
-        """The digest of what the reference names (the index's for a multi-platform tag), from its exact bytes."""
-        from occystrap import oci
-        data, _ = self.manifest_bytes(ref)
-        return oci.digest_of(data)
+        `occystrap digest` is the sha256 of these bytes, so an input answers both with this one method."""
+        raise self.unsupported('manifest')
 
     def config_bytes(self, ref):
         """The exact config blob of the image the reference names (its platform picked from an index)."""
