@@ -46,6 +46,18 @@ def _env(name):
     return 'OCCYSTRAP_' + name
 
 
+def _shard(ctx, param, value):
+    """--shard I/N (or OCCYSTRAP_SHARD) as a sharding.Shard; a bad value names where it came from."""
+    if value is None:
+        return None
+    from occystrap import sharding
+    try:
+        return sharding.parse_shard(value)
+    except ValueError as e:
+        from_env = ctx.get_parameter_source(param.name) == click.core.ParameterSource.ENVIRONMENT
+        raise click.BadParameter(str(e), param_hint=_env('SHARD') if from_env else "'--shard'")
+
+
 @click.group(context_settings={'help_option_names': ['-h', '--help'], 'max_content_width': 110})
 @click.version_option(__version__, prog_name='occystrap')
 @click.option('-j', '--parallel', type=int, default=DEFAULT_PARALLEL, show_default=True, envvar=_env('PARALLEL'),
@@ -78,11 +90,14 @@ def _env(name):
               envvar=_env('OUTPUT_FORMAT'), help='Format of info, check and the end-of-run summary.')
 @click.option('--allow-devices', is_flag=True, envvar=_env('ALLOW_DEVICES'),
               help='Create device nodes and FIFOs when extracting (only as root; skipped otherwise).')
+@click.option('--shard', metavar='I/N', envvar=_env('SHARD'), callback=_shard,
+              help='Keep only shard I (0 to N-1) of N of a multi-image source, by repository (docs/scale.md).')
 @click.option('--verbose', is_flag=True, envvar=_env('VERBOSE'), help='Log what is being done.')
 @click.option('--debug', is_flag=True, envvar=_env('DEBUG'), help='Log everything; show tracebacks on errors.')
 @click.pass_context
 def cli(ctx, parallel, image_parallel, rate_limit, retries, username, password, insecure, ca_cert, http2,
-        compression, os_, architecture, variant, temp_dir, layer_cache, output_format, allow_devices, verbose, debug):
+        compression, os_, architecture, variant, temp_dir, layer_cache, output_format, allow_devices, shard, verbose,
+        debug):
     """Move and reshape container images without a container engine.
 
     Global options may also follow the command (occystrap info --insecure SOURCE).
@@ -109,7 +124,7 @@ def cli(ctx, parallel, image_parallel, rate_limit, retries, username, password, 
                        username=username, password=password, insecure=insecure, ca_cert=ca_cert, http2=http2,
                        compression=compression, os=os_, architecture=architecture, variant=variant,
                        temp_dir=temp_dir, layer_cache=layer_cache, output_format=output_format, verbose=verbose,
-                       debug=debug, progress=sys.stderr.isatty(), allow_devices=allow_devices)
+                       debug=debug, progress=sys.stderr.isatty(), allow_devices=allow_devices, shard=shard)
 
 
 def _context(settings):
@@ -127,6 +142,9 @@ def _summary(settings, stats, results=None):
                    'downloaded': stats.downloaded, 'seconds': round(stats.seconds, 3), 'failed': len(failed)}
         if stats.push is not None:
             payload['push'] = stats.push.as_dict()
+        if settings.shard is not None:
+            payload['shard'] = str(settings.shard)
+            payload['source_images'] = stats.source_images
         if results is not None:
             payload['results'] = [{'image': r.reference, 'reference': r.reference, 'ok': r.ok, 'error': r.error,
                                    'digest': r.digest, 'layers': r.layers, 'seconds': round(r.seconds, 3)}
@@ -138,9 +156,13 @@ def _summary(settings, stats, results=None):
         for r in results:
             state = 'ok' if r.ok else 'FAILED: %s' % r.error
             click.echo('%-*s  %6.2fs  %s' % (width, printable(r.reference), r.seconds, printable(state)), err=True)
-    click.echo('done: %d image%s, %d layer%s, %s in %.2f s%s'
+    shard = ''
+    if settings.shard is not None and stats.source_images is not None:
+        shard = '; shard %s kept %d of %d images' % (settings.shard, len(results or []), stats.source_images)
+    click.echo('done: %d image%s, %d layer%s, %s in %.2f s%s%s'
                % (stats.images, '' if stats.images == 1 else 's', stats.layers, '' if stats.layers == 1 else 's',
-                  human_bytes(stats.bytes), stats.seconds, ', %d failed' % len(failed) if failed else ''), err=True)
+                  human_bytes(stats.bytes), stats.seconds, ', %d failed' % len(failed) if failed else '', shard),
+               err=True)
 
 
 @cli.command()

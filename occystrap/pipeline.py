@@ -92,6 +92,7 @@ class Stats:
         self.bytes = 0          # bytes the outputs wrote (the summary's figure)
         self.downloaded = 0     # bytes read from the network (progress display)
         self.push = None        # a registry output's PushCounters, for the JSON summary
+        self.source_images = None   # with --shard: how many images the source named before the shard took its own
         self.started = time.monotonic()
 
     def add(self, images=0, layers=0, nbytes=0, downloaded=0):
@@ -337,14 +338,42 @@ def build_output(uri, ctx, filters=()):
     return output
 
 
+def shard_refs(source, refs, ctx):
+    """The references of `source` that --shard I/N keeps (all of them without --shard), in their order.
+
+    Every command's image enumeration goes through here (for_each_image), so process, info, check and search
+    shard alike. A source that names one image cannot be shared out: that is a usage error. A shard that owns
+    none of the images is not a failure (a fleet of N has empty shards when there are few repositories).
+    """
+    shard = ctx.settings.shard
+    if shard is None:
+        return refs
+    if not source.multi:
+        raise UsageError('--shard %s needs a source that names many images (quay://, a catalog glob, a '
+                         'multi-image tarball); %s names one' % (shard, source.uri))
+    from occystrap import sharding
+    kept = sharding.select(refs, shard)
+    ctx.stats.source_images = len(refs)
+    if kept:
+        LOG.info('shard %s: %d of the %d images of %s', shard, len(kept), len(refs), source.uri)
+    else:
+        LOG.warning('shard %s: none of the %d images of %s falls in this shard; nothing to do',
+                    shard, len(refs), source.uri)
+    return kept
+
+
 def for_each_image(source, fn, ctx, refs=None):
     """Run fn(ref) for every image of the source, -J at a time; one image's failure does not stop the others.
 
-    Returns a list of ImageResult in reference order. A single-image source re-raises its error instead.
+    Returns a list of ImageResult in reference order (empty when --shard leaves this run none). A single-image
+    source re-raises its error instead.
     """
     refs = source.references() if refs is None else refs
     if not refs:
         raise OccystrapError('%s names no images' % source.uri)
+    refs = shard_refs(source, refs, ctx)
+    if not refs:
+        return []
 
     def one(ref):
         started = time.monotonic()

@@ -298,6 +298,9 @@ def _one_image(source, command):
 def _open(uri, ctx, command):
     if uri.scheme not in pipeline.INSPECTABLE:
         raise pipeline.unsupported(command, uri.scheme)
+    if ctx.settings.shard is not None:     # one image or one repository: nothing to share out
+        raise UsageError('occystrap %s reads one image or repository; --shard %s splits multi-image sources'
+                         % (command, ctx.settings.shard))
     return pipeline.build_input(uri, ctx)
 
 

@@ -30,3 +30,4 @@ class Settings:
     debug: bool = False
     progress: bool = False
     allow_devices: bool = False
+    shard: Optional[object] = None      # a sharding.Shard with --shard I/N: keep only that share of the images

@@ -219,6 +219,12 @@ def test_unsupported_source_is_a_usage_error_naming_command_and_scheme(command):
     one_line_error(result, 2, 'occystrap %s cannot read quay:// sources' % command, 'registry://', 'tar://')
 
 
+@pytest.mark.parametrize('command', ['tags', 'digest', 'manifest', 'config'])
+def test_shard_is_refused_by_the_small_commands(command):
+    result = occystrap(command, '--shard', '0/2', 'tar:///nonexistent.tar', check=False)
+    one_line_error(result, 2, 'occystrap %s reads one image or repository' % command, '--shard 0/2')
+
+
 def test_docker_host_port_gets_a_registry_hint():
     result = occystrap('manifest', 'docker://localhost:5000/team/app:v1', check=False)
     one_line_error(result, 2, 'use registry://localhost:5000/team/app:v1')
