@@ -33,7 +33,8 @@ class RegistryInput(ImageInput):
         settings = ctx.settings
         self.client = RegistryClient(ctx.http, uri.host, insecure=settings.insecure or uri.flag('insecure'),
                                      username=uri.username, password=uri.password,
-                                     authenticators=ctx.authenticators)
+                                     authenticators=ctx.authenticators, role='input', repository=uri.name,
+                                     tls_verify=uri.flag('tls-verify', True))
         options = uri.options
         self.platform = (options.get('os') or settings.os,
                          options.get('arch') or options.get('architecture') or settings.architecture,

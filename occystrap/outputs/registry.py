@@ -97,9 +97,10 @@ class RegistryOutput(ImageOutput):
         settings = ctx.settings
         self.host = uri.host
         self.compression = settings.compression
-        # Credentials: the URI's, else --username/--password, else ~/.docker/config.json (the client decides).
+        # Credentials: the URI's, else --dest-creds, --username, credential files (registry/credentials.py).
         self.client = RegistryClient(ctx.http, uri.host, insecure=uri.flag('insecure'), username=uri.username,
-                                     password=uri.password, authenticators=ctx.authenticators)
+                                     password=uri.password, authenticators=ctx.authenticators, role='output',
+                                     repository=uri.name, tls_verify=uri.flag('tls-verify', True))
         self.cache = LayerCache(settings.layer_cache, warn=ctx.warn)
         self.counters = ctx.stats.push = PushCounters()
         self.pushed = []                  # (destination reference, manifest digest), in completion order
@@ -265,7 +266,10 @@ class RegistryOutput(ImageOutput):
 
     def abort(self):
         # Blobs already uploaded are unreferenced without a manifest and harmless; what a completed push of
-        # another image taught the cache is still true, so keep it.
+        # another image taught the cache is still true, so keep it. Upload sessions a cancelled run left open
+        # (workers still unwinding when its grace ran out) are ended here.
+        if self.ctx.cancellation.cancelled:
+            self.client.cancel_open_uploads()
         try:
             self.cache.save()
         except OSError as e:
