@@ -21,7 +21,21 @@ DEFAULT_PARALLEL = 8
 DEFAULT_IMAGE_PARALLEL = 3
 DEFAULT_RETRIES = 3
 
+# The version of every JSON object the commands print (docs/commands.md, "JSON output"); raise it when a key
+# changes meaning or goes away, not when one is added.
+JSON_SCHEMA = 1
+
 LOG = logging.getLogger('occystrap')
+
+# Hints the failing command's URIs earn (docker://HOST:PORT/... meant as a registry), added to its error.
+_hints = []
+
+
+def _note_source(text):
+    from occystrap.uris import registry_hint
+    hint = registry_hint(text)
+    if hint:
+        _hints.append(hint)
 
 
 # Bounds of the numeric options (docs/commands.md): past them a value is a typo or would hang or exhaust the machine.
@@ -240,6 +254,8 @@ def cli(ctx, parallel, image_parallel, rate_limit, retries, username, password, 
         output_format, allow_devices, max_extract_bytes, shard, verbose, debug):
     """Move and reshape container images without a container engine.
 
+    Global options may also follow the command (occystrap info --insecure SOURCE).
+
     \b
     SOURCE:      registry://HOST/NAME[:TAG|@DIGEST]  quay://ORG[/GLOB][:TAG]
                  docker://NAME[:TAG]  tar:///PATH.tar
@@ -327,8 +343,8 @@ def _summary(settings, stats, results=None):
     from occystrap.terminal import printable
     failed = [r for r in (results or []) if not r.ok]
     if settings.output_format == 'json':
-        payload = {'images': stats.images, 'layers': stats.layers, 'bytes': stats.bytes, 'downloaded': stats.downloaded,
-                   'seconds': round(stats.seconds, 3), 'failed': len(failed)}
+        payload = {'schema': JSON_SCHEMA, 'images': stats.images, 'layers': stats.layers, 'bytes': stats.bytes,
+                   'downloaded': stats.downloaded, 'seconds': round(stats.seconds, 3), 'failed': len(failed)}
         if stats.push is not None:
             payload['push'] = stats.push.as_dict()
         if settings.shard is not None:
@@ -337,10 +353,12 @@ def _summary(settings, stats, results=None):
         if results is not None:
             payload['results'] = []
             for r in results:
-                entry = {'image': r.reference, 'ok': r.ok, 'error': r.error, 'layers': r.layers,
-                         'seconds': round(r.seconds, 3)}
+                entry = {'image': r.reference, 'reference': r.reference, 'ok': r.ok, 'error': r.error,
+                         'layers': r.layers, 'seconds': round(r.seconds, 3)}
                 if r.outcome is not None:
                     entry.update(r.outcome.as_dict())
+                # The same name as every other command's digest: the manifest (or index) at the destination.
+                entry['digest'] = r.outcome.destination_digest if r.outcome is not None else None
                 payload['results'].append(entry)
         if settings.dry_run:
             payload['dry_run'] = True
@@ -398,6 +416,8 @@ def _describe_outcome(outcome):
 def process(settings, source, destination, filters):
     """Copy images from SOURCE to DESTINATION through optional filters."""
     from occystrap import pipeline, uris
+    _note_source(source)
+    _note_source(destination)
     src = uris.parse_uri(source, 'input')
     dst = uris.parse_uri(destination, 'output')
     specs = [uris.parse_filter(f, pipeline.FILTERS) for f in filters]
@@ -416,6 +436,7 @@ def process(settings, source, destination, filters):
 def info(settings, source):
     """Describe the images SOURCE names: manifest, config and layers."""
     from occystrap import reports, uris
+    _note_source(source)
     with _running(settings) as ctx:
         ok = reports.info(uris.parse_uri(source, 'input'), ctx)
     if not ok:
@@ -431,6 +452,7 @@ def info(settings, source):
 def search(settings, source, pattern, regex, script_friendly):
     """List files in the layers of SOURCE whose path matches PATTERN."""
     from occystrap import reports, uris
+    _note_source(source)
     with _running(settings) as ctx:
         ok = reports.search(uris.parse_uri(source, 'input'), pattern, regex, script_friendly, ctx)
     if not ok:
@@ -444,16 +466,123 @@ def search(settings, source, pattern, regex, script_friendly):
 def check(settings, source, fast):
     """Verify the images SOURCE names: digests, diffids and config consistency."""
     from occystrap import reports, uris
+    _note_source(source)
     with _running(settings) as ctx:
         ok = reports.check(uris.parse_uri(source, 'input'), fast, ctx)
     if not ok:
         sys.exit(1)
 
 
+def _source_command(name, help_text, extra=()):
+    """A small read-only command over one SOURCE (tags, digest, manifest, config)."""
+    def decorate(fn):
+        @click.argument('source')
+        @click.pass_obj
+        def command(settings, source, **options):
+            from occystrap import uris
+            _note_source(source)
+            with _running(settings) as ctx:
+                fn(uris.parse_uri(source, 'input'), ctx, **options)
+        command.__doc__ = help_text
+        for option in reversed(extra):
+            command = option(command)
+        return cli.command(name=name)(command)
+    return decorate
+
+
+@_source_command('tags', 'Print every tag SOURCE holds (a tarball: its images\' references).')
+def tags(uri, ctx):
+    from occystrap import reports
+    reports.tags(uri, ctx)
+
+
+@_source_command('digest', 'Print the digest of what SOURCE names (an index: its own).')
+def digest(uri, ctx):
+    from occystrap import reports
+    reports.digest(uri, ctx)
+
+
+@_source_command('manifest', 'Print the manifest or index SOURCE names (--raw: exact bytes).',
+                 extra=(click.option('--raw', is_flag=True, help='The exact bytes as stored, nothing added.'),))
+def manifest(uri, ctx, raw):
+    from occystrap import reports
+    reports.manifest(uri, raw, ctx)
+
+
+@_source_command('config', 'Print the exact config blob of the image SOURCE names.')
+def config(uri, ctx):
+    from occystrap import reports
+    reports.config(uri, ctx)
+
+
+def _option_table(group):
+    """{option string: takes a value} for a command's options (--help and --version left out)."""
+    table = {}
+    for param in group.params:
+        if isinstance(param, click.Option):
+            for name in param.opts + param.secondary_opts:
+                table[name] = not (param.is_flag or param.count)
+    for name in ('-h', '--help', '--version'):
+        table.pop(name, None)
+    return table
+
+
+def _split_option(token):
+    """(option name, value attached) for '--name=value', '--name', '-jN', '-j'; (None, False) for the rest."""
+    if token.startswith('--'):
+        name, eq, _ = token.partition('=')
+        return name, bool(eq)
+    if token.startswith('-') and len(token) > 1:
+        return token[:2], len(token) > 2
+    return None, False
+
+
+def hoist_global_options(group, args):
+    """argv with the global options that follow the command moved in front of it, so that
+    `occystrap info --insecure SOURCE` means `occystrap --insecure info SOURCE`.
+
+    Options the command declares itself stay where they are, as does everything after `--`; a value-taking option
+    at the very end (its value missing) is left for click to report.
+    """
+    globals_ = _option_table(group)
+    index = 0
+    while index < len(args):       # find the command, stepping over global options and their values
+        name, attached = _split_option(args[index])
+        if args[index] == '--' or (name is None and not args[index].startswith('-')):
+            break
+        index += 1 + (1 if globals_.get(name) and not attached else 0)
+    if index >= len(args) or args[index] not in group.commands:
+        return list(args)
+    own = _option_table(group.commands[args[index]])
+    before, after = list(args[:index]), [args[index]]
+    position = index + 1
+    while position < len(args):
+        token = args[position]
+        if token == '--':
+            after.extend(args[position:])
+            break
+        name, attached = _split_option(token)
+        if name in own:
+            width = 1 + (1 if own[name] and not attached else 0)
+            after.extend(args[position:position + width])
+        elif name in globals_:
+            width = 1 + (1 if globals_[name] and not attached else 0)
+            if position + width > len(args):
+                after.append(token)
+            else:
+                before.extend(args[position:position + width])
+        else:
+            width = 1
+            after.append(token)
+        position += width
+    return before + after
+
+
 def main(argv=None):
     """Entry point: runs the CLI, turning every known failure into one line on stderr and an exit status."""
-    args = sys.argv[1:] if argv is None else argv
+    args = hoist_global_options(cli, sys.argv[1:] if argv is None else list(argv))
     debug = '--debug' in args or bool(os.environ.get('OCCYSTRAP_DEBUG'))
+    del _hints[:]
     from occystrap import cancel
     previous = cancel.install()
     try:
@@ -538,5 +667,6 @@ def _fail(error, debug, code, prefix=''):
         traceback.print_exc()
     from occystrap.terminal import printable
     from occystrap.uris import redact
-    click.echo('error: %s%s' % (prefix, printable(redact(one_line(error)))), err=True)
+    hint = ' (%s)' % _hints[0] if _hints else ''
+    click.echo('error: %s%s' % (prefix, printable(redact(one_line('%s%s' % (error, hint))))), err=True)
     sys.exit(code)

@@ -41,12 +41,21 @@ CANCEL_GRACE = 1.0
 INPUTS = schemes.classes('input')
 OUTPUTS = schemes.classes('output')
 
+# The sources the small commands (tags, digest, manifest, config) read.
+INSPECTABLE = ('registry', 'tar')
+
 FILTERS = {
     'normalize-timestamps': 'occystrap.filters.timestamps:NormalizeTimestamps',
     'exclude': 'occystrap.filters.exclude:Exclude',
     'search': 'occystrap.filters.search:Search',
     'inspect': 'occystrap.filters.inspect:Inspect',
 }
+
+
+def unsupported(command, scheme):
+    """The usage error for a small command (tags, digest, manifest, config) given a source it cannot read."""
+    return UsageError('occystrap %s cannot read %s:// sources (it reads %s)'
+                      % (command, scheme, ', '.join(s + '://' for s in INSPECTABLE)))
 
 
 def load(table, key):
@@ -252,6 +261,26 @@ class ImageInput(abc.ABC):
     def multi(self):
         """True when this source can name many images (quay:// or a catalog glob)."""
         return False
+
+    # The small commands (tags, digest, manifest, config): one method each, refused by inputs that lack it.
+
+    def tags(self):
+        """Every tag the source holds for the repository it names (registry: every page of the tag list)."""
+        raise self.unsupported('tags')
+
+    def manifest_bytes(self, ref):
+        """(exact bytes, media type) of what the reference names: the index itself for a multi-platform tag.
+
+        `occystrap digest` is the sha256 of these bytes, so an input answers both with this one method."""
+        raise self.unsupported('manifest')
+
+    def config_bytes(self, ref):
+        """The exact config blob of the image the reference names (its platform picked from an index)."""
+        raise self.unsupported('config')
+
+    def unsupported(self, command):
+        """The usage error for a command this kind of source cannot answer."""
+        return unsupported(command, self.uri.scheme)
 
     def close(self):
         pass

@@ -1,4 +1,4 @@
-"""The read-only commands: info, search and check.
+"""The read-only commands: info, search and check, and the small ones scripts use: tags, digest, manifest, config.
 
 Each builds the input for a SOURCE URI and runs over every image it names with `pipeline.for_each_image`, so a
 multi-image source is handled -J images at a time and one failing image does not stop the others. Each returns
@@ -12,9 +12,10 @@ import sys
 import threading
 
 from occystrap import oci, pipeline, streams
-from occystrap.errors import OccystrapError
+from occystrap.errors import OccystrapError, UsageError
 from occystrap.filters import search as search_filter
 from occystrap.filters.inspect import known_size
+from occystrap.main import JSON_SCHEMA
 from occystrap.terminal import printable
 
 CREATED_BY_WIDTH = 60
@@ -66,9 +67,11 @@ def describe(image):
             'created_by': layer.created_by,
         })
     return {
+        'schema': JSON_SCHEMA,
         'image': image.name,
         'tag': image.tag,
         'reference': image.reference,
+        'digest': image.manifest_digest,
         'source': image.source,
         'manifest_digest': image.manifest_digest,
         'manifest_media_type': image.manifest_media_type,
@@ -184,8 +187,9 @@ def info(uri, ctx):
 
     results, payloads = _run(uri, ctx, one)
     if as_json:
-        _emit(json.dumps([payloads.get(r.reference) or {'image': r.reference, 'error': r.error}
-                          for r in results], indent=2) + '\n')
+        failed = {r.reference: {'schema': JSON_SCHEMA, 'image': r.reference, 'reference': r.reference, 'error': r.error}
+                  for r in results}
+        _emit(json.dumps([payloads.get(r.reference) or failed[r.reference] for r in results], indent=2) + '\n')
     else:
         _emit('\n'.join(format_info(payloads[r.reference]) for r in results if r.reference in payloads))
     return all(r.ok for r in results)
@@ -294,7 +298,8 @@ def check(uri, fast, ctx):
     report = []
     for r in results:
         errors = payloads.get(r.reference, [r.error] if not r.ok else [])
-        report.append({'image': r.reference, 'ok': r.ok and not errors, 'errors': errors})
+        report.append({'schema': JSON_SCHEMA, 'image': r.reference, 'reference': r.reference,
+                       'ok': r.ok and not errors, 'errors': errors})
     if as_json:
         _emit(json.dumps(report, indent=2) + '\n')
     else:
@@ -304,3 +309,100 @@ def check(uri, fast, ctx):
             lines.append('%s %s\n' % (printable(item['image']), printable(state)))
         _emit(''.join(lines))
     return all(item['ok'] for item in report)
+
+
+# --- tags, digest, manifest, config -----------------------------------------------------------------------------
+
+def _one_image(source, command):
+    """The one image a small command reads; a source naming several is a usage error that lists them."""
+    refs = source.references()
+    if len(refs) != 1:
+        raise UsageError('occystrap %s reads one image, and %s names %d: %s'
+                         % (command, source.uri, len(refs), ', '.join(printable(r) for r in refs[:10])
+                            + (', ...' if len(refs) > 10 else '')))
+    return refs[0]
+
+
+def _open(uri, ctx, command):
+    if uri.scheme not in pipeline.INSPECTABLE:
+        raise pipeline.unsupported(command, uri.scheme)
+    if ctx.settings.shard is not None:     # one image or one repository: nothing to share out
+        raise UsageError('occystrap %s reads one image or repository; --shard %s splits multi-image sources'
+                         % (command, ctx.settings.shard))
+    return pipeline.build_input(uri, ctx)
+
+
+def _emit_bytes(data):
+    """Exact bytes to stdout (a pipe or file gets them byte for byte; a terminal gets control characters escaped)."""
+    if sys.stdout.isatty():
+        _emit(printable(data.decode('utf-8', 'surrogateescape')))
+        return
+    sys.stdout.flush()
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
+
+
+def tags(uri, ctx):
+    """Print every tag the source holds: one a line, or with -O json one object."""
+    source = _open(uri, ctx, 'tags')
+    try:
+        found = source.tags()
+    finally:
+        source.close()
+    if _json(ctx.settings):
+        repository = uri.name if uri.scheme == 'registry' else None
+        _emit(json.dumps({'schema': JSON_SCHEMA, 'source': str(uri), 'repository': repository,
+                          'tags': found}, indent=2) + '\n')
+    else:
+        _emit(''.join(printable(tag) + '\n' for tag in found))
+
+
+def digest(uri, ctx):
+    """Print the digest of what the source names (the index's for a multi-platform tag)."""
+    source = _open(uri, ctx, 'digest')
+    try:
+        ref = _one_image(source, 'digest')
+        data, media_type = source.manifest_bytes(ref)
+    finally:
+        source.close()
+    value = oci.digest_of(data)
+    if _json(ctx.settings):
+        _emit(json.dumps({'schema': JSON_SCHEMA, 'reference': str(ref), 'digest': value, 'media_type': media_type,
+                          'size': len(data)}, indent=2) + '\n')
+    else:
+        _emit(value + '\n')
+
+
+def manifest(uri, raw, ctx):
+    """Print the manifest (or index) the source names: exact bytes with `raw`, else indented JSON."""
+    source = _open(uri, ctx, 'manifest')
+    try:
+        ref = _one_image(source, 'manifest')
+        data, media_type = source.manifest_bytes(ref)
+    finally:
+        source.close()
+    if raw:
+        _emit_bytes(data)
+        return
+    document = oci.load_json(data, 'manifest of %s' % printable(ref))
+    if _json(ctx.settings):
+        _emit(json.dumps({'schema': JSON_SCHEMA, 'reference': str(ref), 'digest': oci.digest_of(data),
+                          'media_type': media_type, 'manifest': document}, indent=2) + '\n')
+    else:
+        _emit(json.dumps(document, indent=2) + '\n')
+
+
+def config(uri, ctx):
+    """Print the exact config blob of the image the source names (with -O json, inside an object)."""
+    source = _open(uri, ctx, 'config')
+    try:
+        ref = _one_image(source, 'config')
+        data = source.config_bytes(ref)
+    finally:
+        source.close()
+    document = oci.load_json_object(data, 'config of %s' % printable(ref))
+    if _json(ctx.settings):
+        _emit(json.dumps({'schema': JSON_SCHEMA, 'reference': str(ref), 'digest': oci.digest_of(data),
+                          'config': document}, indent=2) + '\n')
+    else:
+        _emit_bytes(data)

@@ -14,6 +14,8 @@ from typing import Optional
 from occystrap import schemes
 from occystrap.errors import CorruptImageError, UsageError
 
+# skopeo's transports without '//' that have an occystrap scheme of their own (skopeo_transport_hint).
+SKOPEO_TRANSPORTS = ('oci', 'docker-archive', 'oci-archive')
 TRUE_WORDS = ('1', 'true', 'yes', 'on')
 FALSE_WORDS = ('0', 'false', 'no', 'off')
 
@@ -220,6 +222,9 @@ def parse_uri(text, role):
         # Without a scheme nothing says where userinfo ends: show nothing before the last '@'.
         if '@' in text:
             shown = REDACTED + text[text.rindex('@'):]
+        hint = skopeo_transport_hint(text, role) if '@' not in text else ''   # the hint would repeat userinfo
+        if hint:
+            raise UsageError('%s %r is a skopeo transport, not an occystrap URI: %s' % (role_word(role), shown, hint))
         raise UsageError('%s %r is not a URI: expected SCHEME://..., schemes are %s'
                          % (role_word(role), shown, ', '.join(known)))
     scheme, rest = text.split('://', 1)
@@ -277,6 +282,37 @@ def parse_uri(text, role):
     elif canonical == 'docker':
         _parse_docker(uri, rest, shown)
     return uri
+
+
+def skopeo_transport_hint(text, role):
+    """'use ...' for a skopeo transport written the skopeo way (`oci:PATH[:REF]`, `docker-archive:PATH`,
+    `oci-archive:PATH`), or '' when `text` is none of them."""
+    transport, colon, rest = text.partition(':')
+    if not colon or not rest or transport not in SKOPEO_TRANSPORTS:
+        return ''
+    if transport == 'oci':
+        path, sep, ref = rest.rpartition(':')
+        if sep and path and '/' not in ref:   # oci:PATH:REF, as skopeo names one image of a layout
+            return 'use ocidir://%s?ref=%s' % (path, ref)
+        return 'use ocidir://%s' % rest
+    if transport == 'oci-archive' and role == 'output':
+        return 'use tar://%s?format=oci' % rest
+    return 'use tar://%s' % rest
+
+
+def registry_hint(text):
+    """For docker://HOST[:PORT]/NAME (skopeo's way to name a registry image), a hint towards registry://; else ''.
+
+    docker:// here is a Docker or Podman engine, which may legitimately hold such names, so the hint only
+    accompanies an error."""
+    if not text.lower().startswith('docker://'):
+        return ''
+    rest = text[len('docker://'):].split('?', 1)[0]
+    first, slash, name = rest.partition('/')
+    if not slash or not name or not ('.' in first or ':' in first or first == 'localhost') or not HOST_RE.match(first):
+        return ''
+    return ('docker:// names an image in a Docker or Podman engine; for the registry at %s use registry://%s/%s'
+            % (first, first, name))
 
 
 def role_word(role):

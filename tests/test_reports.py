@@ -159,7 +159,8 @@ def test_check_ok(image_tar):
     path, _ = image_tar
     assert occystrap('check', 'tar://%s' % path, check_rc=0).stdout == 'docker.io/example/app:1.0 ok\n'
     out = occystrap('-O', 'json', 'check', 'tar://%s' % path, check_rc=0).stdout
-    assert jq('.', out) == [[{'image': 'docker.io/example/app:1.0', 'ok': True, 'errors': []}]]
+    reference = 'docker.io/example/app:1.0'
+    assert jq('.', out) == [[{'schema': 1, 'image': reference, 'reference': reference, 'ok': True, 'errors': []}]]
 
 
 def test_check_reports_a_corrupted_layer(image_tar):

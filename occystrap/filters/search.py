@@ -17,6 +17,7 @@ import threading
 from occystrap import layertar, pipeline
 from occystrap.errors import UsageError
 from occystrap.filters import rewrite
+from occystrap.main import JSON_SCHEMA
 from occystrap.terminal import printable
 from occystrap.uris import parse_bool
 
@@ -95,9 +96,9 @@ def print_lines(lines, stream=None):
 
 
 def match_record(image, diffid, match):
-    """A match as the JSON object search prints: image, tag, diffid, path, type, size."""
-    return {'image': image.name, 'tag': image.tag, 'diffid': diffid, 'path': match.path, 'type': match.type,
-            'size': match.size}
+    """A match as the JSON object search prints: schema, reference, image, tag, diffid, path, type, size."""
+    return {'schema': JSON_SCHEMA, 'reference': image.reference, 'image': image.name, 'tag': image.tag,
+            'diffid': diffid, 'path': match.path, 'type': match.type, 'size': match.size}
 
 
 class Search(pipeline.Filter):

@@ -12,7 +12,7 @@ import functools
 import logging
 
 from occystrap import model, oci
-from occystrap.errors import CorruptImageError, OccystrapError, RegistryError
+from occystrap.errors import CorruptImageError, OccystrapError, RegistryError, UsageError
 from occystrap.pipeline import ImageInput, ImageRef, lookup_workers
 from occystrap.registry.client import RegistryClient, describe_reference
 
@@ -89,6 +89,43 @@ class RegistryInput(ImageInput):
             if e.status == 404:       # deleted since the catalog was read
                 return False
             raise
+
+    # --- the small commands (tags, digest, manifest, config) ---------------------------------------------------
+
+    def _one(self, command):
+        if self.uri.is_glob:
+            raise UsageError('occystrap %s needs one repository, not the glob %s' % (command, self.uri.name))
+
+    def tags(self):
+        """Every tag of the repository, all Link pages followed; a tag that breaks the grammar is left out."""
+        self._one('tags')
+        found = []
+        for tag in self.client.list_tags(self.uri.name):
+            if isinstance(tag, str) and oci.valid_tag(tag):
+                found.append(tag)
+            else:
+                LOG.warning('registry %s lists an invalid tag %s for %s; left out', self.client.host,
+                            oci.shown(tag if isinstance(tag, str) else repr(tag)), self.uri.name)
+        return found
+
+    def manifest_bytes(self, ref):
+        """The manifest or index as the registry stores it (verified against a digest reference and the
+        Docker-Content-Digest header)."""
+        self._one('manifest')
+        data, media_type, _ = self.client.get_manifest(ref.name, ref.digest or ref.tag or 'latest')
+        return data, media_type
+
+    def config_bytes(self, ref):
+        """The config blob of the image for the run's platform, verified against the manifest's digest and size."""
+        self._one('config')
+        what = describe_reference(ref.name, ref.digest or ref.tag or 'latest')
+        _, _, _, manifest = self.client.resolve_image(ref.name, ref.digest or ref.tag or 'latest', self.platform)
+        descriptor = manifest.config
+        data = self.client.get_blob_bytes(ref.name, descriptor.digest)
+        if descriptor.size is not None and descriptor.size != len(data):
+            raise CorruptImageError('config of %s is %d bytes, the manifest says %s'
+                                    % (what, len(data), descriptor.size))
+        return data
 
     def _count_bytes(self, nbytes):
         self.ctx.stats.add(downloaded=nbytes)

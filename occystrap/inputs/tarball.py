@@ -29,7 +29,7 @@ from typing import Optional
 
 from occystrap import layertar, oci, streams
 from occystrap.errors import CorruptImageError, OccystrapError
-from occystrap.inputs.layout import (Layout, assemble_image, default_name, named_ref,  # noqa: F401
+from occystrap.inputs.layout import (MAX_MANIFEST_BYTES, Layout, assemble_image, default_name, named_ref,  # noqa: F401
                                      settings_platform, split_reference)
 from occystrap.model import Blob
 from occystrap.oci import MEDIA_DOCKER_CONFIG, layer_media_type
@@ -371,17 +371,89 @@ class TarballInput(ImageInput):
     def multi(self):
         return len(self._ensure()) > 1
 
-    def open(self, ref):
+    def _candidates(self, ref):
+        """The specs (docker save) or index.json entries (OCI layout) one name stands for; the image's own
+        error when its name was not valid."""
         specs = self._ensure()
         candidates = specs.get(ref)
         if not candidates:
             names = ', '.join(str(r) for r in specs) or 'none'
             raise OccystrapError('tarball %s has no image %s (it has: %s)' % (self.path, ref, names))
-        if self._layout is not None:
-            return self._layout.image(candidates, ref, settings_platform(self.ctx.settings), str(self.uri))
         if candidates[0].error is not None:
             raise candidates[0].error
+        return candidates
+
+    def open(self, ref):
+        candidates = self._candidates(ref)
+        if self._layout is not None:
+            return self._layout.image(candidates, ref, settings_platform(self.ctx.settings), str(self.uri))
         return self._build_image(candidates[0])
+
+    # --- the small commands (tags, digest, manifest, config) ---------------------------------------------------
+
+    def tags(self):
+        """The references of the images the tarball names (RepoTags or ref names), as skopeo list-tags shows them."""
+        return [str(ref) for ref, candidates in self._ensure().items()
+                if ref.tag and candidates[0].error is None]
+
+    def manifest_bytes(self, ref):
+        """An OCI layout's manifest or index (the index.json entry's blob, exact bytes); for docker save, the
+        Docker schema 2 manifest that skopeo's docker-archive: reading generates, so the digests agree."""
+        candidates = self._candidates(ref)
+        if self._layout is not None:
+            descriptors = [c.descriptor for c in candidates]
+            descriptor = descriptors[0] if len(descriptors) == 1 else self._layout.pick_platform(
+                descriptors, ref, settings_platform(self.ctx.settings))   # one name, several platforms: the run's
+            data = self._layout.blob(descriptor, MAX_MANIFEST_BYTES)
+            document = oci.load_json_object(data, self._layout.store.source(oci.blob_path(descriptor.digest)))
+            media_type = descriptor.media_type or document.get('mediaType')
+            if not isinstance(media_type, str) or not media_type:
+                media_type = oci.MEDIA_OCI_INDEX if oci.is_index_document(None, document) else oci.MEDIA_OCI_MANIFEST
+            return data, media_type
+        return self._generated_manifest(candidates[0]), oci.MEDIA_DOCKER_MANIFEST
+
+    def _generated_manifest(self, spec):
+        """containers/image's manifest for a docker-archive image: the config, then per diffid the layer's
+        uncompressed size and the diffid itself as digest, in Docker's gzip layer media type."""
+        index = self._index
+        config_bytes = index.read_verified(spec.config_member, digest=spec.config_digest)
+        where = '%s (an image config)' % index.source(spec.config_member)
+        diffids = oci.config_diff_ids(oci.load_json_object(config_bytes, where), where)
+        if len(diffids) != len(spec.layers):
+            self._fail('%s names %d layers but its config %s lists %d diff_ids'
+                       % (spec.what, len(spec.layers), spec.config_member, len(diffids)))
+        config = oci.Descriptor(MEDIA_DOCKER_CONFIG, oci.digest_of(config_bytes), len(config_bytes))
+        layers = [oci.Descriptor(oci.MEDIA_DOCKER_LAYER_GZIP, diffid, self._uncompressed_size(layer.member))
+                  for layer, diffid in zip(spec.layers, diffids)]
+        return oci.Manifest.build(config, layers, oci.MEDIA_DOCKER_MANIFEST).raw
+
+    def _uncompressed_size(self, name):
+        member = self._index.member(name)
+        if streams.sniff_compression(self._index.head(name)) == 'none':
+            return member.size
+        reader = streams.decompressing_reader(self._index.open(name))
+        try:
+            total = 0
+            while True:
+                data = reader.read(streams.CHUNK * 4)
+                if not data:
+                    return total
+                total += len(data)
+        except streams.DECOMPRESS_ERRORS as e:
+            self._fail('member %s is corrupt: %s' % (name, e))
+        finally:
+            reader.close()
+
+    def config_bytes(self, ref):
+        """The config's exact bytes, verified against the digest the tarball names it by."""
+        candidates = self._candidates(ref)
+        if self._layout is not None:
+            _, manifest = self._layout.resolve(candidates, ref, settings_platform(self.ctx.settings))
+            return self._layout.blob(manifest.config, MAX_JSON_BYTES)
+        spec = candidates[0]
+        if not self._index.has(spec.config_member):
+            self._fail('has no member %s (the config named by %s)' % (spec.config_member, spec.what))
+        return self._index.read_verified(spec.config_member, digest=spec.config_digest)
 
     def close(self):
         if self._temp and os.path.exists(self._temp):
