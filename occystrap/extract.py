@@ -19,6 +19,12 @@ files (the OCI layer format, untouched); OVERLAY turns them into overlayfs white
 `trusted.overlay.opaque` xattr), which needs root.
 
 Every refusal is reported through `warn` with the member name and the reason, and listed in the summary.
+
+Sizes: sparse members (GNU and PAX sparse formats) are written with holes (each data piece at its offset, then the
+file cut to its real size), so a small tarball of a huge sparse file stays small on disk. `ExtractBudget` bounds
+the file data one run's extractions write (`--max-extract-bytes`, counted as data bytes written, holes excluded);
+going over it is an OccystrapError and the caller removes what was written. The budget also carries the run's
+cancellation, looked at between members and between chunks of a file.
 """
 
 import dataclasses
@@ -60,6 +66,52 @@ class ExtractSummary:
         self.bytes += other.bytes
         self.whiteouts += other.whiteouts
         self.refused.extend(other.refused)
+
+
+class ExtractLimitError(OccystrapError):
+    """An extraction would write more than --max-extract-bytes allows."""
+
+
+class ExtractBudget:
+    """How much file data the extractions of one run may still write, and the run's stop switch (thread safe)."""
+
+    def __init__(self, max_bytes=None, cancellation=None):
+        self.max_bytes = max_bytes
+        self.cancellation = cancellation
+        self.written = 0
+        self._lock = threading.Lock()
+
+    def charge(self, nbytes, what):
+        """Count nbytes about to be written; raises ExtractLimitError past the limit, Interrupted when cancelled."""
+        if self.cancellation is not None:
+            self.cancellation.check()
+        if self.max_bytes is None:
+            return
+        with self._lock:
+            if self.written + nbytes > self.max_bytes:
+                raise ExtractLimitError('%s: extracting it would write more than the %d bytes --max-extract-bytes '
+                                        'allows for this run' % (what, self.max_bytes))
+            self.written += nbytes
+
+
+def run_budget(ctx):
+    """The ExtractBudget of a run (one per RunContext, made on first use from its settings)."""
+    budget = getattr(ctx, '_extract_budget', None)
+    if budget is None:
+        with ctx._lock:
+            budget = getattr(ctx, '_extract_budget', None)
+            if budget is None:
+                budget = ctx._extract_budget = ExtractBudget(ctx.settings.max_extract_bytes,
+                                                             getattr(ctx, 'cancellation', None))
+    return budget
+
+
+class WriteFailed(OccystrapError):
+    """The destination of an extraction failed (full, read-only); `errno` says how."""
+
+    def __init__(self, message, errno_=None):
+        super().__init__(message)
+        self.errno = errno_
 
 
 class _Refused(Exception):
@@ -162,8 +214,9 @@ def _lstat(name, dir_fd):
 class _LayerApplier:
     """Applies one tar stream; holds the state a layer needs (its own entries, deferred directory metadata)."""
 
-    def __init__(self, tree, whiteouts, allow_devices, xattrs, warn, what):
+    def __init__(self, tree, whiteouts, allow_devices, xattrs, warn, what, budget=None):
         self.tree = tree
+        self.budget = budget or ExtractBudget()
         self.whiteouts = whiteouts
         self.root = is_root()
         self.allow_devices = allow_devices and self.root
@@ -183,6 +236,7 @@ class _LayerApplier:
             tar = tarfile.open(fileobj=stream, mode='r|')
             for member in tar:
                 tar.members = []       # stream mode would otherwise keep every header of a huge layer in memory
+                self.budget.charge(0, self.what)
                 try:
                     self.member(tar, member)
                 except _Refused as e:
@@ -290,14 +344,37 @@ class _LayerApplier:
             os.unlink(base, dir_fd=dfd)
 
     def regular(self, tar, dfd, base, m):
+        pieces = m.sparse if m.issparse() else [(0, m.size)]
+        self.budget.charge(sum(size for _, size in pieces), '%s member %r' % (self.what, m.name))
         fd = os.open(base, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dfd)
         with os.fdopen(fd, 'wb') as out:
             source = tar.extractfile(m)
             if source is not None:
-                shutil.copyfileobj(source, out, streams.CHUNK)
+                # Its raw reader reads exactly what is asked, never ahead (a stream cannot seek back).
+                source = getattr(source, 'raw', source)
+                if m.issparse():
+                    # Only the data pieces are written, each at its offset; the holes between stay holes.
+                    for offset, size in pieces:
+                        source.seek(offset)
+                        out.seek(offset)
+                        self.copy(source, out, size)
+                    out.truncate(m.size)
+                else:
+                    self.copy(source, out, m.size)
             out.flush()
             self.summary.bytes += m.size
             self.metadata_fd(out.fileno(), m)
+
+    def copy(self, source, out, size):
+        cancellation = self.budget.cancellation
+        while size > 0:
+            if cancellation is not None and cancellation.cancelled:
+                cancellation.check()
+            chunk = source.read(min(streams.CHUNK, size))
+            if not chunk:
+                raise CorruptImageError('%s is truncated' % self.what)
+            out.write(chunk)
+            size -= len(chunk)
 
     def device(self, dfd, base, m):
         if m.isfifo():
@@ -485,22 +562,24 @@ class _LayerApplier:
         self.tree.invalidate()
 
 
-def extract_layer(stream, root, whiteouts=APPLY, allow_devices=False, xattrs=True, warn=None, what='layer'):
+def extract_layer(stream, root, whiteouts=APPLY, allow_devices=False, xattrs=True, warn=None, what='layer',
+                  budget=None):
     """Apply one uncompressed layer tar stream onto the directory `root` (which must exist).
 
     The stream is read sequentially to its end (so a verifying reader checks its digest). `warn(message)` is called
-    for every refused member (default: log a warning). Returns an ExtractSummary. Raises CorruptImageError for a
-    stream that is not a tar, OccystrapError when the destination cannot be written.
+    for every refused member (default: log a warning). `budget` (an ExtractBudget, see run_budget) bounds the bytes
+    written. Returns an ExtractSummary. Raises CorruptImageError for a stream that is not a tar, ExtractLimitError
+    past the budget, WriteFailed (an OccystrapError) when the destination cannot be written.
     """
     if whiteouts not in (APPLY, KEEP, OVERLAY):
         raise ValueError('whiteouts must be apply, keep or overlay, not %r' % whiteouts)
     tree = _Tree(root)
     try:
-        applier = _LayerApplier(tree, whiteouts, allow_devices, xattrs, warn or LOG.warning, what)
+        applier = _LayerApplier(tree, whiteouts, allow_devices, xattrs, warn or LOG.warning, what, budget)
         try:
             summary = applier.apply(stream)
         except OSError as e:
-            raise OccystrapError('cannot extract %s into %s: %s' % (what, root, e))
+            raise WriteFailed('cannot extract %s into %s: %s' % (what, root, e.strerror or e), e.errno)
     finally:
         tree.close()
     # Whatever follows the tar's end-of-archive blocks is read too, so a verifying reader (streams.HashingReader)
@@ -567,7 +646,7 @@ def apply_layers(ctx, layers, root, whiteouts=APPLY, allow_devices=False, what=N
             stream = open(layer.materialize(ctx.workdir), 'rb') if prefetcher else layer.open()
             try:
                 total.add(extract_layer(stream, root, whiteouts=whiteouts, allow_devices=allow_devices,
-                                        warn=ctx.warn, what=label))
+                                        warn=ctx.warn, what=label, budget=run_budget(ctx)))
             finally:
                 stream.close()
     finally:

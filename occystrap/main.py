@@ -3,9 +3,11 @@
 Heavy modules are imported inside the commands so that `occystrap --help` answers at once.
 """
 
+import contextlib
 import json
 import logging
 import os
+import re
 import sys
 
 import click
@@ -22,68 +24,166 @@ DEFAULT_RETRIES = 3
 LOG = logging.getLogger('occystrap')
 
 
-def _positive(ctx, param, value):
-    if value is not None and value < 1:
-        raise click.BadParameter('must be at least 1')
-    return value
+# Bounds of the numeric options (docs/commands.md): past them a value is a typo or would hang or exhaust the machine.
+PARALLEL_RANGE = (1, 256)
+RETRIES_RANGE = (0, 20)
+RATE_LIMIT_RANGE = (0.01, 100000.0)
+
+
+class Bounded(click.ParamType):
+    """A finite number within [low, high]: nan, inf and absurd values are usage errors, not a hang or no limit."""
+
+    def __init__(self, kind, low, high):
+        self.kind = kind
+        self.low = low
+        self.high = high
+        self.name = 'integer' if kind is int else 'number'
+
+    def convert(self, value, param, ctx):
+        import math
+        if isinstance(value, bool):
+            self.fail(self.describe(), param, ctx)
+        if isinstance(value, (int, float)):
+            number = value
+        else:
+            try:
+                number = self.kind(str(value).strip())
+            except ValueError:
+                self.fail(self.describe(), param, ctx)
+        if not math.isfinite(number) or not self.low <= number <= self.high:
+            self.fail(self.describe(), param, ctx)
+        return number
+
+    def describe(self):
+        if self.kind is int:
+            return 'must be at least %d and at most %d (a whole number)' % (self.low, self.high)
+        return 'must be a finite number between %s and %s' % (_number(self.low), _number(self.high))
+
+
+def _number(value):
+    return ('%f' % value).rstrip('0').rstrip('.')
+
+
+class EnvOption(click.Option):
+    """An option whose bad value, when it came from its OCCYSTRAP_* variable, is reported under that variable's name."""
+
+    def process_value(self, ctx, value):
+        try:
+            return super().process_value(ctx, value)
+        except click.BadParameter as e:
+            message = e.message
+            if isinstance(self.type, click.types.BoolParamType):
+                message = 'must be true or false (1/0, yes/no, on/off)'
+            source = ctx.get_parameter_source(self.name)
+            if source == click.core.ParameterSource.ENVIRONMENT and isinstance(self.envvar, str):
+                shown = os.environ.get(self.envvar, '')
+                shown = shown if shown.isprintable() and len(shown) <= 40 else repr(shown[:40])
+                raise click.UsageError('%s=%s: %s %s' % (self.envvar, shown, max(self.opts, key=len), message),
+                                       ctx) from None
+            if message is not e.message:
+                raise click.BadParameter(message, ctx, param=self) from None
+            raise
+
+
+class RedactingFormatter(logging.Formatter):
+    """Another formatter's lines with every URI's userinfo and secret query values hidden (uris.redact)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record):
+        from occystrap.uris import redact
+        return redact(self.inner.format(record))
 
 
 def _env(name):
     return 'OCCYSTRAP_' + name
 
 
+def option(*decls, **attrs):
+    """click.option for the global options: every one can come from an OCCYSTRAP_* variable."""
+    return click.option(*decls, cls=EnvOption, **attrs)
+
+
 def _shard(ctx, param, value):
-    """--shard I/N (or OCCYSTRAP_SHARD) as a sharding.Shard; a bad value names where it came from."""
+    """--shard I/N (or OCCYSTRAP_SHARD) as a sharding.Shard; EnvOption names the variable when it came from one."""
     if value is None:
         return None
     from occystrap import sharding
     try:
         return sharding.parse_shard(value)
     except ValueError as e:
-        from_env = ctx.get_parameter_source(param.name) == click.core.ParameterSource.ENVIRONMENT
-        raise click.BadParameter(str(e), param_hint=_env('SHARD') if from_env else "'--shard'")
+        raise click.BadParameter(str(e))
+
+
+SIZE_SUFFIXES = {'': 1, 'K': 1 << 10, 'M': 1 << 20, 'G': 1 << 30, 'T': 1 << 40}
+_SIZE_RE = re.compile(r'^(\d{1,15})([KMGT]?)(?:I?B)?$')
+
+
+def parse_size(text):
+    """Bytes from '4096', '512K', '10G' (binary suffixes K, M, G, T, also written KiB or KB); None if malformed."""
+    match = _SIZE_RE.match(text.strip().upper())
+    if not match:
+        return None
+    return int(match.group(1)) * SIZE_SUFFIXES[match.group(2)]
+
+
+def _size(ctx, param, value):
+    if value is None:
+        return None
+    size = parse_size(str(value))
+    if size is None or size < 1:
+        source = ctx.get_parameter_source(param.name)
+        origin = ' (from %s)' % param.envvar if source == click.core.ParameterSource.ENVIRONMENT else ''
+        raise click.BadParameter('must be a positive size in bytes, with an optional K, M, G or T suffix, not %r%s'
+                                 % (value, origin))
+    return size
 
 
 @click.group(context_settings={'help_option_names': ['-h', '--help'], 'max_content_width': 110})
 @click.version_option(__version__, prog_name='occystrap')
-@click.option('-j', '--parallel', type=int, default=DEFAULT_PARALLEL, show_default=True, envvar=_env('PARALLEL'),
-              callback=_positive, help='Layer transfers in flight for one image.')
-@click.option('-J', '--image-parallel', type=int, default=DEFAULT_IMAGE_PARALLEL, show_default=True,
-              envvar=_env('IMAGE_PARALLEL'), callback=_positive, help='Images processed at once in a multi-image run.')
-@click.option('--rate-limit', type=float, default=None, envvar=_env('RATE_LIMIT'),
-              help='Cap on HTTP requests per second, shared by every thread and image of the run.')
-@click.option('--retries', type=click.IntRange(0, 20), default=DEFAULT_RETRIES, show_default=True,
-              envvar=_env('RETRIES'), help='Retries of a failed request (exponential backoff, Retry-After honoured).')
-@click.option('--username', envvar=_env('USERNAME'), help='Registry user name.')
-@click.option('--password', envvar=_env('PASSWORD'), help='Registry password (prefer OCCYSTRAP_PASSWORD).')
-@click.option('--insecure', is_flag=True, envvar=_env('INSECURE'), help='Plain HTTP to the registry.')
-@click.option('--ca-cert', type=click.Path(exists=True, dir_okay=False), envvar=_env('CA_CERT'),
-              help='Extra CA bundle (PEM) for TLS registries.')
-@click.option('--http2/--no-http2', default=False, show_default=True, envvar=_env('HTTP2'),
-              help='HTTP/2 for manifests, configs and tokens where a TLS server offers it (blobs always use HTTP/1.1).')
-@click.option('--compression', type=click.Choice(['gzip', 'zstd']), default='gzip', show_default=True,
-              envvar=_env('COMPRESSION'), help='Layer compression for registry output.')
-@click.option('--os', 'os_', default='linux', show_default=True, envvar=_env('OS'),
-              help='Platform OS picked from a manifest list / OCI index.')
-@click.option('--architecture', default='amd64', show_default=True, envvar=_env('ARCHITECTURE'),
-              help='Platform architecture picked from a manifest list / OCI index.')
-@click.option('--variant', default=None, envvar=_env('VARIANT'), help='Platform variant (e.g. v8 for arm64).')
-@click.option('--temp-dir', type=click.Path(file_okay=False), envvar=_env('TEMP_DIR'),
-              help='Where temporary layer files go (default: beside the destination, else the system temp dir).')
-@click.option('--layer-cache', type=click.Path(dir_okay=False), envvar=_env('LAYER_CACHE'),
-              help='JSON file remembering pushed layers across runs.')
-@click.option('-O', '--output-format', type=click.Choice(['text', 'json']), default='text', show_default=True,
-              envvar=_env('OUTPUT_FORMAT'), help='Format of info, check and the end-of-run summary.')
-@click.option('--allow-devices', is_flag=True, envvar=_env('ALLOW_DEVICES'),
-              help='Create device nodes and FIFOs when extracting (only as root; skipped otherwise).')
-@click.option('--shard', metavar='I/N', envvar=_env('SHARD'), callback=_shard,
-              help='Keep only shard I (0 to N-1) of N of a multi-image source, by repository (docs/scale.md).')
-@click.option('--verbose', is_flag=True, envvar=_env('VERBOSE'), help='Log what is being done.')
-@click.option('--debug', is_flag=True, envvar=_env('DEBUG'), help='Log everything; show tracebacks on errors.')
+@option('-j', '--parallel', type=Bounded(int, *PARALLEL_RANGE), default=DEFAULT_PARALLEL, show_default=True,
+        envvar=_env('PARALLEL'), help='Layer transfers in flight for one image.')
+@option('-J', '--image-parallel', type=Bounded(int, *PARALLEL_RANGE), default=DEFAULT_IMAGE_PARALLEL,
+        show_default=True, envvar=_env('IMAGE_PARALLEL'), help='Images processed at once in a multi-image run.')
+@option('--rate-limit', type=Bounded(float, *RATE_LIMIT_RANGE), default=None, envvar=_env('RATE_LIMIT'),
+        help='Cap on HTTP requests per second, shared by every thread and image of the run.')
+@option('--retries', type=Bounded(int, *RETRIES_RANGE), default=DEFAULT_RETRIES, show_default=True,
+        envvar=_env('RETRIES'), help='Retries of a failed request (exponential backoff, Retry-After honoured).')
+@option('--username', envvar=_env('USERNAME'), help='Registry user name.')
+@option('--password', envvar=_env('PASSWORD'), help='Registry password (prefer OCCYSTRAP_PASSWORD).')
+@option('--insecure', is_flag=True, envvar=_env('INSECURE'), help='Plain HTTP to the registry.')
+@option('--ca-cert', type=click.Path(exists=True, dir_okay=False), envvar=_env('CA_CERT'),
+        help='Extra CA bundle (PEM) for TLS registries.')
+@option('--http2/--no-http2', default=False, show_default=True, envvar=_env('HTTP2'),
+        help='HTTP/2 for manifests, configs and tokens where a TLS server offers it (blobs always use HTTP/1.1).')
+@option('--compression', type=click.Choice(['gzip', 'zstd']), default='gzip', show_default=True,
+        envvar=_env('COMPRESSION'), help='Layer compression for registry output.')
+@option('--os', 'os_', default='linux', show_default=True, envvar=_env('OS'),
+        help='Platform OS picked from a manifest list / OCI index.')
+@option('--architecture', default='amd64', show_default=True, envvar=_env('ARCHITECTURE'),
+        help='Platform architecture picked from a manifest list / OCI index.')
+@option('--variant', default=None, envvar=_env('VARIANT'), help='Platform variant (e.g. v8 for arm64).')
+@option('--temp-dir', type=click.Path(file_okay=False), envvar=_env('TEMP_DIR'),
+        help='Where temporary layer files go (default: beside the destination, else the system temp dir).')
+@option('--layer-cache', type=click.Path(dir_okay=False), envvar=_env('LAYER_CACHE'),
+        help='JSON file remembering pushed layers across runs.')
+@option('-O', '--output-format', type=click.Choice(['text', 'json']), default='text', show_default=True,
+        envvar=_env('OUTPUT_FORMAT'), help='Format of info, check and the end-of-run summary.')
+@option('--allow-devices', is_flag=True, envvar=_env('ALLOW_DEVICES'),
+        help='Create device nodes and FIFOs when extracting (only as root; skipped otherwise).')
+@option('--max-extract-bytes', default=None, metavar='SIZE', envvar=_env('MAX_EXTRACT_BYTES'), callback=_size,
+        help='Most bytes an extraction (dir:// with expand, oci://, mounts://) may write in a run, e.g. 10G '
+             '(default: no limit).')
+@option('--shard', metavar='I/N', envvar=_env('SHARD'), callback=_shard,
+        help='Keep only shard I (0 to N-1) of N of a multi-image source, by repository (docs/scale.md).')
+@option('--verbose', is_flag=True, envvar=_env('VERBOSE'), help='Log what is being done.')
+@option('--debug', is_flag=True, envvar=_env('DEBUG'), help='Log everything; show tracebacks on errors.')
 @click.pass_context
 def cli(ctx, parallel, image_parallel, rate_limit, retries, username, password, insecure, ca_cert, http2,
-        compression, os_, architecture, variant, temp_dir, layer_cache, output_format, allow_devices, shard, verbose,
-        debug):
+        compression, os_, architecture, variant, temp_dir, layer_cache, output_format, allow_devices, max_extract_bytes,
+        shard, verbose, debug):
     """Move and reshape container images without a container engine.
 
     \b
@@ -95,11 +195,10 @@ def cli(ctx, parallel, image_parallel, rate_limit, retries, username, password, 
     from occystrap import tuning
     from occystrap.settings import Settings
     tuning.apply()   # once per process, for every command run (in-process callers of main() included)
-    if rate_limit is not None and rate_limit <= 0:
-        raise click.BadParameter('must be greater than 0', param_hint='--rate-limit')
     from occystrap.terminal import PrintableFormatter
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(PrintableFormatter('%(levelname)s: %(message)s'))   # log lines carry registry and image text
+    # Log lines carry registry and image text (made printable) and URIs (redacted).
+    handler.setFormatter(RedactingFormatter(PrintableFormatter('%(levelname)s: %(message)s')))
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING,
                         handlers=[handler])
     for noisy in ('httpx', 'httpcore', 'hpack', 'h2'):
@@ -108,12 +207,27 @@ def cli(ctx, parallel, image_parallel, rate_limit, retries, username, password, 
                        username=username, password=password, insecure=insecure, ca_cert=ca_cert, http2=http2,
                        compression=compression, os=os_, architecture=architecture, variant=variant,
                        temp_dir=temp_dir, layer_cache=layer_cache, output_format=output_format, verbose=verbose,
-                       debug=debug, progress=sys.stderr.isatty(), allow_devices=allow_devices, shard=shard)
+                       debug=debug, progress=sys.stderr.isatty(), allow_devices=allow_devices,
+                       max_extract_bytes=max_extract_bytes, shard=shard)
 
 
 def _context(settings):
     from occystrap.pipeline import RunContext
     return RunContext(settings)
+
+
+@contextlib.contextmanager
+def _running(settings):
+    """The run's context; a signal cancels its transfers before close() removes its temporary files."""
+    from occystrap.cancel import STOPS
+    ctx = _context(settings)
+    try:
+        yield ctx
+    except STOPS as e:
+        ctx.cancel(getattr(e, 'signum', None))
+        raise
+    finally:
+        ctx.close()
 
 
 def _summary(settings, stats, results=None):
@@ -161,12 +275,9 @@ def process(settings, source, destination, filters):
     dst = uris.parse_uri(destination, 'output')
     specs = [uris.parse_filter(f, pipeline.FILTERS) for f in filters]
     from occystrap.progress import Progress
-    ctx = _context(settings)
-    try:
+    with _running(settings) as ctx:
         with Progress(ctx.stats, settings.progress):
             results = pipeline.run_process(src, dst, specs, ctx)
-    finally:
-        ctx.close()
     _summary(settings, ctx.stats, results)
     if any(not r.ok for r in results):
         sys.exit(1)
@@ -178,11 +289,8 @@ def process(settings, source, destination, filters):
 def info(settings, source):
     """Describe the images SOURCE names: manifest, config and layers."""
     from occystrap import reports, uris
-    ctx = _context(settings)
-    try:
+    with _running(settings) as ctx:
         ok = reports.info(uris.parse_uri(source, 'input'), ctx)
-    finally:
-        ctx.close()
     if not ok:
         sys.exit(1)
 
@@ -196,11 +304,8 @@ def info(settings, source):
 def search(settings, source, pattern, regex, script_friendly):
     """List files in the layers of SOURCE whose path matches PATTERN."""
     from occystrap import reports, uris
-    ctx = _context(settings)
-    try:
+    with _running(settings) as ctx:
         ok = reports.search(uris.parse_uri(source, 'input'), pattern, regex, script_friendly, ctx)
-    finally:
-        ctx.close()
     if not ok:
         sys.exit(1)
 
@@ -212,11 +317,8 @@ def search(settings, source, pattern, regex, script_friendly):
 def check(settings, source, fast):
     """Verify the images SOURCE names: digests, diffids and config consistency."""
     from occystrap import reports, uris
-    ctx = _context(settings)
-    try:
+    with _running(settings) as ctx:
         ok = reports.check(uris.parse_uri(source, 'input'), fast, ctx)
-    finally:
-        ctx.close()
     if not ok:
         sys.exit(1)
 
@@ -225,8 +327,13 @@ def main(argv=None):
     """Entry point: runs the CLI, turning every known failure into one line on stderr and an exit status."""
     args = sys.argv[1:] if argv is None else argv
     debug = '--debug' in args or bool(os.environ.get('OCCYSTRAP_DEBUG'))
+    from occystrap import cancel
+    previous = cancel.install()
     try:
         cli.main(args=args, prog_name='occystrap', standalone_mode=False)
+    except cancel.Interrupted as e:
+        click.echo('error: %s' % e, err=True)
+        sys.exit(e.exit_code)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except click.exceptions.Abort:
@@ -234,7 +341,8 @@ def main(argv=None):
         sys.exit(130)
     except click.ClickException as e:
         from occystrap.terminal import printable
-        click.echo('error: %s' % printable(one_line(e.format_message())), err=True)
+        from occystrap.uris import redact
+        click.echo('error: %s' % printable(redact(one_line(e.format_message()))), err=True)
         sys.exit(2)
     except UsageError as e:
         _fail(e, debug, 2)
@@ -247,6 +355,8 @@ def main(argv=None):
         sys.exit(1)
     except Exception as e:  # a bug: say so in one line, traceback only when asked
         _fail(e, debug, 1, prefix='internal error: %s: ' % type(e).__name__)
+    finally:
+        cancel.restore(previous)
     sys.exit(0)
 
 

@@ -12,7 +12,9 @@ Images of a multi-image run are processed `-J` at a time; layers of one image `-
 
 import abc
 import concurrent.futures
+import contextlib
 import dataclasses
+import errno
 import importlib
 import logging
 import os
@@ -22,28 +24,22 @@ import threading
 import time
 from typing import Optional
 
+from occystrap import schemes
+from occystrap.cancel import STOPS, Cancellation
 from occystrap.errors import OccystrapError, UsageError
 from occystrap.settings import Settings
+from occystrap.uris import redact
 
 LOG = logging.getLogger(__name__)
 
-INPUTS = {
-    'registry': 'occystrap.inputs.registry:RegistryInput',
-    'quay': 'occystrap.inputs.quay:QuayInput',
-    'docker': 'occystrap.inputs.docker:DockerInput',
-    'tar': 'occystrap.inputs.tarball:TarballInput',
-    'file': 'occystrap.inputs.tarball:TarballInput',
-}
+# How often a thread waiting for workers looks at the run's cancellation, and how long a cancelled run waits for
+# its running workers to unwind (their sockets are shut down, so they end in milliseconds) before cleaning up.
+POLL_SECONDS = 0.2
+CANCEL_GRACE = 1.0
 
-OUTPUTS = {
-    'tar': 'occystrap.outputs.tarball:TarballOutput',
-    'file': 'occystrap.outputs.tarball:TarballOutput',
-    'dir': 'occystrap.outputs.directory:DirectoryOutput',
-    'oci': 'occystrap.outputs.ocibundle:OCIBundleOutput',
-    'mounts': 'occystrap.outputs.mounts:MountsOutput',
-    'registry': 'occystrap.outputs.registry:RegistryOutput',
-    'docker': 'occystrap.outputs.docker:DockerOutput',
-}
+# Scheme names (and aliases) to 'module:Class', derived from the one table in schemes.py.
+INPUTS = schemes.classes('input')
+OUTPUTS = schemes.classes('output')
 
 FILTERS = {
     'normalize-timestamps': 'occystrap.filters.timestamps:NormalizeTimestamps',
@@ -123,8 +119,15 @@ class RunContext:
         self._workdir = None
         self._workdir_parent = None
         self.warnings = []
-        self.filter_fingerprint = ()   # the run's filter chain as strings, for caches keyed on what filters did
-        self.multi_image = False       # the source can name many images (outputs derive destination names)
+        self.cancellation = Cancellation()
+
+    @property
+    def cancelled(self):
+        return self.cancellation.cancelled
+
+    def cancel(self, signum=None):
+        """Stop the run: queued work does not start, in-flight transfers end at their next chunk."""
+        self.cancellation.cancel(signum)
 
     def warn(self, message):
         """Record and log something the user should know (a refused path, a skipped device)."""
@@ -138,7 +141,7 @@ class RunContext:
         with self._lock:
             if self._http is None:
                 from occystrap.registry.http import HttpClient
-                self._http = HttpClient(self.settings)
+                self._http = HttpClient(self.settings, cancellation=self.cancellation)
             return self._http
 
     @property
@@ -177,19 +180,50 @@ class RunContext:
         items = list(items)
         workers = max(1, min(workers or self.settings.parallel, len(items) or 1))
         if workers == 1:
-            return [fn(item) for item in items]
+            results = []
+            for item in items:
+                self.cancellation.check()
+                results.append(fn(item))
+            return results
         order = list(range(len(items)))
         if cost is not None:
             order.sort(key=lambda i: -cost(items[i]))
-        with concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix='layer') as pool:
-            submitted = {i: pool.submit(fn, items[i]) for i in order}
-            futures = [submitted[i] for i in range(len(items))]
-            try:
-                return [f.result() for f in futures]
-            except BaseException:
-                for f in futures:
-                    f.cancel()
-                raise
+        return self.gather(fn, [items[i] for i in order], workers, 'layer', order)
+
+    def gather(self, fn, items, workers, name, positions=None):
+        """Run fn over items (started in the order given) on `workers` threads; results by `positions`.
+
+        The calling thread waits in short steps, so it notices a cancellation (and the main thread a signal) at
+        once. On the first error queued items are dropped; running ones are waited for, only briefly when the
+        run was cancelled (they are unwinding already).
+        """
+        positions = list(range(len(items))) if positions is None else positions
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
+        futures = [None] * len(items)
+        try:
+            for position, item in zip(positions, items):
+                futures[position] = pool.submit(self._guarded, fn, item)
+            results = []
+            for future in futures:
+                while True:
+                    try:
+                        results.append(future.result(timeout=POLL_SECONDS))
+                        break
+                    except concurrent.futures.TimeoutError:
+                        self.cancellation.check()
+            pool.shutdown(wait=True)
+            return results
+        except BaseException as e:
+            if isinstance(e, STOPS):
+                self.cancel(getattr(e, 'signum', None))
+            pool.shutdown(wait=False, cancel_futures=True)
+            running = [f for f in futures if f is not None and not f.done()]
+            concurrent.futures.wait(running, timeout=CANCEL_GRACE if self.cancelled else None)
+            raise
+
+    def _guarded(self, fn, item):
+        self.cancellation.check()
+        return fn(item)
 
     def close(self):
         if self._http is not None:
@@ -224,11 +258,18 @@ class ImageInput(abc.ABC):
 
 
 class ImageOutput(abc.ABC):
-    """Where images go. write() may be called from several threads at once (one image each) under -J."""
+    """Where images go. write() may be called from several threads at once (one image each) under -J.
 
-    def __init__(self, uri, ctx):
+    The run's facts come in as parameters: `multi_image` says the source can name many images (so the destination
+    name is a prefix each image's own name goes under), `filters` is the filter chain as strings (for caches keyed
+    on what the filters did).
+    """
+
+    def __init__(self, uri, ctx, multi_image=False, filters=()):
         self.uri = uri
         self.ctx = ctx
+        self.multi_image = bool(multi_image)
+        self.filters = tuple(filters)
 
     @abc.abstractmethod
     def write(self, image):
@@ -292,11 +333,14 @@ def build_input(uri, ctx):
     return load(INPUTS, uri.scheme)(uri, ctx)
 
 
-def build_output(uri, ctx, filters=()):
-    """The output for a URI wrapped in the filters (first filter sees the image first)."""
+def build_output(uri, ctx, filters=(), multi_image=False):
+    """The output for a URI wrapped in the filters (first filter sees the image first).
+
+    `multi_image` (the source can name many images) and the filter chain are handed to the output class.
+    """
     filters = list(filters)
-    ctx.filter_fingerprint = tuple(str(spec) for spec in filters)
-    output = load(OUTPUTS, uri.scheme)(uri, ctx)
+    output = load(OUTPUTS, uri.scheme)(uri, ctx, multi_image=multi_image,
+                                       filters=tuple(str(spec) for spec in filters))
     for spec in reversed(list(filters)):
         cls = load(FILTERS, spec.name)
         allowed = cls.option_names()
@@ -347,6 +391,7 @@ def for_each_image(source, fn, ctx, refs=None):
 
     def one(ref):
         started = time.monotonic()
+        ctx.cancellation.check()
         try:
             layers = fn(ref)
             return ImageResult(str(ref), True, layers=layers or 0, seconds=time.monotonic() - started)
@@ -354,33 +399,54 @@ def for_each_image(source, fn, ctx, refs=None):
             if not source.multi:
                 raise
             LOG.error('%s: %s', ref, e)
-            return ImageResult(str(ref), False, error=str(e), seconds=time.monotonic() - started)
+            return ImageResult(str(ref), False, error=redact(e), seconds=time.monotonic() - started)
 
     workers = max(1, min(ctx.settings.image_parallel, len(refs)))
     if workers == 1:
         return [one(ref) for ref in refs]
-    with concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix='image') as pool:
-        return list(pool.map(one, refs))
+    return ctx.gather(one, refs, workers, 'image')
+
+
+# A destination that cannot take more: said as "cannot write PATH: reason" wherever in an output it happens.
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO)
+FILE_OUTPUTS = ('tar', 'file', 'dir', 'oci', 'mounts')
+
+
+@contextlib.contextmanager
+def writing(dest_uri):
+    """Turn a full (or read-only, or failing) destination filesystem into one line naming the destination."""
+    try:
+        yield
+    except (OSError, OccystrapError) as e:
+        code = getattr(e, 'errno', None)
+        if code not in WRITE_ERRNOS or dest_uri.scheme not in FILE_OUTPUTS:
+            raise
+        path = 'standard output' if dest_uri.path == '-' else os.path.abspath(dest_uri.path)
+        raise OccystrapError('cannot write %s: %s' % (path, os.strerror(code))) from None
 
 
 def run_process(source_uri, dest_uri, filters, ctx):
     """Copy every image of source_uri through the filters into dest_uri. Returns the list of ImageResult."""
     source = build_input(source_uri, ctx)
-    ctx.multi_image = source.multi
-    output = build_output(dest_uri, ctx, filters)
+    output = build_output(dest_uri, ctx, filters, multi_image=source.multi)
     finished = False
     try:
         def copy_one(ref):
             image = source.open(ref)
-            output.write(image)
+            with writing(dest_uri):
+                output.write(image)
             ctx.stats.add(images=1, layers=len(image.layers))
             return len(image.layers)
 
         results = for_each_image(source, copy_one, ctx)
         if any(r.ok for r in results):
-            output.finalize()
+            with writing(dest_uri):
+                output.finalize()
             finished = True
         return results
+    except STOPS as e:
+        ctx.cancel(getattr(e, 'signum', None))    # stop every worker before abort() removes what they write
+        raise
     finally:
         if not finished:
             output.abort()

@@ -31,3 +31,4 @@ class Settings:
     progress: bool = False
     allow_devices: bool = False
     shard: Optional[object] = None      # a sharding.Shard with --shard I/N: keep only that share of the images
+    max_extract_bytes: Optional[int] = None   # bytes extraction may write in one run (--max-extract-bytes)

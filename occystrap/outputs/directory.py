@@ -39,7 +39,7 @@ import shutil
 import tempfile
 import threading
 
-from occystrap import extract, oci
+from occystrap import extract, oci, uris
 from occystrap.errors import CorruptImageError, OccystrapError
 from occystrap.outputs.staging import replace_directory, write_atomically
 from occystrap.pipeline import ImageOutput, layer_cost
@@ -72,17 +72,23 @@ def unique_stem(image):
 class DirectoryOutput(ImageOutput):
     """Images into a directory as an expanded docker save, optionally sharing layers between many images."""
 
-    def __init__(self, uri, ctx):
-        super().__init__(uri, ctx)
+    def __init__(self, uri, ctx, **run):
+        super().__init__(uri, ctx, **run)
         self.path = os.path.abspath(uri.path)
         self.unique_names = uri.flag('unique_names')
         self.expand = uri.flag('expand')
         if os.path.lexists(self.path) and not os.path.isdir(self.path):
             raise OccystrapError('cannot write %s: %s exists and is not a directory' % (uri, self.path))
+        # The outermost directory this run creates: a failed run removes it again, with everything inside.
+        self._created = None
+        missing = self.path
+        while not os.path.lexists(missing):
+            self._created, missing = missing, os.path.dirname(missing)
         try:
             os.makedirs(self.path, exist_ok=True)
         except OSError as e:
             raise OccystrapError('cannot create %s: %s' % (self.path, e.strerror))
+        self._added = []               # paths this run put in an existing directory, oldest first
         ctx.prefer_workdir_parent(self.path)
         self._lock = threading.Lock()
         self._inflight = {}            # diffid -> Future of the thread fetching it
@@ -115,8 +121,12 @@ class DirectoryOutput(ImageOutput):
             return future.result()
         try:
             layer.materialize(self.ctx.workdir)
-            os.makedirs(os.path.dirname(final), exist_ok=True)
+            directory = os.path.dirname(final)
+            if not os.path.isdir(directory):
+                os.makedirs(directory, exist_ok=True)
+                self._note(directory)
             renamed = layer.place(final)
+            self._note(final)
             with self._lock:
                 if renamed:
                     self.renames += 1
@@ -135,6 +145,12 @@ class DirectoryOutput(ImageOutput):
     # -- images -----------------------------------------------------------------------------------------------------
 
     def write(self, image):
+        if image.tag or self.unique_names:
+            # The name and tag become RepoTags and (unique_names) file names: check them before anything is written.
+            what = 'cannot write %r into %s' % (image.reference, self.uri)
+            uris.validate_repository(image.name, what, host=True)
+            if image.tag:
+                uris.validate_tag(image.tag, what)
         diffids = image.diffids
         if len(diffids) != len(image.layers):
             raise CorruptImageError('%s: config lists %d layers, the image has %d'
@@ -144,12 +160,14 @@ class DirectoryOutput(ImageOutput):
         config_path = os.path.join(self.path, config_name)
         if not os.path.exists(config_path):
             write_atomically(config_path, image.config_bytes)
+            self._note(config_path)
         if self.expand:
             self.expand_image(image, files)
         entry = {'Config': config_name, 'RepoTags': [image_reference(image)] if image.tag else [],
                  'Layers': [os.path.relpath(f, self.path) for f in files]}
         if self.unique_names:
             manifest_name = 'manifest-%s.json' % unique_stem(image)
+            self._note(os.path.join(self.path, manifest_name))
             write_atomically(os.path.join(self.path, manifest_name), json.dumps([entry], indent=2).encode())
             self.record_in_catalog(image_reference(image), manifest_name)
         else:
@@ -180,7 +198,9 @@ class DirectoryOutput(ImageOutput):
                 with open(path, 'rb') as stream:
                     extract.extract_layer(stream, work, whiteouts=extract.APPLY, warn=self.ctx.warn,
                                           allow_devices=self.ctx.settings.allow_devices,
-                                          what='%s layer %d' % (image.reference, index))
+                                          what='%s layer %d' % (image.reference, index),
+                                          budget=extract.run_budget(self.ctx))
+            self._note(final)
             replace_directory(work, final)
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
@@ -221,13 +241,86 @@ class DirectoryOutput(ImageOutput):
 
     # -- end of run -------------------------------------------------------------------------------------------------
 
+    def _note(self, path):
+        with self._lock:
+            self._added.append(path)
+
+    def _named(self, entries):
+        """The paths a list of manifest entries names: configs, layer files and their directories."""
+        named = set()
+        for entry in entries:
+            if not isinstance(entry, dict):
+                continue
+            for name in [entry.get('Config')] + list(entry.get('Layers') or []):
+                if isinstance(name, str) and name:
+                    path = os.path.normpath(os.path.join(self.path, name))
+                    named.add(path)
+                    named.add(os.path.dirname(path))
+        return named
+
+    def _catalog_names(self):
+        """Every path the catalog's images need: their manifest files, what those name, their root filesystems."""
+        named = set()
+        for manifest_name in self.read_catalog().values():
+            if not isinstance(manifest_name, str) or '/' in manifest_name or not manifest_name.startswith('manifest-'):
+                continue
+            path = os.path.join(self.path, manifest_name)
+            named.add(path)
+            named.add(os.path.join(self.path, 'rootfs-' + manifest_name[len('manifest-'):-len('.json')]))
+            try:
+                with open(path) as f:
+                    named |= self._named(json.load(f))
+            except (OSError, ValueError):
+                continue
+        return named
+
+    def _take_added(self):
+        with self._lock:
+            added, self._added = self._added, []
+        return added
+
+    def _sweep(self, added, keep):
+        """Remove what this run added that `keep` does not name (newest first, so directories empty last)."""
+        for path in reversed(added):
+            if path in keep:
+                continue
+            if os.path.isdir(path) and not os.path.islink(path):
+                if os.path.basename(path).startswith('rootfs'):
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    with contextlib.suppress(OSError):
+                        os.rmdir(path)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+
     def finalize(self):
         if not self.unique_names and self._entries:
             write_atomically(os.path.join(self.path, MANIFEST), json.dumps(self._entries, indent=2).encode())
+        # Images that failed in a multi-image run leave nothing the manifests do not name.
+        added = self._take_added()
+        if self.unique_names:
+            with self.catalog_lock():
+                self._sweep(added, self._catalog_names())
+        else:
+            keep = self._named(self._entries)
+            if self._entries:
+                keep.add(os.path.join(self.path, 'rootfs'))
+            self._sweep(added, keep)
         LOG.debug('dir output %s: %d layers renamed into place, %d copied, %d already present',
                   self.path, self.renames, self.copies, self.reused)
 
     def abort(self):
-        # Placed layers and configs are complete, content-addressed files and stay; temporary root filesystems
-        # were removed where they failed, and the run's temporary directory goes with the RunContext.
-        pass
+        """Leave the destination as it was: a directory this run created goes, else what it added goes.
+
+        In a unique_names directory, what catalog.json names stays (another run may have recorded it meanwhile).
+        """
+        if self._created is not None:
+            shutil.rmtree(self._created, ignore_errors=True)
+            return
+        added = self._take_added()
+        if self.unique_names:
+            with self.catalog_lock():
+                self._sweep(added, self._catalog_names())
+        else:
+            self._sweep(added, set())

@@ -94,7 +94,7 @@ class MountsOutput(StagedImageOutput):
             stream = layer.open()
             try:
                 summary = extract.extract_layer(stream, target, whiteouts=whiteouts, allow_devices=allow_devices,
-                                                warn=self.ctx.warn,
+                                                warn=self.ctx.warn, budget=extract.run_budget(self.ctx),
                                                 what='%s layer %d (%s)' % (image.reference, index, layer.diffid))
             finally:
                 stream.close()

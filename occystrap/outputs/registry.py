@@ -36,7 +36,7 @@ import logging
 import os
 import threading
 
-from occystrap import oci, streams
+from occystrap import oci, streams, uris
 from occystrap.errors import CorruptImageError, OccystrapError, RegistryError
 from occystrap.layercache import LayerCache
 from occystrap.pipeline import ImageOutput, layer_cost
@@ -91,8 +91,8 @@ class _Job:
 class RegistryOutput(ImageOutput):
     """Pushes each image it is given; see the module docstring for naming and what is sent."""
 
-    def __init__(self, uri, ctx):
-        super().__init__(uri, ctx)
+    def __init__(self, uri, ctx, **run):
+        super().__init__(uri, ctx, **run)
         from occystrap.registry.client import RegistryClient
         settings = ctx.settings
         self.host = uri.host
@@ -101,7 +101,6 @@ class RegistryOutput(ImageOutput):
         self.client = RegistryClient(ctx.http, uri.host, insecure=uri.flag('insecure'), username=uri.username,
                                      password=uri.password, authenticators=ctx.authenticators)
         self.cache = LayerCache(settings.layer_cache, warn=ctx.warn)
-        self.filters = tuple(getattr(ctx, 'filter_fingerprint', ()) or ())
         self.counters = ctx.stats.push = PushCounters()
         self.pushed = []                  # (destination reference, manifest digest), in completion order
         self._lock = threading.Lock()
@@ -112,13 +111,23 @@ class RegistryOutput(ImageOutput):
     # --- the image
 
     def destination(self, image):
-        """(repository, tag or None) an image is pushed to; None means push by digest."""
-        if not getattr(self.ctx, 'multi_image', False):
-            return self.uri.name, None if self.uri.digest else self.uri.tag
-        leaf = (image.name or '').rstrip('/').rsplit('/', 1)[-1]
-        if not leaf:
-            raise OccystrapError('image from %s has no name to push under %s' % (image.source or '?', self.uri))
-        return '%s/%s' % (self.uri.name, leaf), image.tag
+        """(repository, tag or None) an image is pushed to; None means push by digest.
+
+        Both are checked against the reference grammar before any request: a multi-image source names them, and a
+        leaf of '..' or a tag holding '#' or '?' would otherwise leave the prefix or change the URL.
+        """
+        if not self.multi_image:
+            repository, tag = self.uri.name, None if self.uri.digest else self.uri.tag
+        else:
+            leaf = (image.name or '').rstrip('/').rsplit('/', 1)[-1]
+            if not leaf:
+                raise OccystrapError('image from %s has no name to push under %s' % (image.source or '?', self.uri))
+            repository, tag = '%s/%s' % (self.uri.name, leaf), image.tag
+        what = 'cannot push %r under %s' % (image.reference, self.uri)
+        uris.validate_repository(repository, what)
+        if tag is not None:
+            uris.validate_tag(tag, what)
+        return repository, tag
 
     def write(self, image):
         repository, tag = self.destination(image)
@@ -142,7 +151,7 @@ class RegistryOutput(ImageOutput):
                                    cost=lambda layer: float('inf') if layer is None else layer_cost(layer))[1:]
         manifest_bytes, media_type = self._manifest(image, descriptors, use_oci)
         digest = oci.digest_of(manifest_bytes)
-        if tag is None and self.uri.digest and not getattr(self.ctx, 'multi_image', False) \
+        if tag is None and self.uri.digest and not self.multi_image \
                 and digest != self.uri.digest:
             raise OccystrapError('pushing %s would give manifest digest %s, not the %s that %s asks for'
                                  % (image.reference, digest, self.uri.digest, self.uri))

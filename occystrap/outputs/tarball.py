@@ -33,17 +33,28 @@ written in the same order, e.g. -J 1). The tarball is written to `<path>.partial
 and renamed into place by finalize(); abort() deletes it. Like docker save and skopeo it is not fsync'ed: the rename
 makes it appear whole or not at all to other programs, and `sync` makes it durable when that matters (fsync cost
 0.13 s per 75 MB here).
+
+Destinations that are not a path we can rename onto: `tar://-` is standard output (refused on a terminal, as
+docker save does), and a FIFO, a character device or an already open file (`/dev/stdout`, `/proc/self/fd/N`) is
+written into directly. Such a sink may be a pipe, so it is written strictly in order: every layer is materialized
+first (no header to patch later), nothing is cut back, and a failure part way leaves the stream unusable, so the
+run fails. The bytes are the same either way. A symlink to a regular file (or to nothing yet) is written through:
+the temporary file goes beside its target, which is replaced, and the symlink stays. Anything else that exists and
+is not a regular file (a directory, a socket, a block device) is refused.
 """
 
+import contextlib
+import errno
 import io
 import json
 import os
+import stat
 import tarfile
 import tempfile
 import threading
 
-from occystrap import oci, streams
-from occystrap.errors import CorruptImageError, OccystrapError
+from occystrap import oci, streams, uris
+from occystrap.errors import CorruptImageError, OccystrapError, UsageError
 from occystrap.oci import MEDIA_OCI_CONFIG, MEDIA_OCI_LAYER_TAR, MEDIA_OCI_MANIFEST, blob_path
 from occystrap.pipeline import ImageOutput, layer_cost
 
@@ -116,6 +127,90 @@ def _copy_range(src, out, size):
     return size
 
 
+class _Sink(io.RawIOBase):
+    """A write-only file that counts its position, for sinks that cannot tell() or seek (pipes, FIFOs, devices)."""
+
+    def __init__(self, fd, name):
+        self.fd = fd
+        self.name = name
+        self.position = 0
+
+    def writable(self):
+        return True
+
+    def fileno(self):
+        return self.fd
+
+    def tell(self):
+        return self.position
+
+    def write(self, data):
+        view = memoryview(data)
+        done = 0
+        while done < len(view):
+            done += os.write(self.fd, view[done:])
+        self.position += done
+        return done
+
+    def copy_from(self, src, size):
+        """Append `size` bytes of file `src` from its start, in the kernel where it can (sendfile)."""
+        src_fd = src.fileno()
+        done = 0
+        try:
+            while done < size:
+                n = os.sendfile(self.fd, src_fd, done, size - done)
+                if n == 0:
+                    break
+                done += n
+        except OSError as e:
+            if e.errno not in (errno.EINVAL, errno.ENOSYS):
+                raise
+            while done < size:      # a sink sendfile cannot write to: through user space from where it stopped
+                chunk = os.pread(src_fd, min(streams.CHUNK, size - done), done)
+                if not chunk:
+                    break
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(self.fd, view):]
+                done += len(chunk)
+        self.position += done
+        return done
+
+
+def destination_kind(path):
+    """How a tar:// destination is written: ('stdout', None), ('file', real path) or ('stream', path).
+
+    'file' is written under a temporary name beside the real path and renamed onto it; 'stream' is opened and
+    written in order. Raises OccystrapError for what must never be replaced.
+    """
+    if path == '-':
+        return 'stdout', None
+    try:
+        st = os.stat(path)          # follows symlinks: what a write would reach
+    except FileNotFoundError:
+        st = None
+    except OSError as e:
+        raise OccystrapError('cannot write %s: %s' % (path, e.strerror or e))
+    if st is not None and (stat.S_ISFIFO(st.st_mode) or stat.S_ISCHR(st.st_mode)):
+        return 'stream', path
+    real = os.path.realpath(path)
+    if real.startswith('/proc/'):
+        # /dev/stdout and /proc/self/fd/N: an open file of ours, not a path to rename onto.
+        return 'stream', path
+    if st is None:
+        if os.path.lexists(path) and not os.path.isdir(os.path.dirname(real)):
+            raise OccystrapError('cannot write %s: it is a symlink to %s, whose directory does not exist'
+                                 % (path, real))
+        return 'file', real
+    if stat.S_ISDIR(st.st_mode):
+        raise OccystrapError('cannot write %s: it is a directory, tar:// needs a file path' % path)
+    if not stat.S_ISREG(st.st_mode):
+        kind = 'a socket' if stat.S_ISSOCK(st.st_mode) else 'a block device' if stat.S_ISBLK(st.st_mode) else \
+            'not a regular file'
+        raise OccystrapError('cannot write %s: it is %s, which tar:// never replaces' % (path, kind))
+    return 'file', real
+
+
 def _umask():
     mask = os.umask(0)
     os.umask(mask)
@@ -125,16 +220,28 @@ def _umask():
 class TarballOutput(ImageOutput):
     """Images into one tarball file (`tar:///path.tar`)."""
 
-    def __init__(self, uri, ctx):
-        super().__init__(uri, ctx)
-        self.path = os.path.abspath(uri.path)
-        self.directory = os.path.dirname(self.path)
-        if not os.path.isdir(self.directory):
-            raise OccystrapError('cannot write %s: directory %s does not exist' % (uri.path, self.directory))
-        if os.path.isdir(self.path):
-            raise OccystrapError('cannot write %s: it is a directory, tar:// needs a file path' % uri.path)
+    def __init__(self, uri, ctx, **run):
+        super().__init__(uri, ctx, **run)
+        self.kind, target = destination_kind(uri.path)
+        if self.kind == 'stdout':
+            if ctx.settings.output_format == 'json':
+                raise UsageError('tar://- writes the tarball to standard output, where -O json would go too')
+            if os.isatty(1):
+                raise OccystrapError('cannot write tar://- : standard output is a terminal; redirect it or pipe it')
+            self.path = 'standard output'
+            self.directory = None
+        else:
+            self.path = os.path.abspath(uri.path)
+            # The real file replaced by the rename (the symlink the user named stays); temporary files beside it.
+            self.target = os.path.abspath(target)
+            self.directory = os.path.dirname(self.target)
+            if not os.path.isdir(self.directory):
+                raise OccystrapError('cannot write %s: directory %s does not exist' % (uri.path, self.directory))
         # Big temporary layer files go beside the destination, where the user expects the space to be used.
-        ctx.prefer_workdir_parent(self.directory)
+        if self.kind == 'file':
+            ctx.prefer_workdir_parent(self.directory)
+        self.sequential = self.kind != 'file'    # a pipe or device: no header patched later, nothing cut back
+        self._broken = None
         self._mode = 0o666 & ~_umask()
         self._lock = threading.Lock()
         self._file = None
@@ -149,14 +256,23 @@ class TarballOutput(ImageOutput):
     # --- writing members (callers hold the lock) ----------------------------------------------------------
 
     def _open(self):
+        if self._broken is not None:
+            raise OccystrapError(self._broken)
         if self._tar is None:
             try:
-                fd, self._partial = tempfile.mkstemp(prefix=os.path.basename(self.path) + '.partial-',
-                                                     dir=self.directory)
+                if self.kind == 'stdout':
+                    self._file = io.BufferedWriter(_Sink(os.dup(1), self.path), buffer_size=streams.CHUNK)
+                elif self.kind == 'stream':
+                    # No O_CREAT: if the FIFO or device went away meanwhile, fail rather than create a file.
+                    fd = os.open(self.path, os.O_WRONLY | os.O_CLOEXEC)
+                    self._file = io.BufferedWriter(_Sink(fd, self.path), buffer_size=streams.CHUNK)
+                else:
+                    fd, self._partial = tempfile.mkstemp(prefix=os.path.basename(self.target) + '.partial-',
+                                                         dir=self.directory)
+                    os.fchmod(fd, self._mode)
+                    self._file = os.fdopen(fd, 'wb')
             except OSError as e:
                 raise OccystrapError('cannot write %s: %s' % (self.path, e.strerror or e))
-            os.fchmod(fd, self._mode)
-            self._file = os.fdopen(fd, 'wb')
             self._tar = tarfile.open(fileobj=self._file, mode='w', format=tarfile.PAX_FORMAT)
             self._tar.copybufsize = streams.CHUNK
         return self._tar
@@ -209,7 +325,7 @@ class TarballOutput(ImageOutput):
         else:
             with layer.open() as data:
                 size = os.fstat(data.fileno()).st_size
-                self._write_member(self._info(name, size), lambda out: _copy_range(data, out, size))
+                self._write_member(self._info(name, size), lambda out: self._copy_in(data, out, size))
         self._blobs[layer.diffid] = size
 
     def _stream_layer(self, layer):
@@ -228,6 +344,15 @@ class TarballOutput(ImageOutput):
 
         size = self._write_member(self._info(name, 0), copy)
         self._blobs[layer.diffid] = size
+
+    def _copy_in(self, data, out, size):
+        if not self.sequential:
+            return _copy_range(data, out, size)
+        out.flush()
+        done = out.raw.copy_from(data, size)
+        if done != size:
+            raise CorruptImageError('layer file %s ended after %d of its %d bytes' % (data.name, done, size))
+        return size
 
     def _write_member(self, info, copy):
         """Append one member whose data `copy(file)` writes (returning its size), keeping TarFile's bookkeeping.
@@ -271,6 +396,11 @@ class TarballOutput(ImageOutput):
     # --- ImageOutput --------------------------------------------------------------------------------------
 
     def write(self, image):
+        if image.tag:
+            # The name and tag become RepoTags, repositories and annotations: check them before anything is written.
+            what = 'cannot write %r into %s' % (image.reference, self.uri)
+            uris.validate_repository(image.name, what, host=True)
+            uris.validate_tag(image.tag, what)
         with self._lock:
             stored = set(self._blobs)
         # Layers another image already stored are not fetched again. A blob that is its own diffid (an uncompressed
@@ -285,9 +415,17 @@ class TarballOutput(ImageOutput):
         fetch = [layer for layer in needed if not streams_directly(layer)]
         direct = max((layer for layer in fetch if layer.path is None and layer.origin is not None),
                      key=lambda layer: layer.origin.size or 0, default=None)
+        first = None
+        if self.sequential:
+            # Nothing is written before every layer is verified on disk: a pipe cannot be cut back or patched.
+            # The layer a file would have streamed still goes first, so that both give the same bytes.
+            fetch, direct, first = needed, None, direct
         try:
             if direct is None:
-                self.ctx.map(self._materialize, fetch, cost=layer_cost)
+                try:
+                    self.ctx.map(self._materialize, fetch, cost=layer_cost)
+                except OSError as e:    # the temporary files beside the destination: a full disk, say
+                    raise OccystrapError('cannot write %s: %s' % (self.path, e.strerror or e))
             with self._lock:
                 self._open()
                 before = len(self._blobs)
@@ -299,9 +437,11 @@ class TarballOutput(ImageOutput):
                         tasks = [(self._stream_layer, direct)] + [(self._materialize, layer) for layer in fetch
                                                                   if layer is not direct]
                         self.ctx.map(lambda task: task[0](task[1]), tasks, cost=lambda task: layer_cost(task[1]))
+                    if first is not None:
+                        self._add_layer(first)
                     self._append(image, needed)
                 except BaseException as e:
-                    self._restore(snapshot)
+                    self._roll_back(snapshot, e)
                     if isinstance(e, OSError):
                         raise OccystrapError('cannot write %s: %s' % (self.path, e.strerror or e))
                     raise
@@ -310,6 +450,22 @@ class TarballOutput(ImageOutput):
         finally:
             for layer in needed:
                 layer.release()
+
+    def _roll_back(self, snapshot, error):
+        """Cut a failed image back out; where that cannot be done the tarball is unusable and the run fails."""
+        reason = 'cannot write %s: %s' % (self.path, getattr(error, 'strerror', None) or error)
+        if self.sequential:
+            offset, members, self._blobs, self._dirs, state = snapshot
+            if self._file.tell() != offset:
+                self._broken = '%s (an image failed part way into a stream that cannot be cut back)' % reason
+                return
+            self._entries, self._descriptors, self._repositories = json.loads(state)
+            del self._tar.members[members:]
+            return
+        try:
+            self._restore(snapshot)
+        except OSError:
+            self._broken = reason
 
     def _materialize(self, layer):
         layer.materialize(self.ctx.workdir)
@@ -359,7 +515,8 @@ class TarballOutput(ImageOutput):
                 self._add_bytes('repositories', canonical_json(self._repositories))
                 self._tar.close()
                 self._file.close()
-                os.rename(self._partial, self.path)
+                if self._partial is not None:
+                    os.rename(self._partial, self.target)
             except OSError as e:
                 raise OccystrapError('cannot write %s: %s' % (self.path, e.strerror or e))
             self._tar = self._file = self._partial = None
@@ -367,7 +524,10 @@ class TarballOutput(ImageOutput):
     def abort(self):
         with self._lock:
             if self._file is not None:
-                self._file.close()
-            if self._partial and os.path.exists(self._partial):
-                os.unlink(self._partial)
+                # Closing flushes the buffer, which fails again on a full disk; the file must go all the same.
+                with contextlib.suppress(OSError, ValueError):
+                    self._file.close()
+            if self._partial:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self._partial)
             self._tar = self._file = self._partial = None

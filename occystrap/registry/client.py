@@ -13,7 +13,7 @@ import urllib.parse
 
 import httpx
 
-from occystrap import oci, streams
+from occystrap import cancel, oci, streams
 from occystrap.errors import CorruptImageError, DigestMismatchError, RegistryError
 from occystrap.registry import auth
 from occystrap.registry.http import (DOCUMENT_LIMIT, ERROR_BODY_LIMIT, LISTING_LIMIT, MAX_REDIRECTS,
@@ -500,23 +500,50 @@ class RegistryClient:
             with self._lock:
                 location = self._pending_uploads.pop((name, digest), None)
             if location is None:
+                self.http.cancellation.check()
                 location = self._start_upload(name, what)
             try:
                 if size is not None and size <= self.monolithic_max:
                     return self._put_monolithic(name, location, digest, source, size, what, on_bytes)
                 return self._put_chunked(name, location, digest, source, what, on_bytes)
-            except (_Retryable, ConnectionFailed) as e:
+            except BaseException as e:
+                cancellation = self.http.cancellation
+                if isinstance(e, cancel.STOPS) or cancellation.cancelled:
+                    # Once the request is cut off (its socket shut down): docker-registry will not end a session
+                    # that data is still arriving for.
+                    self.cancel_upload(location, name, what)
+                    if isinstance(e, cancel.STOPS):
+                        raise
+                    raise cancel.Interrupted(cancellation.signum) from None
+                if not isinstance(e, (_Retryable, ConnectionFailed)):
+                    raise
                 failures += 1
                 if failures > self.http.retry.retries or not source.repeatable:
                     raise ConnectionFailed('upload of %s to %s failed: %s' % (what, self.host, e))
                 waited = self.http.retry.wait(failures - 1)
                 LOG.info('upload of %s failed (%s); starting again in %.2fs', what, e, waited)
 
+    def cancel_upload(self, location, name, what):
+        """End an upload session the run gives up on (DELETE), so the registry does not keep its partial data.
+
+        Best effort: a registry that does not allow it, or does not answer, keeps the session until it purges it.
+        """
+        try:
+            response = self._send('DELETE', location, self._push(name), what, retry=False)
+            response.close()
+            LOG.debug('cancelled the upload of %s: %d', what, response.status_code)
+        except Exception as e:   # on the way out of a cancelled run: report, never mask the interruption
+            LOG.debug('could not cancel the upload of %s: %s', what, e)
+
     def _body(self, source, on_bytes):
+        cancellation = self.http.cancellation
+
         def produce():
             stream = source.open()
             try:
                 while True:
+                    if cancellation.cancelled:
+                        raise cancel.Interrupted(cancellation.signum)
                     data = stream.read(streams.CHUNK)
                     if not data:
                         return
@@ -549,6 +576,7 @@ class RegistryClient:
         offset = 0
         try:
             while True:
+                self.http.cancellation.check()
                 chunk = _read_exactly(stream, self.chunk_size)
                 if not chunk:
                     break
@@ -639,9 +667,11 @@ class BlobReader(streams.ChunkReader):
         self._eof = False
         self._failures = 0
         self._received_at_failure = 0
+        self._cancellation = client.http.cancellation
         self._connect()
 
     def _connect(self):
+        self._cancellation.check()
         response, what = self.client._blob_response(self.name, self.digest, self.received)
         if response.status_code == 206 and self.received:
             expected = 'bytes %d-' % self.received
@@ -676,6 +706,9 @@ class BlobReader(streams.ChunkReader):
 
     def _fill(self):
         while not self._held() and not self._eof:
+            if self._cancellation.cancelled:
+                self._close_response()
+                raise cancel.Interrupted(self._cancellation.signum)
             try:
                 chunk = next(self._chunks)
             except StopIteration:
@@ -686,6 +719,7 @@ class BlobReader(streams.ChunkReader):
                 self._close_response()
                 return
             except httpx.TransportError as e:
+                self._cancellation.check()    # a socket shut down by the cancellation: stop, do not resume
                 self._resume('%s: %s' % (type(e).__name__, ' '.join(str(e).split())))
                 continue
             if self._skip:

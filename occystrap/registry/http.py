@@ -23,6 +23,7 @@ import zlib
 import httpx
 
 from occystrap import __version__
+from occystrap.cancel import Cancellation
 from occystrap.errors import OccystrapError, RegistryError
 from occystrap.registry.ratelimit import TokenBucket
 
@@ -108,7 +109,8 @@ def ssl_context(ca_cert=None):
 
 
 def host_of(url):
-    return urllib.parse.urlsplit(str(url)).netloc
+    """host[:port] of a URL, never its userinfo (this text reaches errors and logs)."""
+    return urllib.parse.urlsplit(str(url)).netloc.rpartition('@')[2]
 
 
 def origin(url):
@@ -337,11 +339,14 @@ class ProxyRouter(httpx.BaseTransport):
 class HttpClient:
     """Wraps one httpx.Client for the whole run; see the module docstring."""
 
-    def __init__(self, settings, environ=None):
-        """`environ` (default os.environ) supplies the proxy variables (registry/proxy.py)."""
+    def __init__(self, settings, environ=None, cancellation=None):
+        """`environ` (default os.environ) supplies the proxy variables (registry/proxy.py); `cancellation` is the
+        run's stop switch (occystrap.cancel)."""
         from occystrap.registry.proxy import ProxyConfig
         self.settings = settings
-        self.retry = RetryPolicy(settings.retries)
+        # The run's stop switch (occystrap.cancel): retry waits end when the run is cancelled.
+        self.cancellation = cancellation or Cancellation()
+        self.retry = RetryPolicy(settings.retries, sleep=self.cancellation.sleep)
         self.limiter = TokenBucket(settings.rate_limit) if settings.rate_limit else None
         self.proxies = ProxyConfig(environ)
         for scheme in ('http', 'https'):
@@ -443,7 +448,8 @@ class HttpClient:
             try:
                 bulk = transfer or body is not None
                 client = self.transfer_client if bulk else self.client
-                req = client.build_request(method, url, headers=headers, content=body, params=params)
+                req = client.build_request(method, url, headers=headers, content=body, params=params,
+                                           extensions={'trace': self.cancellation.trace})
                 response = client.send(req, stream=True)
                 if not stream:
                     response = buffered(response, limit, what)
