@@ -106,6 +106,45 @@ def option(*decls, **attrs):
     return click.option(*decls, cls=EnvOption, **attrs)
 
 
+def _platforms(ctx, param, value):
+    """--platform values (and OCCYSTRAP_PLATFORM, comma-separated) checked as os/arch[/variant] or 'all'."""
+    if not value:
+        value = tuple(p for p in os.environ.get(_env('PLATFORM'), '').split(',') if p.strip())
+    wanted = []
+    for text in value:
+        for item in text.split(','):
+            item = item.strip()
+            if item.lower() == 'all':
+                wanted.append('all')
+                continue
+            from occystrap.oci import Platform
+            try:
+                Platform.parse(item)
+            except ValueError as e:
+                raise click.BadParameter(str(e))
+            wanted.append(item)
+    if 'all' in wanted and len(wanted) > 1:
+        raise click.BadParameter('"all" cannot be combined with other platforms')
+    return tuple(dict.fromkeys(wanted))
+
+
+def _platform_settings(ctx, platforms, os_, architecture, variant):
+    """(platforms, os, architecture, variant): --platform wins; --os/--architecture/--variant given explicitly
+    name one platform; neither leaves platforms None (a whole index where the destination holds one)."""
+    from click.core import ParameterSource
+    explicit = any(ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)
+                   for name in ('os_', 'architecture', 'variant'))
+    if platforms:
+        if platforms != ('all',):
+            from occystrap.oci import Platform
+            first = Platform.parse(platforms[0])
+            os_, architecture, variant = first.os, first.architecture, first.variant or None
+        return platforms, os_, architecture, variant
+    if explicit:
+        return ('/'.join(p for p in (os_, architecture, variant) if p),), os_, architecture, variant
+    return None, os_, architecture, variant
+
+
 def _shard(ctx, param, value):
     """--shard I/N (or OCCYSTRAP_SHARD) as a sharding.Shard; EnvOption names the variable when it came from one."""
     if value is None:
@@ -153,7 +192,16 @@ def _size(ctx, param, value):
         envvar=_env('RETRIES'), help='Retries of a failed request (exponential backoff, Retry-After honoured).')
 @option('--username', envvar=_env('USERNAME'), help='Registry user name.')
 @option('--password', envvar=_env('PASSWORD'), help='Registry password (prefer OCCYSTRAP_PASSWORD).')
-@option('--insecure', is_flag=True, envvar=_env('INSECURE'), help='Plain HTTP to the registry.')
+@option('--password-stdin', is_flag=True,
+        help='Read the password of --username (or of a --src-creds/--dest-creds USER) from standard input.')
+@option('--src-creds', metavar='USER[:PASS]', envvar=_env('SRC_CREDS'),
+        help='Credentials for the source registry (before --username and credential files).')
+@option('--dest-creds', metavar='USER[:PASS]', envvar=_env('DEST_CREDS'),
+        help='Credentials for the destination registry (before --username and credential files).')
+@option('--authfile', type=click.Path(exists=True, dir_okay=False), envvar=_env('AUTHFILE'),
+        help='Credential file (auth.json or Docker config.json) read first, instead of $REGISTRY_AUTH_FILE.')
+@option('--insecure', is_flag=True, envvar=_env('INSECURE'),
+        help='Plain HTTP to every registry of the run (for one registry: ?insecure=true on its URI).')
 @option('--ca-cert', type=click.Path(exists=True, dir_okay=False), envvar=_env('CA_CERT'),
         help='Extra CA bundle (PEM) for TLS registries.')
 @option('--http2/--no-http2', default=False, show_default=True, envvar=_env('HTTP2'),
@@ -165,6 +213,13 @@ def _size(ctx, param, value):
 @option('--architecture', default='amd64', show_default=True, envvar=_env('ARCHITECTURE'),
         help='Platform architecture picked from a manifest list / OCI index.')
 @option('--variant', default=None, envvar=_env('VARIANT'), help='Platform variant (e.g. v8 for arm64).')
+@option('--platform', 'platforms', multiple=True, metavar='OS/ARCH[/VARIANT]', callback=_platforms,
+        help='Platform of an index to copy (repeatable, or "all"; OCCYSTRAP_PLATFORM takes a comma-separated '
+             'list). Without one a registry destination gets the whole index.')
+@option('--dry-run', is_flag=True, envvar=_env('DRY_RUN'),
+        help='Say per image what would be copied or is unchanged; write nothing.')
+@option('--preserve-digests', is_flag=True, envvar=_env('PRESERVE_DIGESTS'),
+        help='Fail before writing when a destination digest would differ from the source digest.')
 @option('--temp-dir', type=click.Path(file_okay=False), envvar=_env('TEMP_DIR'),
         help='Where temporary layer files go (default: beside the destination, else the system temp dir).')
 @option('--layer-cache', type=click.Path(dir_okay=False), envvar=_env('LAYER_CACHE'),
@@ -181,9 +236,10 @@ def _size(ctx, param, value):
 @option('--verbose', is_flag=True, envvar=_env('VERBOSE'), help='Log what is being done.')
 @option('--debug', is_flag=True, envvar=_env('DEBUG'), help='Log everything; show tracebacks on errors.')
 @click.pass_context
-def cli(ctx, parallel, image_parallel, rate_limit, retries, username, password, insecure, ca_cert, http2,
-        compression, os_, architecture, variant, temp_dir, layer_cache, output_format, allow_devices, max_extract_bytes,
-        shard, verbose, debug):
+def cli(ctx, parallel, image_parallel, rate_limit, retries, username, password, password_stdin, src_creds, dest_creds,
+        authfile, insecure, ca_cert, http2, compression, os_, architecture, variant, platforms, dry_run,
+        preserve_digests, temp_dir, layer_cache,
+        output_format, allow_devices, max_extract_bytes, shard, verbose, debug):
     """Move and reshape container images without a container engine.
 
     \b
@@ -203,12 +259,49 @@ def cli(ctx, parallel, image_parallel, rate_limit, retries, username, password, 
                         handlers=[handler])
     for noisy in ('httpx', 'httpcore', 'hpack', 'h2'):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    from click.core import ParameterSource
+    platforms, os_, architecture, variant = _platform_settings(ctx, platforms, os_, architecture, variant)
+    recompress = ctx.get_parameter_source('compression') not in (ParameterSource.DEFAULT, None)
+    username, password, src_creds, dest_creds = _credentials(username, password, password_stdin, src_creds,
+                                                             dest_creds)
     ctx.obj = Settings(parallel=parallel, image_parallel=image_parallel, rate_limit=rate_limit, retries=retries,
-                       username=username, password=password, insecure=insecure, ca_cert=ca_cert, http2=http2,
+                       username=username, password=password, src_creds=src_creds, dest_creds=dest_creds,
+                       authfile=authfile, insecure=insecure, ca_cert=ca_cert, http2=http2,
                        compression=compression, os=os_, architecture=architecture, variant=variant,
+                       platforms=platforms, recompress=recompress, dry_run=dry_run, preserve_digests=preserve_digests,
                        temp_dir=temp_dir, layer_cache=layer_cache, output_format=output_format, verbose=verbose,
                        debug=debug, progress=sys.stderr.isatty(), allow_devices=allow_devices,
                        max_extract_bytes=max_extract_bytes, shard=shard)
+
+
+def _credentials(username, password, password_stdin, src_creds, dest_creds):
+    """--username/--password and --src-creds/--dest-creds as values, a password read from stdin filled in."""
+    sides = {}
+    for option, text in (('--src-creds', src_creds), ('--dest-creds', dest_creds)):
+        if text is not None:
+            user, sep, secret = text.partition(':')
+            if not user:
+                raise UsageError('%s needs USER[:PASSWORD], not an empty user' % option)
+            sides[option] = [user, secret if sep else None]
+    if password_stdin:
+        if password is not None:
+            raise UsageError('--password and --password-stdin cannot be used together')
+        wanting = [side for side in sides.values() if side[1] is None]
+        if not username and not wanting:
+            raise UsageError('--password-stdin needs --username, or a --src-creds/--dest-creds USER without password')
+        # As docker login --password-stdin: the first line, without its line ending.
+        secret = sys.stdin.readline().rstrip('\r\n')
+        if not secret:
+            raise UsageError('--password-stdin read no password from standard input')
+        if username:
+            password = secret
+        for side in wanting:
+            side[1] = secret
+    for option, side in sides.items():
+        if side[1] is None:
+            raise UsageError('%s %s has no password: give USER:PASSWORD, or --password-stdin' % (option, side[0]))
+    as_tuple = {option: tuple(side) for option, side in sides.items()}
+    return username, password, as_tuple.get('--src-creds'), as_tuple.get('--dest-creds')
 
 
 def _context(settings):
@@ -244,22 +337,58 @@ def _summary(settings, stats, results=None):
             payload['shard'] = str(settings.shard)
             payload['source_images'] = stats.source_images
         if results is not None:
-            payload['results'] = [{'image': r.reference, 'ok': r.ok, 'error': r.error, 'layers': r.layers,
-                                   'seconds': round(r.seconds, 3)} for r in results]
+            payload['results'] = []
+            for r in results:
+                entry = {'image': r.reference, 'ok': r.ok, 'error': r.error, 'layers': r.layers,
+                         'seconds': round(r.seconds, 3)}
+                if r.outcome is not None:
+                    entry.update(r.outcome.as_dict())
+                payload['results'].append(entry)
+        if settings.dry_run:
+            payload['dry_run'] = True
         click.echo(json.dumps(payload, indent=2))
         return
-    if results is not None and len(results) > 1:
+    outcomes = [r for r in (results or []) if r.outcome is not None]
+    if results is not None and (len(results) > 1 or outcomes):
         width = max(len(printable(r.reference)) for r in results)
         for r in results:
-            state = 'ok' if r.ok else 'FAILED: %s' % r.error
+            state = _describe_outcome(r.outcome) if r.ok and r.outcome is not None else \
+                'ok' if r.ok else 'FAILED: %s' % r.error
             click.echo('%-*s  %6.2fs  %s' % (width, printable(r.reference), r.seconds, printable(state)), err=True)
+    if settings.dry_run:
+        click.echo('dry run: nothing was written', err=True)
+    unchanged = sum(1 for r in outcomes if r.outcome.state in ('unchanged', 'would be unchanged'))
     shard = ''
     if settings.shard is not None and stats.source_images is not None:
         shard = '; shard %s kept %d of %d images' % (settings.shard, len(results or []), stats.source_images)
-    click.echo('done: %d image%s, %d layer%s, %s in %.2f s%s%s'
+    click.echo('done: %d image%s, %d layer%s, %s in %.2f s%s%s%s'
                % (stats.images, '' if stats.images == 1 else 's', stats.layers, '' if stats.layers == 1 else 's',
-                  human_bytes(stats.bytes), stats.seconds, ', %d failed' % len(failed) if failed else '', shard),
-               err=True)
+                  human_bytes(stats.bytes), stats.seconds, ', %d unchanged' % unchanged if unchanged else '',
+                  ', %d failed' % len(failed) if failed else '', shard), err=True)
+
+
+def _short_digest(digest):
+    return digest[:19] if digest else '-'
+
+
+def _describe_outcome(outcome):
+    """One image's line of the summary: what happened, the digests, platforms, and the blob counts."""
+    text = outcome.state
+    if outcome.source_digest or outcome.destination_digest:
+        text += ' %s -> %s' % (_short_digest(outcome.source_digest), _short_digest(outcome.destination_digest))
+    if outcome.platforms:
+        text += ' [%s]' % ', '.join(outcome.platforms)
+    if outcome.blobs_to_send is not None:
+        from occystrap.progress import human_bytes
+        text += ', %d blob%s to send (%s)' % (outcome.blobs_to_send, '' if outcome.blobs_to_send == 1 else 's',
+                                              human_bytes(outcome.bytes_to_send or 0))
+    elif outcome.state == 'copied' and outcome.manifests:
+        text += ', %d manifest%s, %d uploaded, %d mounted, %d present' % (
+            outcome.manifests, '' if outcome.manifests == 1 else 's', outcome.uploaded, outcome.mounted,
+            outcome.present)
+    if outcome.changed:
+        text += '; digest changed: %s' % outcome.changed
+    return text
 
 
 @cli.command()

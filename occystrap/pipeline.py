@@ -260,10 +260,18 @@ class ImageInput(abc.ABC):
 class ImageOutput(abc.ABC):
     """Where images go. write() may be called from several threads at once (one image each) under -J.
 
+    An output that can hold a whole index sets `holds_indexes` and implements what RegistryOutput does:
+    `existing_digest(ref)` (what the destination holds now, or None), `target(ref)`, `write_index(ImageIndex,
+    tag_child=False)` (blobs, children by digest, the index last, byte for byte), `write_child(image)` (an image
+    stored by digest only), `put_index(ref, oci.Index, counters)` and `missing_blobs(ref, blobs)` (--dry-run).
+    Each write returns a Written. Outputs holding one image are given one platform's image through write().
+
     The run's facts come in as parameters: `multi_image` says the source can name many images (so the destination
     name is a prefix each image's own name goes under), `filters` is the filter chain as strings (for caches keyed
     on what the filters did).
     """
+
+    holds_indexes = False
 
     def __init__(self, uri, ctx, multi_image=False, filters=()):
         self.uri = uri
@@ -295,7 +303,22 @@ class Filter(ImageOutput):
         return image
 
     def write(self, image):
-        self.inner.write(self.apply(image))
+        return self.inner.write(self.apply(image))
+
+    def write_child(self, image):
+        """An image of an index: filtered as write() filters, pushed by the output by digest."""
+        return self.inner.write_child(self.apply(image))
+
+    @property
+    def holds_indexes(self):
+        return getattr(self.inner, 'holds_indexes', False)
+
+    def __getattr__(self, name):
+        # The index side of an output (existing_digest, target, write_index, put_index, missing_blobs) carries no
+        # image for a filter to change: the copier only uses write_index when there are no filters.
+        if name in ('existing_digest', 'target', 'write_index', 'put_index', 'missing_blobs'):
+            return getattr(self.inner, name)
+        raise AttributeError(name)
 
     def finalize(self):
         self.inner.finalize()
@@ -309,6 +332,48 @@ class Filter(ImageOutput):
         return ()
 
 
+class Written(str):
+    """What an output wrote for one image or index: the manifest digest (it is that string) plus `counters` (the
+    output's blob counts for it, or None) and `descriptor` (an oci.Descriptor of the manifest, or None)."""
+
+    def __new__(cls, digest, counters=None, descriptor=None):
+        value = super().__new__(cls, digest)
+        value.counters = counters
+        value.descriptor = descriptor
+        return value
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What happened to one image of a process run, for the summary and -O json.
+
+    `state` is 'copied', 'unchanged' (the destination already held the source digest) or, with --dry-run,
+    'would copy' / 'would be unchanged'. `changed` says why the destination digest differs from the source's
+    (a filter, recompression, a platform subset), or is None when it does not.
+    """
+
+    state: str
+    source_digest: Optional[str] = None
+    destination_digest: Optional[str] = None
+    destination: Optional[str] = None
+    platforms: list = dataclasses.field(default_factory=list)
+    changed: Optional[str] = None
+    layers: int = 0
+    manifests: int = 0
+    uploaded: int = 0
+    mounted: int = 0
+    present: int = 0
+    blobs_to_send: Optional[int] = None       # --dry-run: blobs the destination lacks
+    bytes_to_send: Optional[int] = None
+
+    def as_dict(self):
+        out = dataclasses.asdict(self)
+        if out['blobs_to_send'] is None:
+            del out['blobs_to_send'], out['bytes_to_send']
+        out['digest_changed'] = self.changed is not None
+        return out
+
+
 @dataclasses.dataclass
 class ImageResult:
     """How one image of a run ended."""
@@ -318,6 +383,7 @@ class ImageResult:
     error: Optional[str] = None
     layers: int = 0
     seconds: float = 0.0
+    outcome: Optional[Outcome] = None
 
 
 def lookup_workers(settings, count):
@@ -339,16 +405,11 @@ def build_output(uri, ctx, filters=(), multi_image=False):
     `multi_image` (the source can name many images) and the filter chain are handed to the output class.
     """
     filters = list(filters)
+    check_filters(filters)
     output = load(OUTPUTS, uri.scheme)(uri, ctx, multi_image=multi_image,
                                        filters=tuple(str(spec) for spec in filters))
-    for spec in reversed(list(filters)):
-        cls = load(FILTERS, spec.name)
-        allowed = cls.option_names()
-        for key in spec.options:
-            if key not in allowed:
-                raise UsageError('filter %s does not take option %r (it takes: %s)'
-                                 % (spec.name, key, ', '.join(allowed) or 'none'))
-        output = cls(output, spec.options, ctx)
+    for spec in reversed(filters):
+        output = load(FILTERS, spec.name)(output, spec.options, ctx)
     return output
 
 
@@ -393,8 +454,11 @@ def for_each_image(source, fn, ctx, refs=None):
         started = time.monotonic()
         ctx.cancellation.check()
         try:
-            layers = fn(ref)
-            return ImageResult(str(ref), True, layers=layers or 0, seconds=time.monotonic() - started)
+            done = fn(ref)
+            if isinstance(done, Outcome):
+                return ImageResult(str(ref), True, layers=done.layers, seconds=time.monotonic() - started,
+                                   outcome=done)
+            return ImageResult(str(ref), True, layers=done or 0, seconds=time.monotonic() - started)
         except OccystrapError as e:
             if not source.multi:
                 raise
@@ -425,29 +489,49 @@ def writing(dest_uri):
         raise OccystrapError('cannot write %s: %s' % (path, os.strerror(code))) from None
 
 
+def check_filters(filters):
+    """Every filter name and option of a chain is known (UsageError otherwise), without building an output."""
+    for spec in filters:
+        allowed = load(FILTERS, spec.name).option_names()
+        for key in spec.options:
+            if key not in allowed:
+                raise UsageError('filter %s does not take option %r (it takes: %s)'
+                                 % (spec.name, key, ', '.join(allowed) or 'none'))
+
+
 def run_process(source_uri, dest_uri, filters, ctx):
-    """Copy every image of source_uri through the filters into dest_uri. Returns the list of ImageResult."""
+    """Copy every image of source_uri through the filters into dest_uri. Returns the list of ImageResult.
+
+    How an index flows (whole, one platform, a subset, filtered) is decided per image by mirror.Copier.
+    """
+    from occystrap.mirror import Copier
+    settings = ctx.settings
     source = build_input(source_uri, ctx)
-    output = build_output(dest_uri, ctx, filters, multi_image=source.multi)
+    holds = getattr(load(OUTPUTS, dest_uri.scheme), 'holds_indexes', False)
+    if settings.preserve_digests and not holds:
+        source.close()
+        raise UsageError('--preserve-digests needs a destination that keeps manifest digests (registry://)')
+    if settings.dry_run and not holds:
+        # Nothing is built at a destination that would create files: only the source is read.
+        check_filters(filters)
+        output = None
+    else:
+        output = build_output(dest_uri, ctx, filters, multi_image=source.multi)
+    copier = Copier(source, output, list(filters), ctx, guard=lambda: writing(dest_uri))
     finished = False
     try:
-        def copy_one(ref):
-            image = source.open(ref)
-            with writing(dest_uri):
-                output.write(image)
-            ctx.stats.add(images=1, layers=len(image.layers))
-            return len(image.layers)
-
-        results = for_each_image(source, copy_one, ctx)
-        if any(r.ok for r in results):
+        results = for_each_image(source, copier.copy, ctx)
+        if output is not None and not settings.dry_run and any(r.ok for r in results):
             with writing(dest_uri):
                 output.finalize()
+            finished = True
+        elif output is None or settings.dry_run:
             finished = True
         return results
     except STOPS as e:
         ctx.cancel(getattr(e, 'signum', None))    # stop every worker before abort() removes what they write
         raise
     finally:
-        if not finished:
+        if not finished and output is not None:
             output.abort()
         source.close()

@@ -47,8 +47,8 @@ class Scheme:
 SCHEMES = (
     Scheme('registry', input='occystrap.inputs.registry:RegistryInput',
            output='occystrap.outputs.registry:RegistryOutput',
-           input_options=PLATFORM_OPTIONS + ('insecure',), output_options=('insecure',),
-           booleans=frozenset({'insecure'}), credentials=True),
+           input_options=PLATFORM_OPTIONS + ('insecure', 'tls-verify'), output_options=('insecure', 'tls-verify'),
+           booleans=frozenset({'insecure', 'tls-verify'}), credentials=True),
     Scheme('quay', input='occystrap.inputs.quay:QuayInput',
            input_options=('token', 'api', 'registry', 'insecure') + PLATFORM_OPTIONS,
            booleans=frozenset({'insecure'})),

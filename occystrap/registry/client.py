@@ -154,18 +154,23 @@ class RegistryClient:
     """The distribution API of one registry host (`host[:port]`), shared safely between threads."""
 
     def __init__(self, http, host, insecure=False, username=None, password=None, monolithic_max=MONOLITHIC_MAX,
-                 chunk_size=UPLOAD_CHUNK, authenticators=None):
+                 chunk_size=UPLOAD_CHUNK, authenticators=None, role='input', repository=None, tls_verify=True):
         """`authenticators` is the run's auth.Authenticators (RunContext.authenticators); without it this client
-        keeps tokens to itself."""
+        keeps tokens to itself. Credentials are `username`/`password` (the URI's), else those of the run for this
+        side (`role` 'input' or 'output') and `repository` (registry/credentials.py has the order).
+        `tls_verify=False` speaks TLS without verifying the registry's certificate."""
         self.http = http
         self.host = host
         self.base = '%s://%s' % (http.scheme(insecure), host)
-        user, secret = auth.find_credentials(host, username, password, http.settings)
-        self.auth = (authenticators or auth.Authenticators(http)).get(host, user, secret)
+        self.tls_verify = bool(tls_verify)
+        lookup = auth.credential_lookup(host, username, password, http.settings, role, repository)
+        self.auth = (authenticators or auth.Authenticators(http)).get(host, lookup=lookup,
+                                                                      tls_verify=self.tls_verify)
         self.monolithic_max = monolithic_max
         self.chunk_size = chunk_size
         self._lock = threading.Lock()
         self._pending_uploads = {}    # (name, digest) -> upload location left open by a mount that did not happen
+        self._open_uploads = {}       # token -> (location, name, what) of every upload session in progress
         self.resumes = 0              # blob downloads resumed with a Range request, for tests and --verbose
 
     def __repr__(self):
@@ -228,7 +233,7 @@ class RegistryClient:
             try:
                 response = self.http.request(method, url, headers=sent, content=content, stream=stream, retry=retry,
                                              params=params, transfer=transfer, limit=limit,
-                                             what='%s from registry %s' % (what, self.host))
+                                             what='%s from registry %s' % (what, self.host), tls_verify=self.tls_verify)
             except ConnectionFailed as e:
                 # A plain-HTTP request that a TLS port could not parse breaks the protocol instead of answering 400.
                 if self.plain and isinstance(e.__context__, httpx.RemoteProtocolError) and speaks_tls(host_of(url)):
@@ -277,8 +282,7 @@ class RegistryClient:
             if self.auth.has_credentials:
                 return auth.AuthenticationError('registry %s refused the credentials for %s%s'
                                                 % (self.host, what, suffix), status=status)
-            return auth.AuthenticationError('registry %s requires credentials for %s (use --username/--password '
-                                            'or docker login)%s' % (self.host, what, suffix), status=status)
+            return self.auth.needs_credentials(' for %s' % what, suffix)
         if status == 403:
             return auth.AuthenticationError('registry %s denied access to %s%s' % (self.host, what, suffix),
                                             status=status)
@@ -346,6 +350,28 @@ class RegistryClient:
         """
         data, media_type, digest, _ = self._get_manifest(name, reference, accept)
         return data, media_type, digest
+
+    def fetch_manifest(self, name, reference, accept=ALL_MANIFEST_TYPES):
+        """(bytes, media type, digest, oci.Manifest or oci.Index) of what a reference names, verified as
+        get_manifest verifies it; an index is not followed."""
+        return self._get_manifest(name, reference, accept)
+
+    def manifest_digest(self, name, reference):
+        """The digest the registry holds under a tag or digest (a HEAD request), or None when it has none.
+
+        Only a sha256 Docker-Content-Digest is believed; a registry that sends none answers None (treated as
+        'not known to be there', so the copy goes ahead).
+        """
+        what = describe_reference(name, reference)
+        response = self._send('HEAD', self._url('/v2/%s/manifests/%s' % (name, reference)), self._pull(name), what,
+                              headers={'Accept': ', '.join(ALL_MANIFEST_TYPES)})
+        response.close()
+        if response.status_code == 404:
+            return None
+        if response.status_code != 200:
+            raise self._error(response, what)
+        header = response.headers.get('Docker-Content-Digest') or ''
+        return header if header.startswith('sha256:') and oci.is_digest(header) else None
 
     def resolve_image(self, name, reference, platform=None):
         """The image manifest for a reference: (bytes, media type, digest, oci.Manifest).
@@ -502,6 +528,9 @@ class RegistryClient:
             if location is None:
                 self.http.cancellation.check()
                 location = self._start_upload(name, what)
+            token = object()
+            with self._lock:
+                self._open_uploads[token] = (location, name, what)
             try:
                 if size is not None and size <= self.monolithic_max:
                     return self._put_monolithic(name, location, digest, source, size, what, on_bytes)
@@ -511,7 +540,8 @@ class RegistryClient:
                 if isinstance(e, cancel.STOPS) or cancellation.cancelled:
                     # Once the request is cut off (its socket shut down): docker-registry will not end a session
                     # that data is still arriving for.
-                    self.cancel_upload(location, name, what)
+                    if self._forget_upload(token):
+                        self.cancel_upload(location, name, what)
                     if isinstance(e, cancel.STOPS):
                         raise
                     raise cancel.Interrupted(cancellation.signum) from None
@@ -522,6 +552,25 @@ class RegistryClient:
                     raise ConnectionFailed('upload of %s to %s failed: %s' % (what, self.host, e))
                 waited = self.http.retry.wait(failures - 1)
                 LOG.info('upload of %s failed (%s); starting again in %.2fs', what, e, waited)
+            finally:
+                self._forget_upload(token)
+
+    def _forget_upload(self, token):
+        """True when the session was still listed as open (so whoever forgets it is the one to end it)."""
+        with self._lock:
+            return self._open_uploads.pop(token, None) is not None
+
+    def cancel_open_uploads(self):
+        """End (DELETE) every upload session still in progress: a cancelled run's clean-up, from the main thread.
+
+        A worker that unwinds in time ends its own session; this catches those still stuck when the run's grace
+        for its workers ran out (a loaded machine), so no session is left open either way.
+        """
+        with self._lock:
+            sessions = list(self._open_uploads.values())
+            self._open_uploads.clear()
+        for location, name, what in sessions:
+            self.cancel_upload(location, name, what)
 
     def cancel_upload(self, location, name, what):
         """End an upload session the run gives up on (DELETE), so the registry does not keep its partial data.
