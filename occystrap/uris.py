@@ -26,6 +26,11 @@ COMPONENT_RE = re.compile(r'^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*$')
 GLOB_COMPONENT_RE = re.compile(r'^[a-z0-9*?\[\]!._-]+$')
 HOST_RE = re.compile(r'^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?$')
 GLOB_CHARS = set('*?[')
+# A tag glob: tag characters, '*' and [...] classes. '?' starts a URI's query, so it cannot be one (docs/uris.md).
+TAG_GLOB_CHARS = set('*[')
+TAG_GLOB_MAX = 256
+TAG_CHARS = set('ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-')
+OPTION_WORD_RE = re.compile(r'^[A-Za-z_-]+$')
 
 
 def parse_bool(value, what):
@@ -145,6 +150,11 @@ class Uri:
         return bool(self.name) and any(c in GLOB_CHARS for c in self.name)
 
     @property
+    def tag_is_glob(self):
+        """True when the tag is a glob that names every matching tag of the repository (registry:// sources)."""
+        return is_tag_glob(self.tag)
+
+    @property
     def reference(self):
         """name:tag or name@digest, as a registry would say it."""
         if self.digest:
@@ -249,6 +259,8 @@ def parse_uri(text, role):
         user, _, secret = userinfo.partition(':')
         username = urllib.parse.unquote(user) or None
         password = urllib.parse.unquote(secret) if secret else None
+    if scheme == 'registry' and role == 'input' and '?' in rest:
+        _refuse_glob_question_mark(rest.partition('?')[2], shown)
     rest, _, query = rest.partition('?')
     options = {}
     if query:
@@ -319,6 +331,50 @@ def role_word(role):
     return 'source' if role == 'input' else 'destination'
 
 
+def is_tag_glob(tag):
+    """True when a tag (as parsed from a URI) is a glob: it holds '*' or '['."""
+    return bool(tag) and any(c in TAG_GLOB_CHARS for c in tag)
+
+
+def check_tag_glob(glob, shown):
+    """Return `glob` when it is a tag glob: tag characters, '*' (any run), and classes '[...]' of tag characters
+    ('a-z' ranges, '!' first to negate); else a UsageError naming it. Matched as fnmatch does, anchored."""
+    visible = _piece(glob, shown)
+
+    def bad(why):
+        # Parts of the glob are named only when the redacted URI shows it (it never held a secret).
+        why = why if visible == glob else 'not a tag glob'
+        return UsageError('bad tag glob %r in %r: %s (a tag glob is tag characters, * and [...])'
+                          % (visible, shown, why))
+
+    if len(glob) > TAG_GLOB_MAX:
+        raise bad('longer than %d characters' % TAG_GLOB_MAX)
+    i = 0
+    while i < len(glob):
+        c = glob[i]
+        if c == '[':
+            end = glob.find(']', i + 1)
+            if end < 0:
+                raise bad("'[' is not closed by ']'")
+            members = glob[i + 1:end]
+            members = members[1:] if members.startswith('!') else members
+            if not members or '[' in members or not set(members) <= TAG_CHARS:
+                raise bad('the class %r must hold tag characters and nothing else' % glob[i:end + 1])
+            i = end
+        elif c != '*' and c not in TAG_CHARS:
+            raise bad('%r cannot be in a tag' % c)
+        i += 1
+    return glob
+
+
+def _refuse_glob_question_mark(query, shown):
+    """'?' starts the query of a URI: when what follows cannot be options, it was meant as a glob character."""
+    parts = query.split('&')
+    if not query or any(part and '=' not in part and not OPTION_WORD_RE.match(part) for part in parts):
+        raise UsageError("'?' starts the query of %r, so a glob cannot use it: match one character with [...] "
+                         "(e.g. v1.[0-9]) or any run with *" % shown)
+
+
 def _split_reference(uri, ref, shown, allow_glob):
     """Split 'name[:tag|@digest]' into the Uri's name, tag and digest, validating each part."""
     name, digest = ref, None
@@ -331,9 +387,12 @@ def _split_reference(uri, ref, shown, allow_glob):
     last = name.rsplit('/', 1)[-1]
     if ':' in last:
         name, tag = name.rsplit(':', 1)
-        if not TAG_RE.match(tag):
-            raise UsageError('bad tag %r in %r: tags are letters, digits, _ . - (up to 128)'
-                             % (_piece(tag, shown), shown))
+        if allow_glob and is_tag_glob(tag):
+            check_tag_glob(tag, shown)
+        elif not TAG_RE.match(tag):
+            raise UsageError('bad tag %r in %r: tags are letters, digits, _ . - (up to 128)%s'
+                             % (_piece(tag, shown), shown,
+                                '; a tag glob names a registry:// source' if is_tag_glob(tag) else ''))
     if not name:
         raise UsageError('%r names no repository' % shown)
     for component in name.split('/'):
@@ -358,7 +417,7 @@ def _parse_registry(uri, rest, shown):
         raise UsageError('bad port %s in %r' % (_piece(port, shown), shown))
     uri.host = authority.lower()
     _split_reference(uri, ref, shown, allow_glob=uri.role == 'input')
-    if uri.is_glob and uri.digest:
+    if (uri.is_glob or uri.tag_is_glob) and uri.digest:
         raise UsageError('a glob cannot be combined with a digest in %r' % shown)
 
 

@@ -129,7 +129,9 @@ STATE = {'tls': False, 'ca': None, 'cert_dir': None,
 IMAGES = {'ubuntu': {'name': 'library/ubuntu', 'bytes': 30_000_000},
           'app': {'name': 'bench/app', 'bytes': 190_000_000},
           'fleet': {'glob': 'fleet/*', 'bytes': 250_000_000},
-          'quay': {'org': 'benchorg', 'bytes': 1000}, 'tag': 'latest'}
+          'quay': {'org': 'benchorg', 'bytes': 1000},
+          'mirror': {'glob': 'mirror-100/*', 'bytes': 9_000_000, 'skopeo_yaml': '/r/skopeo-sync.yaml'},
+          'tag': 'latest'}
 
 
 def test_parse_lists():
@@ -146,11 +148,12 @@ def test_parse_lists():
 def test_default_grid_covers_every_workflow_and_value():
     plan = bench_plan.Plan(STATE, IMAGES, '/tmp/out', '/venv/bin/python')
     cells = list(plan.cells(['occystrap'], bench_plan.WORKFLOWS, [1, 4, 8, 16], [1, 3, 6]))
-    assert len(cells) == 5 * 4 + 2 * 4 * 3
+    assert len(cells) == 5 * 4 + 2 * 4 * 3 + 2 * 3        # the mirroring workflows go over -J only
     assert {c['workflow'] for c in cells} == set(bench_plan.WORKFLOWS)
     multi = [c for c in cells if c['workflow'] == 'multi-dir']
     assert sorted({(c['j'], c['J']) for c in multi}) == [(j, J) for j in (1, 4, 8, 16) for J in (1, 3, 6)]
     assert all(c['J'] is None for c in cells if c['workflow'] not in bench_plan.MULTI_IMAGE)
+    assert sorted((c['j'], c['J']) for c in cells if c['workflow'] == 'resync') == [(None, 1), (None, 3), (None, 6)]
 
 
 def test_commands_are_shell_words_with_the_right_uris():

@@ -12,7 +12,10 @@ from tests.services import Registry, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / 'tools' / 'benchmark.sh'
-WORKFLOWS = {'single-pull', 'single-tar', 'single-push', 'app-pull', 'app-push', 'bulk-quay-info', 'multi-dir'}
+WORKFLOWS = {'single-pull', 'single-tar', 'single-push', 'app-pull', 'app-push', 'bulk-quay-info', 'multi-dir',
+             'bulk-mirror', 'resync'}
+MULTI_IMAGE = ('bulk-quay-info', 'multi-dir', 'bulk-mirror', 'resync')
+MIRRORS = ('bulk-mirror', 'resync')
 KEYS = ['tool', 'workflow', 'j', 'J', 'runs', 'mean_s', 'stddev_s', 'min_s', 'max_s', 'peak_rss_mb', 'mb_per_s',
         'status']
 
@@ -53,14 +56,14 @@ def test_quick_json_covers_every_workflow(bench_registry, bench_cache, tmp_path)
     for row in rows:
         assert list(row) == KEYS, row
         assert row['tool'] == 'occystrap' and row['status'] == 'ok'
-        assert row['j'] in (1, 4)
-        assert row['J'] == (3 if row['workflow'] in ('bulk-quay-info', 'multi-dir') else None)
+        assert row['j'] in ((None,) if row['workflow'] in MIRRORS else (1, 4))
+        assert row['J'] == (3 if row['workflow'] in MULTI_IMAGE else None)
         assert row['runs'] == 1
         for key in ('mean_s', 'min_s', 'max_s', 'peak_rss_mb'):
             assert isinstance(row[key], (int, float)) and row[key] > 0, (key, row)
         assert row['min_s'] <= row['mean_s'] <= row['max_s']
         assert row['stddev_s'] is None                      # one run has no spread
-        if row['workflow'] == 'bulk-quay-info':
+        if row['workflow'] in ('bulk-quay-info', 'resync'):
             assert row['mb_per_s'] is None
         else:
             assert isinstance(row['mb_per_s'], (int, float)) and row['mb_per_s'] > 0
@@ -120,3 +123,22 @@ def test_a_full_run_gets_as_far_as_its_environment(tmp_path):
     assert result.returncode == 2, result.stderr
     assert f'no registry answers at http://127.0.0.1:{port}/v2/' in result.stderr
     assert 'the benchmark environment did not start' in result.stderr
+
+
+def test_quick_mirroring_workflows(bench_registry, bench_cache, tmp_path):
+    results = tmp_path / 'results'
+    result = run_benchmark(bench_registry, bench_cache, results, '--json', '--workflows', 'bulk-mirror,resync',
+                           '--image-jobs', '2,4')
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads(result.stdout)
+    assert [(r['workflow'], r['j'], r['J'], r['status']) for r in rows] == [
+        ('bulk-mirror', None, 2, 'ok'), ('bulk-mirror', None, 4, 'ok'), ('resync', None, 2, 'ok'),
+        ('resync', None, 4, 'ok')]
+    assert all(r['mean_s'] > 0 and r['peak_rss_mb'] > 0 for r in rows)
+    images = json.loads((results / 'images.json').read_text())
+    assert len(images['mirror']['repos']) == 10 and images['mirror']['glob'] == 'quick/mirror-10/*'
+    # The fleet was seeded into the source registry with skopeo: exactly the quick size, under its own namespace.
+    catalog = bench_registry.client().get('/v2/_catalog', params={'n': 1000}).json()['repositories']
+    assert sum(name.startswith('quick/mirror-10/') for name in catalog) == 10
+    meta = json.loads((results / 'meta.json').read_text())
+    assert meta['mirror_repos'] == 10

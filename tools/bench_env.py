@@ -13,10 +13,12 @@ Used by tools/benchmark.sh; two subcommands:
     survive between runs. Writes the addresses to the state file (JSON, written when everything answers), then
     waits for SIGTERM or SIGINT and stops everything it started. Registries it starts die with it.
 
-``seed --state FILE --cache DIR [--scale F] [--prefix P] [--org ORG] --out FILE``
+``seed --state FILE --cache DIR [--scale F] [--prefix P] [--org ORG] [--mirror-repos N] --out FILE``
     Generates the benchmark images with tools/imagegen.py (cached per scale under CACHE/images) and copies each
     into the source registry with skopeo when the registry does not already hold exactly that manifest. Writes
-    the images file (JSON) that tools/bench_plan.py reads: names and compressed sizes.
+    the images file (JSON) that tools/bench_plan.py reads: names and compressed sizes. The mirroring fleet (N
+    small repositories, default 100, under PREFIX/mirror-N/) also gets a skopeo sync YAML naming exactly those
+    repositories, beside the images file (skopeo-sync.yaml), for the skopeo cells of bulk-mirror and resync.
 
 Registries, TLS material, ports and skopeo come from the test bed (tools/testbed), which the test suite uses too.
 The pure helpers (registry_config, expected_images, image_bytes, parse_hostport, ...) are unit tested.
@@ -55,6 +57,9 @@ BASE_IMAGE = ('ubuntu', 'base', 'library/ubuntu', 1, 1.0)
 APP_IMAGE = ('app', 'app', 'bench/app', 1, 1.0)
 FLEET_IMAGES = ('fleet', 'fleet', 'fleet', 12, 1.0)
 QUAY_IMAGES = ('quay', 'fleet', None, 60, 0.002)
+# The fleet the mirroring workflows copy registry to registry: many small repositories (per-image costs dominate),
+# the same size at every --scale (its factor is absolute): --quick only mirrors fewer of them.
+MIRROR_IMAGES = ('mirror', 'fleet', 'mirror', 100, 0.002)
 SEED_WORKERS = 8
 
 
@@ -73,22 +78,27 @@ def scale_tag(scale):
     return 'scale-' + ('%g' % scale)
 
 
-def expected_images(scale, prefix='', org='benchorg', fleet_count=None):
+def expected_images(scale, prefix='', org='benchorg', fleet_count=None, mirror_count=None):
     """What seed puts in the registry: a list of dicts {key, model, repo, count, scale}.
 
-    repo is the repository name for single images, the namespace for the fleet, and None for the Quay
-    organisation (its repositories are ORG/<image name>). prefix (e.g. 'quick/') keeps images of another scale
+    repo is the repository name for single images, the namespace for the fleets (the mirroring fleet's,
+    'mirror-COUNT', names its size so fleets of several sizes live side by side), and the organisation for the
+    Quay images (its repositories are ORG/<image name>). prefix (e.g. 'quick/') keeps images of another scale
     apart in a shared registry.
     """
     images = []
-    for key, model, repo, count, factor in (BASE_IMAGE, APP_IMAGE, FLEET_IMAGES, QUAY_IMAGES):
+    for key, model, repo, count, factor in (BASE_IMAGE, APP_IMAGE, FLEET_IMAGES, QUAY_IMAGES, MIRROR_IMAGES):
         if key == 'fleet' and fleet_count:
             count = fleet_count
+        size = round(scale * factor, 6)
+        if key == 'mirror':
+            count = mirror_count or count
+            repo = f'{repo}-{count}'
+            size = factor
         repo = None if repo is None else prefix + repo
         if key == 'quay':
             repo = org
-        images.append({'key': key, 'model': model, 'repo': repo, 'count': count,
-                       'scale': round(scale * factor, 6)})
+        images.append({'key': key, 'model': model, 'repo': repo, 'count': count, 'scale': size})
     return images
 
 
@@ -231,12 +241,27 @@ def registry_digest(url, name, tag, ca=None):
         raise
 
 
+def skopeo_sync_yaml(host, repos, tag, tls_verify=True, cert_dir=None):
+    """The `skopeo sync --src yaml` file naming exactly `repos` (with `tag`) of the registry at host.
+
+    Every scalar is written as a JSON string, which YAML reads as the same string, so no name can change the
+    document's shape.
+    """
+    lines = [f'{json.dumps(host)}:', f'  tls-verify: {"true" if tls_verify else "false"}']
+    if cert_dir:
+        lines.append(f'  cert-dir: {json.dumps(str(cert_dir))}')
+    lines.append('  images:')
+    for repo in repos:
+        lines += [f'    {json.dumps(repo)}:', f'      - {json.dumps(tag)}']
+    return '\n'.join(lines) + '\n'
+
+
 def cmd_seed(args):
     state = json.loads(Path(args.state).read_text())
     url = state['source']['url']
     ca, cert_dir = state['ca'], state['cert_dir']
     result, jobs = {}, []
-    for spec in expected_images(args.scale, args.prefix, args.org):
+    for spec in expected_images(args.scale, args.prefix, args.org, mirror_count=args.mirror_repos):
         layouts = generate(args.cache, spec['model'], spec['scale'], spec['count'])
         repos = {}
         for image_name, layout in sorted(layouts.items()):
@@ -256,6 +281,11 @@ def cmd_seed(args):
             entry['name'] = spec['repo']
         elif spec['key'] == 'fleet':
             entry['glob'] = f'{spec["repo"]}/*'
+        elif spec['key'] == 'mirror':
+            entry['glob'] = f'{spec["repo"]}/*'
+            entry['skopeo_yaml'] = str(Path(args.out).resolve().parent / 'skopeo-sync.yaml')
+            Path(entry['skopeo_yaml']).write_text(skopeo_sync_yaml(
+                state['source']['host'], sorted(repos), 'latest', tls_verify=bool(state['tls']), cert_dir=cert_dir))
         else:
             entry['org'] = spec['repo']
         result[spec['key']] = entry
@@ -294,8 +324,12 @@ def main(argv=None):
     seed.add_argument('--scale', type=float, default=1.0)
     seed.add_argument('--prefix', default='', help='repository name prefix, e.g. quick/')
     seed.add_argument('--org', default='benchorg', help='Quay organisation name')
+    seed.add_argument('--mirror-repos', type=int, default=MIRROR_IMAGES[3],
+                      help='repositories in the mirroring fleet (default %(default)s)')
     seed.add_argument('--out', required=True, help='JSON file describing the seeded images')
     args = parser.parse_args(argv)
+    if args.command == 'seed' and args.mirror_repos < 1:
+        parser.error('--mirror-repos must be at least 1')
     if args.command == 'up':
         if args.registry:
             try:

@@ -13,17 +13,24 @@ Workflows (images as tools/bench_env.py seeds them; SRC is the source registry, 
 ``bulk-quay-info``  info quay://ORG?api=STANDIN&registry=SRC over the 60 repositories of the stand-in's
                     organisation: API listing, tag checks, manifests and configs, no layers
 ``multi-dir``       registry://SRC/fleet/*:latest (12 images sharing base layers) -> dir://OUT?unique_names=true
+``bulk-mirror``     registry://SRC/mirror-N/*:latest (N small repositories, 100 by default) ->
+                    registry://PUSH/bulk-<nanoseconds>: a fresh prefix every run, so every image is copied
+``resync``          the same into registry://PUSH/resync, which ``prepare`` has already filled (with this checkout,
+                    -J 6): nothing is left to copy, what is timed is finding that out
 ==================  ==========================================================================================
 
 Tools: ``occystrap`` (this checkout), ``occystrap-http1`` / ``occystrap-http2`` (the same with --no-http2 /
 --http2), ``baseline`` (another revision, same CLI), ``occystrap-0.4.17`` (the previous implementation, a black
-box with the same CLI shape) and ``skopeo`` (single-image workflows only: dir:, docker-archive: and docker://
-destinations). skopeo has no -j/-J,
-so its j and J are null; single-image workflows have a null J. 0.4.17 runs the single-image workflows only (see
-OLD_WORKFLOWS); it is run with its defaults, which include verifying its output after processing.
+box with the same CLI shape) and ``skopeo`` (``skopeo copy`` to dir:, docker-archive: and docker:// for the
+single-image workflows; ``skopeo sync --src yaml`` of the same repositories, from the YAML bench_env.py wrote, for
+the mirroring workflows). skopeo has no -j/-J, so its j and J are null; single-image workflows have a null J, and
+the mirroring workflows a null j (our default -j: their images are a few small layers each, so -J is what counts).
+0.4.17 runs the single-image workflows only (see OLD_WORKFLOWS); it is run with its defaults, which include
+verifying its output after processing.
 
-Every cell has ``prepare`` (empties OUT and, for pushes, the push registry's storage; hyperfine runs it before
-every timed run) and ``bytes`` (compressed bytes the workflow moves, null for info).
+Every cell has ``prepare`` (empties OUT and, for pushes and bulk-mirror, the push registry's storage; for resync it
+fills the destination instead; hyperfine runs it before every timed run) and ``bytes`` (compressed bytes the
+workflow moves, null for info and resync).
 """
 
 import argparse
@@ -31,13 +38,19 @@ import json
 import shlex
 import sys
 
-WORKFLOWS = ('single-pull', 'single-tar', 'single-push', 'app-pull', 'app-push', 'bulk-quay-info', 'multi-dir')
-MULTI_IMAGE = ('bulk-quay-info', 'multi-dir')
+WORKFLOWS = ('single-pull', 'single-tar', 'single-push', 'app-pull', 'app-push', 'bulk-quay-info', 'multi-dir',
+             'bulk-mirror', 'resync')
+MIRRORS = ('bulk-mirror', 'resync')
+MULTI_IMAGE = ('bulk-quay-info', 'multi-dir') + MIRRORS
 PUSHES = ('single-push', 'app-push')
-SKOPEO_WORKFLOWS = ('single-pull', 'single-tar', 'single-push', 'app-pull', 'app-push')
+SKOPEO_WORKFLOWS = ('single-pull', 'single-tar', 'single-push', 'app-pull', 'app-push') + MIRRORS
 # 0.4.17's quay:// always asks quay.io (it takes no api= or registry=) and it has no registry catalog glob, so
-# it cannot run either multi-image workflow against local services.
-OLD_WORKFLOWS = SKOPEO_WORKFLOWS
+# it cannot run any multi-image workflow against local services.
+OLD_WORKFLOWS = ('single-pull', 'single-tar', 'single-push', 'app-pull', 'app-push')
+RESYNC_PREFIX = 'resync'
+# A destination prefix no earlier run used: the shell expands it when the command runs (GNU date, nanoseconds).
+FRESH_PREFIX = '"bulk-$(date +%s%N)"'
+FILL_IMAGE_JOBS = 6
 TOOLS = ('occystrap', 'occystrap-http1', 'occystrap-http2', 'baseline', 'occystrap-0.4.17', 'skopeo')
 DEFAULT_JOBS = (1, 4, 8, 16)
 DEFAULT_IMAGE_JOBS = (1, 3, 6)
@@ -102,17 +115,35 @@ class Plan:
         return f'{self.push}/{name}:latest'
 
     def bytes_moved(self, workflow):
-        if workflow == 'bulk-quay-info':
+        if workflow in ('bulk-quay-info', 'resync'):
             return None
         if workflow == 'multi-dir':
             return self.images['fleet']['bytes']
+        if workflow == 'bulk-mirror':
+            return self.images['mirror']['bytes']
         return self.images['app' if workflow.startswith('app-') else 'ubuntu']['bytes']
 
     def prepare(self, workflow):
         command = f'rm -rf {shlex.quote(self.out)} && mkdir -p {shlex.quote(self.out)}'
-        if workflow in PUSHES:
+        if workflow in PUSHES or workflow == 'bulk-mirror':
             command += f' && rm -rf {shlex.quote(self.state["push"]["storage"] + "/docker")}'
+        if workflow == 'resync':
+            # Fill (or top up) the destination, so that the timed run finds every image already there.
+            fill = [self.python, '-m', 'occystrap'] + self.transport_flags() + [
+                '-J', str(FILL_IMAGE_JOBS), 'process', self.mirror_source(), self.mirror_destination()]
+            command += f' && {_shell(fill)} >/dev/null'
         return command
+
+    # --- the mirroring workflows
+
+    def mirror_source(self):
+        return f'registry://{self.src}/{self.images["mirror"]["glob"]}:{self.images.get("tag", "latest")}'
+
+    def mirror_destination(self, fresh=False):
+        """registry://PUSH/PREFIX as a shell word; a fresh prefix is expanded by the shell that runs the command."""
+        if fresh:
+            return shlex.quote(f'registry://{self.push}/') + FRESH_PREFIX
+        return f'registry://{self.push}/{RESYNC_PREFIX}'
 
     # --- occystrap-shaped command lines
 
@@ -131,12 +162,21 @@ class Plan:
         if workflow == 'multi-dir':
             return ['process', f'registry://{self.src}/{self.images["fleet"]["glob"]}:{tag}',
                     f'dir://{self.out}/images?unique_names=true']
+        if workflow == 'resync':
+            return ['process', self.mirror_source(), self.mirror_destination()]
         raise ValueError(workflow)
+
+    def occystrap_command(self, argv, workflow):
+        """argv as one shell command; bulk-mirror's destination is appended here, a word the shell expands."""
+        if workflow == 'bulk-mirror':
+            return _shell(argv + ['process', self.mirror_source()]) + ' ' + self.mirror_destination(fresh=True)
+        return _shell(argv)
 
     def transport_flags(self):
         return ['--ca-cert', self.state['ca']] if self.state.get('tls') else ['--insecure']
 
     def occystrap_argv(self, tool, workflow, j, J):
+        """The command line of an occystrap cell (for bulk-mirror without its subcommand: see occystrap_command)."""
         if tool == 'occystrap-0.4.17':
             argv = [self.old_occystrap]
         else:
@@ -146,10 +186,27 @@ class Plan:
             argv.append('--no-http2')
         elif tool == 'occystrap-http2':
             argv.append('--http2')
-        argv += ['-j', str(j)]
+        if j is not None:
+            argv += ['-j', str(j)]
         if J is not None:
             argv += ['-J', str(J)]
+        if workflow == 'bulk-mirror':
+            return argv
         return argv + self.occystrap_args(workflow)
+
+    def skopeo_command(self, workflow):
+        """A skopeo cell's command: `skopeo copy`, or for the mirroring workflows `skopeo sync --src yaml`."""
+        if workflow not in MIRRORS:
+            return _shell(self.skopeo_argv(workflow))
+        # The source's TLS settings are in the YAML; the destination's are flags. Without --scoped, skopeo puts
+        # each image at DEST/<last name component>:tag, as our multi-image destinations do.
+        dest_flags = ([f'--dest-cert-dir={self.state["cert_dir"]}'] if self.state.get('tls')
+                      else ['--dest-tls-verify=false'])
+        argv = ['skopeo', '--insecure-policy', 'sync', '--src', 'yaml', '--dest', 'docker',
+                '--src-no-creds', '--dest-no-creds'] + dest_flags + [self.images['mirror']['skopeo_yaml']]
+        if workflow == 'bulk-mirror':
+            return _shell(argv) + ' ' + shlex.quote(f'{self.push}/') + FRESH_PREFIX
+        return _shell(argv + [f'{self.push}/{RESYNC_PREFIX}'])
 
     def skopeo_argv(self, workflow):
         if self.state.get('tls'):
@@ -176,15 +233,15 @@ class Plan:
             for workflow in workflows:
                 if tool == 'skopeo':
                     if workflow in SKOPEO_WORKFLOWS:
-                        yield self.cell(tool, workflow, None, None, _shell(self.skopeo_argv(workflow)))
+                        yield self.cell(tool, workflow, None, None, self.skopeo_command(workflow))
                     continue
                 if tool == 'occystrap-0.4.17' and workflow not in OLD_WORKFLOWS:
                     continue
                 multi = workflow in MULTI_IMAGE and (tool != 'occystrap-0.4.17' or self.old_has_image_jobs)
                 for J in (image_jobs if multi else [None]):
-                    for j in jobs:
+                    for j in ([None] if workflow in MIRRORS else jobs):
                         argv = self.occystrap_argv(tool, workflow, j, J)
-                        command = _shell(argv)
+                        command = self.occystrap_command(argv, workflow)
                         if tool == 'occystrap-0.4.17' and self.state.get('tls'):
                             # Black box: point whatever HTTP stack it uses at our CA through the environment.
                             ca = shlex.quote(self.state['ca'])
@@ -194,7 +251,7 @@ class Plan:
                             summary = profile_out.rsplit('.', 1)[0] + '.txt'
                             profiler = [argv[0], f'{self.tools_dir}/bench_profile.py', '-o', profile_out,
                                         '--summary', summary]
-                            cell['profile_command'] = _shell(profiler + argv[1:])
+                            cell['profile_command'] = self.occystrap_command(profiler + argv[1:], workflow)
                         yield cell
 
     def cell(self, tool, workflow, j, J, command):

@@ -6,11 +6,12 @@
 #   --registry HOST:PORT  source registry (plain HTTP) to use; default: localhost:5000 if a registry answers
 #                         there, else a docker-registry of our own on a free port, storage in the cache
 #   --workflows LIST      comma-separated, default all: single-pull single-tar single-push app-pull app-push
-#                         bulk-quay-info multi-dir
+#                         bulk-quay-info multi-dir bulk-mirror resync
+#   --mirror-repos N      repositories in the fleet bulk-mirror and resync copy (default 100, 10 with --quick)
 #   --jobs LIST           -j values (default 1,4,8,16)
 #   --image-jobs LIST     -J values for the multi-image workflows (default 1,3,6)
 #   --runs N              timed runs per cell (default 3); --warmup N warm-up runs (default 1)
-#   --quick               smoke run: tiny images, 1 run, no warm-up, -j 1,4, -J 3 (about a minute)
+#   --quick               smoke run: tiny images, 1 run, no warm-up, -j 1,4, -J 3, 10 mirrored repositories
 #   --json                print JSON instead of TSV
 #   --latency MS          added round trip between the clients and every server (userspace delay proxy)
 #   --bandwidth MBIT      per-connection throughput cap through the same proxy
@@ -18,7 +19,8 @@
 #   --http1               also time occystrap with --no-http2 (tool occystrap-http1); use with --tls
 #   --http2               also time occystrap with --http2 (tool occystrap-http2, HTTP/2 for metadata); with --tls
 #   --baseline GIT_REF    also time that revision (tool baseline) and add baseline_mean_s and ratio columns
-#   --peers               also time skopeo and occystrap 0.4.17 from PyPI (tools skopeo, occystrap-0.4.17)
+#   --peers               also time skopeo and occystrap 0.4.17 from PyPI (tools skopeo, occystrap-0.4.17);
+#                         skopeo sync --src yaml of the same repositories for bulk-mirror and resync
 #   --profile WORKFLOW    also run that workflow once under cProfile (all threads): .prof and top-30 .txt
 #   --results DIR         where results go (default bench-results/<UTC timestamp>/ in the repository)
 #
@@ -26,7 +28,9 @@
 # reported loudly, gets status "failed", and the rest go on; the exit status is then 1), then timed with
 # hyperfine, the output directory (and for pushes the push registry's storage) emptied before every run.
 # Pushes go to a second local registry that is emptied before every run, so layers are really uploaded (a push
-# within one registry would be a cross-repository mount). No --layer-cache is used. Columns:
+# within one registry would be a cross-repository mount). bulk-mirror copies the mirroring fleet into a fresh
+# prefix of it every run; resync copies it again into a prefix its prepare step has filled, so nothing is left to
+# copy. No --layer-cache is used. Columns:
 #   tool workflow j J runs mean_s stddev_s min_s max_s peak_rss_mb mb_per_s [baseline_mean_s ratio] status
 # mb_per_s is the compressed image bytes the workflow moves over the mean time; "-" means not applicable.
 # Results directory: results.tsv, results.json, images.json, meta.json, chart.png, logs/.
@@ -48,13 +52,14 @@ die() {
 }
 
 registry='' json=0 quick=0 workflows='' jobs='' image_jobs='' runs='' warmup='' latency=0 bandwidth=0
-tls=0 http1=0 http2=0 baseline='' peers=0 profile='' results=''
+mirror_repos='' tls=0 http1=0 http2=0 baseline='' peers=0 profile='' results=''
 while [ $# -gt 0 ]; do
   case $1 in
     --registry) registry=${2:?--registry needs HOST:PORT}; shift ;;
     --workflows) workflows=${2:?--workflows needs a list}; shift ;;
     --jobs) jobs=${2:?--jobs needs a list}; shift ;;
     --image-jobs) image_jobs=${2:?--image-jobs needs a list}; shift ;;
+    --mirror-repos) mirror_repos=${2:?--mirror-repos needs a number}; shift ;;
     --runs) runs=${2:?--runs needs a number}; shift ;;
     --warmup) warmup=${2:?--warmup needs a number}; shift ;;
     --quick) quick=1 ;;
@@ -79,14 +84,15 @@ number='^[0-9]+([.][0-9]+)?$'
 [[ $bandwidth =~ $number ]] || die "--bandwidth wants Mbit/s, got $bandwidth"
 if [ "$quick" -eq 1 ]; then
   scale=0.02 prefix=quick/ org=quickorg
-  : "${jobs:=1,4}" "${image_jobs:=3}" "${runs:=1}" "${warmup:=0}"
+  : "${jobs:=1,4}" "${image_jobs:=3}" "${runs:=1}" "${warmup:=0}" "${mirror_repos:=10}"
 else
   scale=1 prefix='' org=benchorg
-  : "${jobs:=1,4,8,16}" "${image_jobs:=1,3,6}" "${runs:=3}" "${warmup:=1}"
+  : "${jobs:=1,4,8,16}" "${image_jobs:=1,3,6}" "${runs:=3}" "${warmup:=1}" "${mirror_repos:=100}"
 fi
 : "${workflows:=all}"
 [[ $runs =~ ^[1-9][0-9]*$ ]] || die "--runs wants a positive integer, got $runs"
 [[ $warmup =~ ^[0-9]+$ ]] || die "--warmup wants an integer, got $warmup"
+[[ $mirror_repos =~ ^[1-9][0-9]*$ ]] || die "--mirror-repos wants a positive integer, got $mirror_repos"
 if [ -n "$registry" ] && [ "$tls" -eq 1 ]; then
   die '--tls starts its own TLS registries; it cannot be combined with --registry'
 fi
@@ -150,7 +156,7 @@ echo "benchmark: source registry $(jq -r .source.host "$work/state.json")," \
   "push registry $(jq -r .push.host "$work/state.json"), Quay API $(jq -r .quay.api "$work/state.json")" >&2
 
 "$py" "$tools/bench_env.py" seed --state "$work/state.json" --cache "$cache" --scale "$scale" --prefix "$prefix" \
-  --org "$org" --out "$results/images.json"
+  --org "$org" --mirror-repos "$mirror_repos" --out "$results/images.json"
 
 # --- tools to compare ------------------------------------------------------------------------------------------
 tool_list=occystrap
@@ -226,10 +232,15 @@ while IFS= read -r cell <&3; do
   echo "benchmark: [$n/$cells] $label" >&2
   printf '%s\n' "$command" >"$log"
   error=null hyperfine_json=null rss_json=null
-  bash -c "$prepare" </dev/null
   set +e
-  "$py" "$tools/peakrss.py" --out "$work/rss.json" -- bash -c "$command" </dev/null >/dev/null 2>>"$log"
-  rc=$?
+  # A prepare step can fail (resync's fills the destination): that fails the cell, not the run.
+  if bash -c "$prepare" </dev/null >>"$log" 2>&1; then
+    "$py" "$tools/peakrss.py" --out "$work/rss.json" -- bash -c "$command" </dev/null >/dev/null 2>>"$log"
+    rc=$?
+  else
+    rc=$?
+    echo "benchmark: prepare failed: $prepare" >>"$log"
+  fi
   set -e
   [ -f "$work/rss.json" ] && rss_json=$(cat "$work/rss.json") && rm -f "$work/rss.json"
   if [ "$rc" -ne 0 ]; then
@@ -287,13 +298,15 @@ fi
 jq -n --arg date "$stamp" --arg rev "$(git -C "$root" rev-parse HEAD 2>/dev/null || echo unknown)" \
   --arg dirty "$(git -C "$root" status --porcelain --untracked-files=no 2>/dev/null | wc -l)" \
   --arg workflows "$workflows" --arg jobs "$jobs" --arg image_jobs "$image_jobs" --arg tools "$tool_list" \
+  --argjson mirror_repos "$mirror_repos" \
   --argjson runs "$runs" --argjson warmup "$warmup" --argjson quick "$quick" --arg baseline "$baseline" \
   --arg nproc "$(nproc)" --arg load "$(cut -d' ' -f1-3 /proc/loadavg)" --arg kernel "$(uname -r)" \
   --arg hyperfine "$(hyperfine --version)" --arg skopeo "$(skopeo --version)" \
   --arg python "$("$py" --version 2>&1)" --slurpfile state "$work/state.json" \
   --argjson source_protocols "$source_protocols" --argjson push_protocols "$push_protocols" \
   '{date: $date, revision: $rev, uncommitted_files: ($dirty | tonumber), workflows: $workflows, jobs: $jobs,
-    image_jobs: $image_jobs, tools: $tools, runs: $runs, warmup: $warmup, quick: ($quick == 1),
+    image_jobs: $image_jobs, mirror_repos: $mirror_repos, tools: $tools, runs: $runs, warmup: $warmup,
+    quick: ($quick == 1),
     baseline: (if $baseline == "" then null else $baseline end), cpus: ($nproc | tonumber),
     load_average_at_end: $load, kernel: $kernel, hyperfine: $hyperfine, skopeo: $skopeo, python: $python,
     tls: $state[0].tls, latency_ms: $state[0].latency_ms, bandwidth_mbit: $state[0].bandwidth_mbit,

@@ -5,6 +5,10 @@ stay lazy and stream from the registry when read, with their digests verified by
 
 registry://host/namespace/GLOB:tag names every repository of the registry's catalog (/v2/_catalog, Link pages
 followed) that matches the glob component by component ('*' does not cross '/') and has the tag.
+
+registry://host/repo:GLOB names every tag of the repository (/v2/NAME/tags/list, Link pages followed) that matches
+the tag glob ('*', '[...]'; never '?', which starts a URI's query); with a repository glob, every matching tag of
+every matching repository. Tags a registry lists are checked against the tag grammar before any use.
 """
 
 import fnmatch
@@ -19,10 +23,16 @@ from occystrap.registry.client import RegistryClient, describe_reference
 LOG = logging.getLogger(__name__)
 
 
+def glob_match(text, pattern):
+    """The one glob matcher of registry sources (repository components and tags): fnmatch syntax, case-sensitive,
+    anchored at both ends."""
+    return fnmatch.fnmatchcase(text, pattern)
+
+
 def glob_matches(name, pattern):
     """True when a repository name matches a glob split on '/': same depth, each component by fnmatch."""
     parts = name.split('/')
-    return len(parts) == len(pattern) and all(fnmatch.fnmatchcase(p, g) for p, g in zip(parts, pattern))
+    return len(parts) == len(pattern) and all(glob_match(p, g) for p, g in zip(parts, pattern))
 
 
 class RegistryInput(ImageInput):
@@ -43,12 +53,15 @@ class RegistryInput(ImageInput):
 
     @property
     def multi(self):
-        return self.uri.is_glob
+        return self.uri.is_glob or self.uri.tag_is_glob
 
     def references(self):
-        """The one image the URI names (catalog globs are expanded by references_for_glob)."""
+        """The one image the URI names (catalog globs are expanded by references_for_glob, tag globs of one
+        repository by references_for_tag_glob)."""
         if self.uri.is_glob:
             return self.references_for_glob()
+        if self.uri.tag_is_glob:
+            return self.references_for_tag_glob()
         return [ImageRef(self.uri.name, self.uri.tag, self.uri.digest)]
 
     def references_for_glob(self):
@@ -71,6 +84,8 @@ class RegistryInput(ImageInput):
             raise OccystrapError('no repository in the catalog of %s matches %s' % (self.client.host, self.uri.name))
         if not matches:
             return rejected
+        if self.uri.tag_is_glob:
+            return self._refs_with_tag_glob(matches, rejected)
         # One tags request per repository: keep many in flight so a long catalog costs a few round trips.
         present = self.ctx.map(self._has_tag, matches, workers=lookup_workers(self.ctx.settings, len(matches)))
         for name, ok in zip(matches, present):
@@ -81,6 +96,53 @@ class RegistryInput(ImageInput):
             raise OccystrapError('no repository of %s matching %s has tag %s'
                                  % (self.client.host, self.uri.name, self.uri.tag))
         return refs
+
+    def references_for_tag_glob(self):
+        """Every tag of the repository matching the tag glob, sorted; tags that break the grammar come last and
+        fail when opened. The repository must exist."""
+        valid, rejected = self._tags_matching(self.uri.name, missing_ok=False)
+        refs = self._register_rejected(valid, rejected)
+        if not refs:
+            raise OccystrapError('no tag of %s on %s matches %s' % (self.uri.name, self.client.host, self.uri.tag))
+        return refs
+
+    def _refs_with_tag_glob(self, names, rejected):
+        """References of every tag matching the tag glob in each repository of `names` (a catalog glob's)."""
+        found = self.ctx.map(self._tags_matching, names, workers=lookup_workers(self.ctx.settings, len(names)))
+        refs = self._register_rejected([ref for valid, _ in found for ref in valid],
+                                       [ref for _, bad in found for ref in bad]) + rejected
+        if not refs:
+            raise OccystrapError('no repository of %s matching %s has a tag matching %s'
+                                 % (self.client.host, self.uri.name, self.uri.tag))
+        return refs
+
+    def _tags_matching(self, name, missing_ok=True):
+        """(valid refs sorted by tag, [(ref, error)] for tags that match but break the grammar) of one repository."""
+        try:
+            tags = self.client.list_tags(name)
+        except RegistryError as e:
+            if missing_ok and e.status == 404:       # deleted since the catalog was read
+                return [], []
+            raise
+        valid, rejected = set(), {}
+        for tag in tags:
+            if not isinstance(tag, str) or not glob_match(tag, self.uri.tag):
+                continue
+            if oci.valid_tag(tag):
+                valid.add(tag)
+            else:
+                # Never sent back to the registry nor handed to an output: the image fails when opened.
+                ref = ImageRef(name, oci.shown(tag))
+                rejected[ref] = oci.InvalidNameError('registry %s lists an invalid tag %s for %s'
+                                                     % (self.client.host, oci.shown(tag), name))
+        if not valid and not rejected:
+            LOG.info('skipping %s: no tag matches %s', name, self.uri.tag)
+        return [ImageRef(name, tag) for tag in sorted(valid)], list(rejected.items())
+
+    def _register_rejected(self, valid, rejected):
+        for ref, error in rejected:
+            self._rejected[ref] = error
+        return valid + [ref for ref, _ in rejected]
 
     def _has_tag(self, name):
         try:
