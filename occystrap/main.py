@@ -107,12 +107,16 @@ def _size(ctx, param, value):
                    '(default: no limit).')
 @click.option('--shard', metavar='I/N', envvar=_env('SHARD'), callback=_shard,
               help='Keep only shard I (0 to N-1) of N of a multi-image source, by repository (docs/scale.md).')
+@click.option('--quiet', '-q', is_flag=True, envvar=_env('QUIET'),
+              help='No progress display and no summary line; errors and warnings still print.')
+@click.option('--progress', 'show_progress', is_flag=True, envvar=_env('PROGRESS'),
+              help='Draw the progress display on stderr even when stdout or stderr is not a terminal.')
 @click.option('--verbose', is_flag=True, envvar=_env('VERBOSE'), help='Log what is being done.')
 @click.option('--debug', is_flag=True, envvar=_env('DEBUG'), help='Log everything; show tracebacks on errors.')
 @click.pass_context
 def cli(ctx, parallel, image_parallel, rate_limit, retries, username, password, insecure, ca_cert, http2,
         compression, os_, architecture, variant, temp_dir, layer_cache, output_format, allow_devices, max_extract_bytes,
-        shard, verbose, debug):
+        shard, quiet, show_progress, verbose, debug):
     """Move and reshape container images without a container engine.
 
     \b
@@ -126,6 +130,8 @@ def cli(ctx, parallel, image_parallel, rate_limit, retries, username, password, 
     tuning.apply()   # once per process, for every command run (in-process callers of main() included)
     if rate_limit is not None and rate_limit <= 0:
         raise click.BadParameter('must be greater than 0', param_hint='--rate-limit')
+    if quiet and show_progress:
+        raise UsageError('--quiet and --progress contradict each other; give one')
     from occystrap.terminal import PrintableFormatter
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(PrintableFormatter('%(levelname)s: %(message)s'))   # log lines carry registry and image text
@@ -137,8 +143,9 @@ def cli(ctx, parallel, image_parallel, rate_limit, retries, username, password, 
                        username=username, password=password, insecure=insecure, ca_cert=ca_cert, http2=http2,
                        compression=compression, os=os_, architecture=architecture, variant=variant,
                        temp_dir=temp_dir, layer_cache=layer_cache, output_format=output_format, verbose=verbose,
-                       debug=debug, progress=sys.stderr.isatty(), allow_devices=allow_devices,
-                       max_extract_bytes=max_extract_bytes, shard=shard)
+                       debug=debug, allow_devices=allow_devices,
+                       max_extract_bytes=max_extract_bytes, shard=shard, quiet=quiet,
+                       progress=show_progress or (not quiet and sys.stdout.isatty() and sys.stderr.isatty()))
 
 
 def _context(settings):
@@ -167,7 +174,7 @@ def _summary(settings, stats, results=None):
     failed = [r for r in (results or []) if not r.ok]
     if settings.output_format == 'json':
         payload = {'images': stats.images, 'layers': stats.layers, 'bytes': stats.bytes, 'downloaded': stats.downloaded,
-                   'seconds': round(stats.seconds, 3), 'failed': len(failed)}
+                   'uploaded': stats.uploaded, 'seconds': round(stats.seconds, 3), 'failed': len(failed)}
         if stats.push is not None:
             payload['push'] = stats.push.as_dict()
         if settings.shard is not None:
@@ -178,6 +185,8 @@ def _summary(settings, stats, results=None):
                                    'seconds': round(r.seconds, 3)} for r in results]
         click.echo(json.dumps(payload, indent=2))
         return
+    if settings.quiet:
+        return
     if results is not None and len(results) > 1:
         width = max(len(printable(r.reference)) for r in results)
         for r in results:
@@ -186,9 +195,10 @@ def _summary(settings, stats, results=None):
     shard = ''
     if settings.shard is not None and stats.source_images is not None:
         shard = '; shard %s kept %d of %d images' % (settings.shard, len(results or []), stats.source_images)
-    click.echo('done: %d image%s, %d layer%s, %s in %.2f s%s%s'
+    click.echo('done: %d image%s, %d layer%s, %s written, %s downloaded, %s uploaded in %.2f s%s%s'
                % (stats.images, '' if stats.images == 1 else 's', stats.layers, '' if stats.layers == 1 else 's',
-                  human_bytes(stats.bytes), stats.seconds, ', %d failed' % len(failed) if failed else '', shard),
+                  human_bytes(stats.bytes), human_bytes(stats.downloaded), human_bytes(stats.uploaded),
+                  stats.seconds, ', %d failed' % len(failed) if failed else '', shard),
                err=True)
 
 
