@@ -56,14 +56,23 @@ def _moved(handle):
     return max(handle.downloaded, handle.uploaded) or handle.written
 
 
-def image_line(handle, speed):
-    """`name  3/7 layers  12.3 MB/45.6 MB  5.2 MB/s  ETA 0:07` for one image in flight."""
+def image_line(handle, speed, width=None):
+    """`name  3/7 layers  12.3 MB/45.6 MB  5.2 MB/s  ETA 0:07` for one image in flight.
+
+    With `width`, a name too long to leave room for the figures loses its start (the tag end tells images apart).
+    """
     moved = _moved(handle)
     sized = handle.expected and handle.downloaded + handle.uploaded and moved <= handle.expected
     amount = '%s/%s' % (human_bytes(moved), human_bytes(handle.expected)) if sized else human_bytes(moved)
     eta = 'ETA %s' % human_duration((handle.expected - moved) / speed) if sized and speed > 0 else 'ETA --'
     layers = '%d/%d layers' % (handle.layers_done, handle.layers) if handle.layers else 'opening'
-    return '%s  %s  %s  %s/s  %s' % (printable(handle.name), layers, amount, human_bytes(speed), eta)
+    figures = '  %s  %s  %s/s  %s' % (layers, amount, human_bytes(speed), eta)
+    name = printable(handle.name)
+    if width is not None:
+        room = max(width - 1 - len(figures), 8)
+        if len(name) > room:
+            name = '~' + name[len(name) - room + 1:]
+    return name + figures
 
 
 def overall_line(stats, speed):
@@ -115,7 +124,7 @@ class Progress:
                 handler.setStream(stream)
             self._handlers = []
 
-    def lines(self):
+    def lines(self, width=None):
         """The lines a redraw would show now: one per image in flight, then the overall line."""
         now = time.monotonic()
         handles = self.stats.in_flight()
@@ -124,7 +133,7 @@ class Progress:
         for handle in handles:
             speed = self._speeds.get(id(handle)) or Speed()
             speeds[id(handle)] = speed
-            out.append(image_line(handle, speed.update(now, _moved(handle))))
+            out.append(image_line(handle, speed.update(now, _moved(handle)), width))
         self._speeds = speeds
         moved = max(self.stats.downloaded, self.stats.uploaded) or self.stats.bytes
         out.append(overall_line(self.stats, self._overall.update(now, moved)))
@@ -133,7 +142,7 @@ class Progress:
     def draw(self):
         """Replace the lines on the screen with the current ones (no more than the terminal has room for)."""
         columns, rows = self._terminal_size()
-        lines = self.lines()
+        lines = self.lines(columns)
         if len(lines) > rows - 1:
             lines = lines[:max(rows - 2, 0)] + lines[-1:]
         text = '\n'.join(CLEAR_LINE + fit(line, columns) for line in lines)
