@@ -75,11 +75,15 @@ def image_line(handle, speed, width=None):
     return name + figures
 
 
-def overall_line(stats, speed):
-    """`total: 1/4 images, 9 layers, 30.1 MB down, 0 B up, 25.0 MB written, 5.1 MB/s, 0:12`."""
+def overall_line(stats, speed, in_flight=()):
+    """`total: 1/4 images, 9 layers, 30.1 MB down, 0 B up, 25.0 MB written, 5.1 MB/s, 0:12`.
+
+    Layers are those of finished images plus those done so far of the images `in_flight`.
+    """
     planned = stats.planned
+    layers = stats.layers + sum(h.layers_done for h in in_flight)
     return 'total: %d/%s images, %d layers, %s down, %s up, %s written, %s/s, %s' % (
-        stats.images, '?' if planned is None else planned, stats.layers, human_bytes(stats.downloaded),
+        stats.images, '?' if planned is None else planned, layers, human_bytes(stats.downloaded),
         human_bytes(stats.uploaded), human_bytes(stats.bytes), human_bytes(speed), human_duration(stats.seconds))
 
 
@@ -136,7 +140,7 @@ class Progress:
             out.append(image_line(handle, speed.update(now, _moved(handle)), width))
         self._speeds = speeds
         moved = max(self.stats.downloaded, self.stats.uploaded) or self.stats.bytes
-        out.append(overall_line(self.stats, self._overall.update(now, moved)))
+        out.append(overall_line(self.stats, self._overall.update(now, moved), handles))
         return out
 
     def draw(self):

@@ -74,6 +74,8 @@ def test_overall_line_counts_downloads_uploads_and_writes():
     stats.add(images=1, layers=2, nbytes=3_000_000)
     line = overall_line(stats, 0)
     assert line.startswith('total: 1/4 images, 2 layers, 2.0 MB down, 1.5 MB up, 3.0 MB written, 0 B/s, 0:0')
+    handle.layers_done = 1
+    assert overall_line(stats, 0, [handle]).startswith('total: 1/4 images, 3 layers, '), 'in-flight layers count'
 
 
 def draws(text):
