@@ -24,26 +24,136 @@ DEFAULT_RETRIES = 3
 LOG = logging.getLogger('occystrap')
 
 
-def _positive(ctx, param, value):
-    if value is not None and value < 1:
-        raise click.BadParameter('must be at least 1')
-    return value
+# Bounds of the numeric options (docs/commands.md): past them a value is a typo or would hang or exhaust the machine.
+PARALLEL_RANGE = (1, 256)
+RETRIES_RANGE = (0, 20)
+RATE_LIMIT_RANGE = (0.01, 100000.0)
+
+
+class Bounded(click.ParamType):
+    """A finite number within [low, high]: nan, inf and absurd values are usage errors, not a hang or no limit."""
+
+    def __init__(self, kind, low, high):
+        self.kind = kind
+        self.low = low
+        self.high = high
+        self.name = 'integer' if kind is int else 'number'
+
+    def convert(self, value, param, ctx):
+        import math
+        if isinstance(value, bool):
+            self.fail(self.describe(), param, ctx)
+        if isinstance(value, (int, float)):
+            number = value
+        else:
+            try:
+                number = self.kind(str(value).strip())
+            except ValueError:
+                self.fail(self.describe(), param, ctx)
+        if not math.isfinite(number) or not self.low <= number <= self.high:
+            self.fail(self.describe(), param, ctx)
+        return number
+
+    def describe(self):
+        if self.kind is int:
+            return 'must be at least %d and at most %d (a whole number)' % (self.low, self.high)
+        return 'must be a finite number between %s and %s' % (_number(self.low), _number(self.high))
+
+
+def _number(value):
+    return ('%f' % value).rstrip('0').rstrip('.')
+
+
+class EnvOption(click.Option):
+    """An option whose bad value, when it came from its OCCYSTRAP_* variable, is reported under that variable's name."""
+
+    def process_value(self, ctx, value):
+        try:
+            return super().process_value(ctx, value)
+        except click.BadParameter as e:
+            message = e.message
+            if isinstance(self.type, click.types.BoolParamType):
+                message = 'must be true or false (1/0, yes/no, on/off)'
+            source = ctx.get_parameter_source(self.name)
+            if source == click.core.ParameterSource.ENVIRONMENT and isinstance(self.envvar, str):
+                shown = os.environ.get(self.envvar, '')
+                shown = shown if shown.isprintable() and len(shown) <= 40 else repr(shown[:40])
+                raise click.UsageError('%s=%s: %s %s' % (self.envvar, shown, max(self.opts, key=len), message),
+                                       ctx) from None
+            if message is not e.message:
+                raise click.BadParameter(message, ctx, param=self) from None
+            raise
+
+
+class RedactingFormatter(logging.Formatter):
+    """Another formatter's lines with every URI's userinfo and secret query values hidden (uris.redact)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record):
+        from occystrap.uris import redact
+        return redact(self.inner.format(record))
 
 
 def _env(name):
     return 'OCCYSTRAP_' + name
 
 
+def option(*decls, **attrs):
+    """click.option for the global options: every one can come from an OCCYSTRAP_* variable."""
+    return click.option(*decls, cls=EnvOption, **attrs)
+
+
+def _platforms(ctx, param, value):
+    """--platform values (and OCCYSTRAP_PLATFORM, comma-separated) checked as os/arch[/variant] or 'all'."""
+    if not value:
+        value = tuple(p for p in os.environ.get(_env('PLATFORM'), '').split(',') if p.strip())
+    wanted = []
+    for text in value:
+        for item in text.split(','):
+            item = item.strip()
+            if item.lower() == 'all':
+                wanted.append('all')
+                continue
+            from occystrap.oci import Platform
+            try:
+                Platform.parse(item)
+            except ValueError as e:
+                raise click.BadParameter(str(e))
+            wanted.append(item)
+    if 'all' in wanted and len(wanted) > 1:
+        raise click.BadParameter('"all" cannot be combined with other platforms')
+    return tuple(dict.fromkeys(wanted))
+
+
+def _platform_settings(ctx, platforms, os_, architecture, variant):
+    """(platforms, os, architecture, variant): --platform wins; --os/--architecture/--variant given explicitly
+    name one platform; neither leaves platforms None (a whole index where the destination holds one)."""
+    from click.core import ParameterSource
+    explicit = any(ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)
+                   for name in ('os_', 'architecture', 'variant'))
+    if platforms:
+        if platforms != ('all',):
+            from occystrap.oci import Platform
+            first = Platform.parse(platforms[0])
+            os_, architecture, variant = first.os, first.architecture, first.variant or None
+        return platforms, os_, architecture, variant
+    if explicit:
+        return ('/'.join(p for p in (os_, architecture, variant) if p),), os_, architecture, variant
+    return None, os_, architecture, variant
+
+
 def _shard(ctx, param, value):
-    """--shard I/N (or OCCYSTRAP_SHARD) as a sharding.Shard; a bad value names where it came from."""
+    """--shard I/N (or OCCYSTRAP_SHARD) as a sharding.Shard; EnvOption names the variable when it came from one."""
     if value is None:
         return None
     from occystrap import sharding
     try:
         return sharding.parse_shard(value)
     except ValueError as e:
-        from_env = ctx.get_parameter_source(param.name) == click.core.ParameterSource.ENVIRONMENT
-        raise click.BadParameter(str(e), param_hint=_env('SHARD') if from_env else "'--shard'")
+        raise click.BadParameter(str(e))
 
 
 SIZE_SUFFIXES = {'': 1, 'K': 1 << 10, 'M': 1 << 20, 'G': 1 << 30, 'T': 1 << 40}
@@ -72,51 +182,58 @@ def _size(ctx, param, value):
 
 @click.group(context_settings={'help_option_names': ['-h', '--help'], 'max_content_width': 110})
 @click.version_option(__version__, prog_name='occystrap')
-@click.option('-j', '--parallel', type=int, default=DEFAULT_PARALLEL, show_default=True, envvar=_env('PARALLEL'),
-              callback=_positive, help='Layer transfers in flight for one image.')
-@click.option('-J', '--image-parallel', type=int, default=DEFAULT_IMAGE_PARALLEL, show_default=True,
-              envvar=_env('IMAGE_PARALLEL'), callback=_positive, help='Images processed at once in a multi-image run.')
-@click.option('--rate-limit', type=float, default=None, envvar=_env('RATE_LIMIT'),
-              help='Cap on HTTP requests per second, shared by every thread and image of the run.')
-@click.option('--retries', type=click.IntRange(0, 20), default=DEFAULT_RETRIES, show_default=True,
-              envvar=_env('RETRIES'), help='Retries of a failed request (exponential backoff, Retry-After honoured).')
-@click.option('--username', envvar=_env('USERNAME'), help='Registry user name.')
-@click.option('--password', envvar=_env('PASSWORD'), help='Registry password (prefer OCCYSTRAP_PASSWORD).')
-@click.option('--insecure', is_flag=True, envvar=_env('INSECURE'), help='Plain HTTP to the registry.')
-@click.option('--ca-cert', type=click.Path(exists=True, dir_okay=False), envvar=_env('CA_CERT'),
-              help='Extra CA bundle (PEM) for TLS registries.')
-@click.option('--http2/--no-http2', default=False, show_default=True, envvar=_env('HTTP2'),
-              help='HTTP/2 for manifests, configs and tokens where a TLS server offers it (blobs always use HTTP/1.1).')
-@click.option('--compression', type=click.Choice(['gzip', 'zstd']), default='gzip', show_default=True,
-              envvar=_env('COMPRESSION'), help='Layer compression for registry output.')
-@click.option('--os', 'os_', default='linux', show_default=True, envvar=_env('OS'),
-              help='Platform OS picked from a manifest list / OCI index.')
-@click.option('--architecture', default='amd64', show_default=True, envvar=_env('ARCHITECTURE'),
-              help='Platform architecture picked from a manifest list / OCI index.')
-@click.option('--variant', default=None, envvar=_env('VARIANT'), help='Platform variant (e.g. v8 for arm64).')
-@click.option('--temp-dir', type=click.Path(file_okay=False), envvar=_env('TEMP_DIR'),
-              help='Where temporary layer files go (default: beside the destination, else the system temp dir).')
-@click.option('--layer-cache', type=click.Path(dir_okay=False), envvar=_env('LAYER_CACHE'),
-              help='JSON file remembering pushed layers across runs.')
-@click.option('-O', '--output-format', type=click.Choice(['text', 'json']), default='text', show_default=True,
-              envvar=_env('OUTPUT_FORMAT'), help='Format of info, check and the end-of-run summary.')
-@click.option('--allow-devices', is_flag=True, envvar=_env('ALLOW_DEVICES'),
-              help='Create device nodes and FIFOs when extracting (only as root; skipped otherwise).')
-@click.option('--max-extract-bytes', default=None, metavar='SIZE', envvar=_env('MAX_EXTRACT_BYTES'), callback=_size,
-              help='Most bytes an extraction (dir:// with expand, oci://, mounts://) may write in a run, e.g. 10G '
-                   '(default: no limit).')
-@click.option('--shard', metavar='I/N', envvar=_env('SHARD'), callback=_shard,
-              help='Keep only shard I (0 to N-1) of N of a multi-image source, by repository (docs/scale.md).')
-@click.option('--quiet', '-q', is_flag=True, envvar=_env('QUIET'),
-              help='No progress display and no summary line; errors and warnings still print.')
-@click.option('--progress', 'show_progress', is_flag=True, envvar=_env('PROGRESS'),
-              help='Draw the progress display on stderr even when stdout or stderr is not a terminal.')
-@click.option('--verbose', is_flag=True, envvar=_env('VERBOSE'), help='Log what is being done.')
-@click.option('--debug', is_flag=True, envvar=_env('DEBUG'), help='Log everything; show tracebacks on errors.')
+@option('-j', '--parallel', type=Bounded(int, *PARALLEL_RANGE), default=DEFAULT_PARALLEL, show_default=True,
+        envvar=_env('PARALLEL'), help='Layer transfers in flight for one image.')
+@option('-J', '--image-parallel', type=Bounded(int, *PARALLEL_RANGE), default=DEFAULT_IMAGE_PARALLEL,
+        show_default=True, envvar=_env('IMAGE_PARALLEL'), help='Images processed at once in a multi-image run.')
+@option('--rate-limit', type=Bounded(float, *RATE_LIMIT_RANGE), default=None, envvar=_env('RATE_LIMIT'),
+        help='Cap on HTTP requests per second, shared by every thread and image of the run.')
+@option('--retries', type=Bounded(int, *RETRIES_RANGE), default=DEFAULT_RETRIES, show_default=True,
+        envvar=_env('RETRIES'), help='Retries of a failed request (exponential backoff, Retry-After honoured).')
+@option('--username', envvar=_env('USERNAME'), help='Registry user name.')
+@option('--password', envvar=_env('PASSWORD'), help='Registry password (prefer OCCYSTRAP_PASSWORD).')
+@option('--insecure', is_flag=True, envvar=_env('INSECURE'), help='Plain HTTP to the registry.')
+@option('--ca-cert', type=click.Path(exists=True, dir_okay=False), envvar=_env('CA_CERT'),
+        help='Extra CA bundle (PEM) for TLS registries.')
+@option('--http2/--no-http2', default=False, show_default=True, envvar=_env('HTTP2'),
+        help='HTTP/2 for manifests, configs and tokens where a TLS server offers it (blobs always use HTTP/1.1).')
+@option('--compression', type=click.Choice(['gzip', 'zstd']), default='gzip', show_default=True,
+        envvar=_env('COMPRESSION'), help='Layer compression for registry output.')
+@option('--os', 'os_', default='linux', show_default=True, envvar=_env('OS'),
+        help='Platform OS picked from a manifest list / OCI index.')
+@option('--architecture', default='amd64', show_default=True, envvar=_env('ARCHITECTURE'),
+        help='Platform architecture picked from a manifest list / OCI index.')
+@option('--variant', default=None, envvar=_env('VARIANT'), help='Platform variant (e.g. v8 for arm64).')
+@option('--platform', 'platforms', multiple=True, metavar='OS/ARCH[/VARIANT]', callback=_platforms,
+        help='Platform of an index to copy (repeatable, or "all"; OCCYSTRAP_PLATFORM takes a comma-separated '
+             'list). Without one a registry destination gets the whole index.')
+@option('--dry-run', is_flag=True, envvar=_env('DRY_RUN'),
+        help='Say per image what would be copied or is unchanged; write nothing.')
+@option('--preserve-digests', is_flag=True, envvar=_env('PRESERVE_DIGESTS'),
+        help='Fail before writing when a destination digest would differ from the source digest.')
+@option('--temp-dir', type=click.Path(file_okay=False), envvar=_env('TEMP_DIR'),
+        help='Where temporary layer files go (default: beside the destination, else the system temp dir).')
+@option('--layer-cache', type=click.Path(dir_okay=False), envvar=_env('LAYER_CACHE'),
+        help='JSON file remembering pushed layers across runs.')
+@option('-O', '--output-format', type=click.Choice(['text', 'json']), default='text', show_default=True,
+        envvar=_env('OUTPUT_FORMAT'), help='Format of info, check and the end-of-run summary.')
+@option('--allow-devices', is_flag=True, envvar=_env('ALLOW_DEVICES'),
+        help='Create device nodes and FIFOs when extracting (only as root; skipped otherwise).')
+@option('--max-extract-bytes', default=None, metavar='SIZE', envvar=_env('MAX_EXTRACT_BYTES'), callback=_size,
+        help='Most bytes an extraction (dir:// with expand, oci://, mounts://) may write in a run, e.g. 10G '
+             '(default: no limit).')
+@option('--shard', metavar='I/N', envvar=_env('SHARD'), callback=_shard,
+        help='Keep only shard I (0 to N-1) of N of a multi-image source, by repository (docs/scale.md).')
+@option('--quiet', '-q', is_flag=True, envvar=_env('QUIET'),
+        help='No progress display and no summary line; errors and warnings still print.')
+@option('--progress', 'show_progress', is_flag=True, envvar=_env('PROGRESS'),
+        help='Draw the progress display on stderr even when stdout or stderr is not a terminal.')
+@option('--verbose', is_flag=True, envvar=_env('VERBOSE'), help='Log what is being done.')
+@option('--debug', is_flag=True, envvar=_env('DEBUG'), help='Log everything; show tracebacks on errors.')
 @click.pass_context
 def cli(ctx, parallel, image_parallel, rate_limit, retries, username, password, insecure, ca_cert, http2,
-        compression, os_, architecture, variant, temp_dir, layer_cache, output_format, allow_devices, max_extract_bytes,
-        shard, quiet, show_progress, verbose, debug):
+        compression, os_, architecture, variant, platforms, dry_run, preserve_digests, temp_dir, layer_cache,
+        output_format, allow_devices, max_extract_bytes, shard, quiet, show_progress, verbose, debug):
     """Move and reshape container images without a container engine.
 
     \b
@@ -128,20 +245,23 @@ def cli(ctx, parallel, image_parallel, rate_limit, retries, username, password, 
     from occystrap import tuning
     from occystrap.settings import Settings
     tuning.apply()   # once per process, for every command run (in-process callers of main() included)
-    if rate_limit is not None and rate_limit <= 0:
-        raise click.BadParameter('must be greater than 0', param_hint='--rate-limit')
     if quiet and show_progress:
         raise UsageError('--quiet and --progress contradict each other; give one')
     from occystrap.terminal import PrintableFormatter
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(PrintableFormatter('%(levelname)s: %(message)s'))   # log lines carry registry and image text
+    # Log lines carry registry and image text (made printable) and URIs (redacted).
+    handler.setFormatter(RedactingFormatter(PrintableFormatter('%(levelname)s: %(message)s')))
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING,
                         handlers=[handler])
     for noisy in ('httpx', 'httpcore', 'hpack', 'h2'):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    from click.core import ParameterSource
+    platforms, os_, architecture, variant = _platform_settings(ctx, platforms, os_, architecture, variant)
+    recompress = ctx.get_parameter_source('compression') not in (ParameterSource.DEFAULT, None)
     ctx.obj = Settings(parallel=parallel, image_parallel=image_parallel, rate_limit=rate_limit, retries=retries,
                        username=username, password=password, insecure=insecure, ca_cert=ca_cert, http2=http2,
                        compression=compression, os=os_, architecture=architecture, variant=variant,
+                       platforms=platforms, recompress=recompress, dry_run=dry_run, preserve_digests=preserve_digests,
                        temp_dir=temp_dir, layer_cache=layer_cache, output_format=output_format, verbose=verbose,
                        debug=debug, allow_devices=allow_devices,
                        max_extract_bytes=max_extract_bytes, shard=shard, quiet=quiet,
@@ -181,25 +301,61 @@ def _summary(settings, stats, results=None):
             payload['shard'] = str(settings.shard)
             payload['source_images'] = stats.source_images
         if results is not None:
-            payload['results'] = [{'image': r.reference, 'ok': r.ok, 'error': r.error, 'layers': r.layers,
-                                   'seconds': round(r.seconds, 3)} for r in results]
+            payload['results'] = []
+            for r in results:
+                entry = {'image': r.reference, 'ok': r.ok, 'error': r.error, 'layers': r.layers,
+                         'seconds': round(r.seconds, 3)}
+                if r.outcome is not None:
+                    entry.update(r.outcome.as_dict())
+                payload['results'].append(entry)
+        if settings.dry_run:
+            payload['dry_run'] = True
         click.echo(json.dumps(payload, indent=2))
         return
     if settings.quiet:
         return
-    if results is not None and len(results) > 1:
+    outcomes = [r for r in (results or []) if r.outcome is not None]
+    if results is not None and (len(results) > 1 or outcomes):
         width = max(len(printable(r.reference)) for r in results)
         for r in results:
-            state = 'ok' if r.ok else 'FAILED: %s' % r.error
+            state = _describe_outcome(r.outcome) if r.ok and r.outcome is not None else \
+                'ok' if r.ok else 'FAILED: %s' % r.error
             click.echo('%-*s  %6.2fs  %s' % (width, printable(r.reference), r.seconds, printable(state)), err=True)
+    if settings.dry_run:
+        click.echo('dry run: nothing was written', err=True)
+    unchanged = sum(1 for r in outcomes if r.outcome.state in ('unchanged', 'would be unchanged'))
     shard = ''
     if settings.shard is not None and stats.source_images is not None:
         shard = '; shard %s kept %d of %d images' % (settings.shard, len(results or []), stats.source_images)
-    click.echo('done: %d image%s, %d layer%s, %s written, %s downloaded, %s uploaded in %.2f s%s%s'
+    click.echo('done: %d image%s, %d layer%s, %s written, %s downloaded, %s uploaded in %.2f s%s%s%s'
                % (stats.images, '' if stats.images == 1 else 's', stats.layers, '' if stats.layers == 1 else 's',
                   human_bytes(stats.bytes), human_bytes(stats.downloaded), human_bytes(stats.uploaded),
-                  stats.seconds, ', %d failed' % len(failed) if failed else '', shard),
-               err=True)
+                  stats.seconds, ', %d unchanged' % unchanged if unchanged else '',
+                  ', %d failed' % len(failed) if failed else '', shard), err=True)
+
+
+def _short_digest(digest):
+    return digest[:19] if digest else '-'
+
+
+def _describe_outcome(outcome):
+    """One image's line of the summary: what happened, the digests, platforms, and the blob counts."""
+    text = outcome.state
+    if outcome.source_digest or outcome.destination_digest:
+        text += ' %s -> %s' % (_short_digest(outcome.source_digest), _short_digest(outcome.destination_digest))
+    if outcome.platforms:
+        text += ' [%s]' % ', '.join(outcome.platforms)
+    if outcome.blobs_to_send is not None:
+        from occystrap.progress import human_bytes
+        text += ', %d blob%s to send (%s)' % (outcome.blobs_to_send, '' if outcome.blobs_to_send == 1 else 's',
+                                              human_bytes(outcome.bytes_to_send or 0))
+    elif outcome.state == 'copied' and outcome.manifests:
+        text += ', %d manifest%s, %d uploaded, %d mounted, %d present' % (
+            outcome.manifests, '' if outcome.manifests == 1 else 's', outcome.uploaded, outcome.mounted,
+            outcome.present)
+    if outcome.changed:
+        text += '; digest changed: %s' % outcome.changed
+    return text
 
 
 @cli.command()
@@ -281,7 +437,8 @@ def main(argv=None):
         sys.exit(130)
     except click.ClickException as e:
         from occystrap.terminal import printable
-        click.echo('error: %s' % printable(one_line(e.format_message())), err=True)
+        from occystrap.uris import redact
+        click.echo('error: %s' % printable(redact(one_line(e.format_message()))), err=True)
         sys.exit(2)
     except UsageError as e:
         _fail(e, debug, 2)

@@ -232,3 +232,82 @@ class Image:
         if index < len(real):
             return real[index].get('created_by')
         return None
+
+
+@dataclasses.dataclass
+class SourceManifest:
+    """What a reference names at its source, fetched once: a manifest (an image) or an index, with its exact bytes.
+
+    `document` is an oci.Manifest or an oci.Index; the pipeline decides from it how the reference is copied.
+    """
+
+    raw: bytes
+    media_type: str
+    digest: str
+    document: object
+
+    @property
+    def is_index(self):
+        return isinstance(self.document, oci.Index)
+
+
+@dataclasses.dataclass
+class ManifestCopy:
+    """One manifest copied as it is: its descriptor in the index, its exact bytes and the blobs it references.
+
+    Children of an index that are not images (attestation manifests, artifacts) are copied this way too, so a
+    faithful copy never needs to understand them.
+    """
+
+    descriptor: oci.Descriptor
+    raw: bytes
+    media_type: str
+    blobs: list                       # Blob values: the config (or artifact config) first, then the layers
+
+    @property
+    def digest(self):
+        return self.descriptor.digest
+
+    @property
+    def platform(self):
+        """'os/arch[/variant]' from the index entry, or '' for an entry without a real platform (an attestation)."""
+        platform = self.descriptor.platform
+        if platform is None or platform.os in ('', 'unknown'):
+            return ''
+        return str(platform)
+
+
+@dataclasses.dataclass
+class ImageIndex:
+    """A manifest list or OCI index to copy byte for byte: the index as stored and every child with its blobs.
+
+    Outputs that can hold an index (`ImageOutput.holds_indexes`) write the blobs, then each child by digest, then
+    the index last under the tag, so the destination digest equals `digest`.
+    """
+
+    name: str
+    tag: Optional[str]
+    index: oci.Index
+    children: list                    # ManifestCopy, in the index's order
+    source: str = ''
+
+    @property
+    def digest(self):
+        return self.index.digest
+
+    @property
+    def reference(self):
+        return '%s:%s' % (self.name, self.tag) if self.tag else self.name
+
+    @property
+    def platforms(self):
+        return [child.platform for child in self.children if child.platform]
+
+    @property
+    def blobs(self):
+        """Every distinct blob of every child (children of several platforms often share layers)."""
+        seen = {}
+        for child in self.children:
+            for blob in child.blobs:
+                seen.setdefault(blob.digest, blob)
+        return list(seen.values())

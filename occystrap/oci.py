@@ -13,7 +13,8 @@ import json
 from typing import Optional
 
 from occystrap.errors import CorruptImageError
-from occystrap.uris import COMPONENT_RE, DIGEST_RE, HOST_RE, TAG_RE
+from occystrap import uris
+from occystrap.uris import DIGEST_RE, InvalidNameError  # noqa: F401 (one class for every name check)
 
 MEDIA_DOCKER_MANIFEST = 'application/vnd.docker.distribution.manifest.v2+json'
 MEDIA_DOCKER_LIST = 'application/vnd.docker.distribution.manifest.list.v2+json'
@@ -39,10 +40,6 @@ SHOWN_MAX = 80
 
 class InvalidDigestError(CorruptImageError):
     """A digest read from outside does not follow the digest grammar (sha256:<64 hex>, sha512:<128 hex>)."""
-
-
-class InvalidNameError(CorruptImageError):
-    """An image name or tag read from outside does not follow the grammar URIs use."""
 
 
 def shown(value, limit=SHOWN_MAX):
@@ -112,34 +109,12 @@ def blob_path(digest):
 
 def valid_repository(name):
     """True when `name` is a repository name URIs accept, optionally led by a registry host ('host:port/a/b')."""
-    if not isinstance(name, str) or not name or len(name) > 255:
-        return False
-    parts = name.split('/')
-    first = parts[0]
-    if len(parts) > 1 and ('.' in first or ':' in first or first == 'localhost'):
-        if not _valid_host(first):
-            return False
-        parts = parts[1:]
-    return all(COMPONENT_RE.fullmatch(part) for part in parts)
-
-
-def _valid_host(host):
-    """A registry host[:port] as URIs accept it, with no empty or dash-edged labels ('..', '.x', 'x-')."""
-    if not HOST_RE.fullmatch(host):
-        return False
-    if host.startswith('['):
-        _, _, port = host.partition(']')
-        port = port[1:]
-    else:
-        name, _, port = host.partition(':')
-        if not all(label and label[0] != '-' and label[-1] != '-' for label in name.split('.')):
-            return False
-    return not port or 0 < int(port) <= 65535
+    return uris.is_repository(name, host=True)
 
 
 def valid_tag(tag):
     """True when `tag` is a tag URIs accept."""
-    return isinstance(tag, str) and TAG_RE.fullmatch(tag) is not None
+    return uris.is_tag(tag)
 
 
 def check_name(name, tag, what):
@@ -278,6 +253,23 @@ class Platform:
 
 # --- descriptors -------------------------------------------------------------------------------------------------
 
+def _optional_string(document, key, what):
+    """document[key] when it is a string or absent (None); CorruptImageError naming `what` otherwise."""
+    value = document.get(key)
+    if value is not None and not isinstance(value, str):
+        raise CorruptImageError('%s has a%s %s that is not a string' % (what, 'n' if key[0] in 'aeiou' else '', key))
+    return value
+
+
+def _annotations(document, what):
+    """document['annotations'] when it is an object of strings or absent (None)."""
+    annotations = document.get('annotations')
+    if annotations is not None and not (isinstance(annotations, dict)
+                                        and all(isinstance(v, str) for v in annotations.values())):
+        raise CorruptImageError('%s has annotations that are not an object of strings' % what)
+    return annotations
+
+
 @dataclasses.dataclass(frozen=True)
 class Descriptor:
     """What a manifest or index says about one blob: media type, digest (validated), size and the optional rest."""
@@ -299,16 +291,9 @@ class Descriptor:
         size = value.get('size')
         if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
             raise CorruptImageError('%s has a size %s that is not a non-negative integer' % (what, shown(size)))
-        media_type = value.get('mediaType')
-        if media_type is not None and not isinstance(media_type, str):
-            raise CorruptImageError('%s has a mediaType that is not a string' % what)
-        artifact_type = value.get('artifactType')
-        if artifact_type is not None and not isinstance(artifact_type, str):
-            raise CorruptImageError('%s has an artifactType that is not a string' % what)
-        annotations = value.get('annotations')
-        if annotations is not None and not (isinstance(annotations, dict)
-                                            and all(isinstance(v, str) for v in annotations.values())):
-            raise CorruptImageError('%s has annotations that are not an object of strings' % what)
+        media_type = _optional_string(value, 'mediaType', what)
+        artifact_type = _optional_string(value, 'artifactType', what)
+        annotations = _annotations(value, what)
         urls = value.get('urls')
         if urls is not None and not (isinstance(urls, list) and all(isinstance(u, str) for u in urls)):
             raise CorruptImageError('%s has urls that are not a list of strings' % what)
@@ -348,26 +333,36 @@ class Descriptor:
 
 def _document(data, media_type, source, kind):
     document = load_json_object(data, source)
-    declared = document.get('mediaType')
-    if declared is not None and not isinstance(declared, str):
-        raise CorruptImageError('%s has a mediaType that is not a string' % source)
-    annotations = document.get('annotations')
-    if annotations is not None and not (isinstance(annotations, dict)
-                                        and all(isinstance(v, str) for v in annotations.values())):
-        raise CorruptImageError('%s has annotations that are not an object of strings' % source)
+    declared = _optional_string(document, 'mediaType', source)
+    _annotations(document, source)
     return document, media_type or declared or kind
 
 
-class Manifest:
-    """An image manifest (OCI or Docker schema 2): its exact bytes, digest, media type, config and layers."""
+class _Document:
+    """What manifests and indexes share: the exact bytes (and so the digest), the media type, the parsed document."""
 
-    def __init__(self, raw, media_type, document, config, layers, source='manifest'):
+    def __init__(self, raw, media_type, document, source):
         self.raw = bytes(raw)
         self.media_type = media_type
         self.document = document
+        self.source = source
+
+    @property
+    def digest(self):
+        return digest_of(self.raw)
+
+    @property
+    def annotations(self):
+        return dict(self.document.get('annotations') or {})
+
+
+class Manifest(_Document):
+    """An image manifest (OCI or Docker schema 2): its exact bytes, digest, media type, config and layers."""
+
+    def __init__(self, raw, media_type, document, config, layers, source='manifest'):
+        super().__init__(raw, media_type, document, source)
         self.config = config
         self.layers = layers
-        self.source = source
 
     @classmethod
     def parse(cls, data, media_type=None, source='manifest'):
@@ -399,27 +394,16 @@ class Manifest:
         return cls(_dumps(document, sort_keys), media_type, document, config, list(layers))
 
     @property
-    def digest(self):
-        return digest_of(self.raw)
-
-    @property
-    def annotations(self):
-        return dict(self.document.get('annotations') or {})
-
-    @property
     def is_oci(self):
         return self.media_type == MEDIA_OCI_MANIFEST
 
 
-class Index:
+class Index(_Document):
     """A manifest list or OCI index: its exact bytes, digest, media type and child descriptors."""
 
     def __init__(self, raw, media_type, document, manifests, source='index'):
-        self.raw = bytes(raw)
-        self.media_type = media_type
-        self.document = document
+        super().__init__(raw, media_type, document, source)
         self.manifests = manifests
-        self.source = source
 
     @classmethod
     def parse(cls, data, media_type=None, source='index'):
@@ -440,14 +424,6 @@ class Index:
         if annotations:
             document['annotations'] = dict(annotations)
         return cls(_dumps(document, sort_keys), media_type, document, list(manifests))
-
-    @property
-    def digest(self):
-        return digest_of(self.raw)
-
-    @property
-    def annotations(self):
-        return dict(self.document.get('annotations') or {})
 
     def select(self, platform):
         """The first child for `platform` by Platform.matches, or None."""

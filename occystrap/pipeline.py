@@ -24,9 +24,11 @@ import threading
 import time
 from typing import Optional
 
+from occystrap import schemes
 from occystrap.cancel import STOPS, Cancellation
 from occystrap.errors import OccystrapError, UsageError
 from occystrap.settings import Settings
+from occystrap.uris import redact
 
 LOG = logging.getLogger(__name__)
 
@@ -35,23 +37,9 @@ LOG = logging.getLogger(__name__)
 POLL_SECONDS = 0.2
 CANCEL_GRACE = 1.0
 
-INPUTS = {
-    'registry': 'occystrap.inputs.registry:RegistryInput',
-    'quay': 'occystrap.inputs.quay:QuayInput',
-    'docker': 'occystrap.inputs.docker:DockerInput',
-    'tar': 'occystrap.inputs.tarball:TarballInput',
-    'file': 'occystrap.inputs.tarball:TarballInput',
-}
-
-OUTPUTS = {
-    'tar': 'occystrap.outputs.tarball:TarballOutput',
-    'file': 'occystrap.outputs.tarball:TarballOutput',
-    'dir': 'occystrap.outputs.directory:DirectoryOutput',
-    'oci': 'occystrap.outputs.ocibundle:OCIBundleOutput',
-    'mounts': 'occystrap.outputs.mounts:MountsOutput',
-    'registry': 'occystrap.outputs.registry:RegistryOutput',
-    'docker': 'occystrap.outputs.docker:DockerOutput',
-}
+# Scheme names (and aliases) to 'module:Class', derived from the one table in schemes.py.
+INPUTS = schemes.classes('input')
+OUTPUTS = schemes.classes('output')
 
 FILTERS = {
     'normalize-timestamps': 'occystrap.filters.timestamps:NormalizeTimestamps',
@@ -215,8 +203,6 @@ class RunContext:
         self._workdir = None
         self._workdir_parent = None
         self.warnings = []
-        self.filter_fingerprint = ()   # the run's filter chain as strings, for caches keyed on what filters did
-        self.multi_image = False       # the source can name many images (outputs derive destination names)
         self.cancellation = Cancellation()
 
     @property
@@ -361,11 +347,26 @@ class ImageInput(abc.ABC):
 
 
 class ImageOutput(abc.ABC):
-    """Where images go. write() may be called from several threads at once (one image each) under -J."""
+    """Where images go. write() may be called from several threads at once (one image each) under -J.
 
-    def __init__(self, uri, ctx):
+    An output that can hold a whole index sets `holds_indexes` and implements what RegistryOutput does:
+    `existing_digest(ref)` (what the destination holds now, or None), `target(ref)`, `write_index(ImageIndex,
+    tag_child=False)` (blobs, children by digest, the index last, byte for byte), `write_child(image)` (an image
+    stored by digest only), `put_index(ref, oci.Index, counters)` and `missing_blobs(ref, blobs)` (--dry-run).
+    Each write returns a Written. Outputs holding one image are given one platform's image through write().
+
+    The run's facts come in as parameters: `multi_image` says the source can name many images (so the destination
+    name is a prefix each image's own name goes under), `filters` is the filter chain as strings (for caches keyed
+    on what the filters did).
+    """
+
+    holds_indexes = False
+
+    def __init__(self, uri, ctx, multi_image=False, filters=()):
         self.uri = uri
         self.ctx = ctx
+        self.multi_image = bool(multi_image)
+        self.filters = tuple(filters)
 
     @abc.abstractmethod
     def write(self, image):
@@ -391,7 +392,22 @@ class Filter(ImageOutput):
         return image
 
     def write(self, image):
-        self.inner.write(self.apply(image))
+        return self.inner.write(self.apply(image))
+
+    def write_child(self, image):
+        """An image of an index: filtered as write() filters, pushed by the output by digest."""
+        return self.inner.write_child(self.apply(image))
+
+    @property
+    def holds_indexes(self):
+        return getattr(self.inner, 'holds_indexes', False)
+
+    def __getattr__(self, name):
+        # The index side of an output (existing_digest, target, write_index, put_index, missing_blobs) carries no
+        # image for a filter to change: the copier only uses write_index when there are no filters.
+        if name in ('existing_digest', 'target', 'write_index', 'put_index', 'missing_blobs'):
+            return getattr(self.inner, name)
+        raise AttributeError(name)
 
     def finalize(self):
         self.inner.finalize()
@@ -405,6 +421,48 @@ class Filter(ImageOutput):
         return ()
 
 
+class Written(str):
+    """What an output wrote for one image or index: the manifest digest (it is that string) plus `counters` (the
+    output's blob counts for it, or None) and `descriptor` (an oci.Descriptor of the manifest, or None)."""
+
+    def __new__(cls, digest, counters=None, descriptor=None):
+        value = super().__new__(cls, digest)
+        value.counters = counters
+        value.descriptor = descriptor
+        return value
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What happened to one image of a process run, for the summary and -O json.
+
+    `state` is 'copied', 'unchanged' (the destination already held the source digest) or, with --dry-run,
+    'would copy' / 'would be unchanged'. `changed` says why the destination digest differs from the source's
+    (a filter, recompression, a platform subset), or is None when it does not.
+    """
+
+    state: str
+    source_digest: Optional[str] = None
+    destination_digest: Optional[str] = None
+    destination: Optional[str] = None
+    platforms: list = dataclasses.field(default_factory=list)
+    changed: Optional[str] = None
+    layers: int = 0
+    manifests: int = 0
+    uploaded: int = 0
+    mounted: int = 0
+    present: int = 0
+    blobs_to_send: Optional[int] = None       # --dry-run: blobs the destination lacks
+    bytes_to_send: Optional[int] = None
+
+    def as_dict(self):
+        out = dataclasses.asdict(self)
+        if out['blobs_to_send'] is None:
+            del out['blobs_to_send'], out['bytes_to_send']
+        out['digest_changed'] = self.changed is not None
+        return out
+
+
 @dataclasses.dataclass
 class ImageResult:
     """How one image of a run ended."""
@@ -414,6 +472,7 @@ class ImageResult:
     error: Optional[str] = None
     layers: int = 0
     seconds: float = 0.0
+    outcome: Optional[Outcome] = None
 
 
 def lookup_workers(settings, count):
@@ -429,19 +488,17 @@ def build_input(uri, ctx):
     return load(INPUTS, uri.scheme)(uri, ctx)
 
 
-def build_output(uri, ctx, filters=()):
-    """The output for a URI wrapped in the filters (first filter sees the image first)."""
+def build_output(uri, ctx, filters=(), multi_image=False):
+    """The output for a URI wrapped in the filters (first filter sees the image first).
+
+    `multi_image` (the source can name many images) and the filter chain are handed to the output class.
+    """
     filters = list(filters)
-    ctx.filter_fingerprint = tuple(str(spec) for spec in filters)
-    output = load(OUTPUTS, uri.scheme)(uri, ctx)
-    for spec in reversed(list(filters)):
-        cls = load(FILTERS, spec.name)
-        allowed = cls.option_names()
-        for key in spec.options:
-            if key not in allowed:
-                raise UsageError('filter %s does not take option %r (it takes: %s)'
-                                 % (spec.name, key, ', '.join(allowed) or 'none'))
-        output = cls(output, spec.options, ctx)
+    check_filters(filters)
+    output = load(OUTPUTS, uri.scheme)(uri, ctx, multi_image=multi_image,
+                                       filters=tuple(str(spec) for spec in filters))
+    for spec in reversed(filters):
+        output = load(FILTERS, spec.name)(output, spec.options, ctx)
     return output
 
 
@@ -490,14 +547,17 @@ def for_each_image(source, fn, ctx, refs=None):
         _current.image = handle = ctx.stats.start_image(str(ref))
         ok = False
         try:
-            layers = fn(ref)
+            done = fn(ref)
             ok = True
-            return ImageResult(str(ref), True, layers=layers or 0, seconds=time.monotonic() - started)
+            if isinstance(done, Outcome):
+                return ImageResult(str(ref), True, layers=done.layers, seconds=time.monotonic() - started,
+                                   outcome=done)
+            return ImageResult(str(ref), True, layers=done or 0, seconds=time.monotonic() - started)
         except OccystrapError as e:
             if not source.multi:
                 raise
             LOG.error('%s: %s', ref, e)
-            return ImageResult(str(ref), False, error=str(e), seconds=time.monotonic() - started)
+            return ImageResult(str(ref), False, error=redact(e), seconds=time.monotonic() - started)
         finally:
             ctx.stats.finish_image(handle, ok)
             _current.image = None
@@ -526,31 +586,49 @@ def writing(dest_uri):
         raise OccystrapError('cannot write %s: %s' % (path, os.strerror(code))) from None
 
 
+def check_filters(filters):
+    """Every filter name and option of a chain is known (UsageError otherwise), without building an output."""
+    for spec in filters:
+        allowed = load(FILTERS, spec.name).option_names()
+        for key in spec.options:
+            if key not in allowed:
+                raise UsageError('filter %s does not take option %r (it takes: %s)'
+                                 % (spec.name, key, ', '.join(allowed) or 'none'))
+
+
 def run_process(source_uri, dest_uri, filters, ctx):
-    """Copy every image of source_uri through the filters into dest_uri. Returns the list of ImageResult."""
+    """Copy every image of source_uri through the filters into dest_uri. Returns the list of ImageResult.
+
+    How an index flows (whole, one platform, a subset, filtered) is decided per image by mirror.Copier.
+    """
+    from occystrap.mirror import Copier
+    settings = ctx.settings
     source = build_input(source_uri, ctx)
-    ctx.multi_image = source.multi
-    output = build_output(dest_uri, ctx, filters)
+    holds = getattr(load(OUTPUTS, dest_uri.scheme), 'holds_indexes', False)
+    if settings.preserve_digests and not holds:
+        source.close()
+        raise UsageError('--preserve-digests needs a destination that keeps manifest digests (registry://)')
+    if settings.dry_run and not holds:
+        # Nothing is built at a destination that would create files: only the source is read.
+        check_filters(filters)
+        output = None
+    else:
+        output = build_output(dest_uri, ctx, filters, multi_image=source.multi)
+    copier = Copier(source, output, list(filters), ctx, guard=lambda: writing(dest_uri))
     finished = False
     try:
-        def copy_one(ref):
-            image = source.open(ref)
-            ctx.stats.track(image)
-            with writing(dest_uri):
-                output.write(image)
-            ctx.stats.add(images=1, layers=len(image.layers))
-            return len(image.layers)
-
-        results = for_each_image(source, copy_one, ctx)
-        if any(r.ok for r in results):
+        results = for_each_image(source, copier.copy, ctx)
+        if output is not None and not settings.dry_run and any(r.ok for r in results):
             with writing(dest_uri):
                 output.finalize()
+            finished = True
+        elif output is None or settings.dry_run:
             finished = True
         return results
     except STOPS as e:
         ctx.cancel(getattr(e, 'signum', None))    # stop every worker before abort() removes what they write
         raise
     finally:
-        if not finished:
+        if not finished and output is not None:
             output.abort()
         source.close()

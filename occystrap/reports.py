@@ -11,7 +11,7 @@ import json
 import sys
 import threading
 
-from occystrap import pipeline, streams
+from occystrap import oci, pipeline, streams
 from occystrap.errors import OccystrapError
 from occystrap.filters import search as search_filter
 from occystrap.filters.inspect import known_size
@@ -111,8 +111,12 @@ def _truncate(text, width=CREATED_BY_WIDTH):
 def format_info(info):
     """The text form of describe()'s dict (every value from the image made printable)."""
     lines = [printable(info['reference'])]
-    fields = [
-        ('source', info['source']),
+    fields = [('source', info['source'])]
+    index = info.get('index')
+    if index:
+        fields.append(('index', '%s (%s, %d manifests)' % (index['digest'], index['media_type'], index['manifests'])))
+        fields.append(('platforms', '%s (showing %s)' % (', '.join(index['platforms']) or '-', index['selected'])))
+    fields += [
         ('manifest', '%s (%s)' % (info['manifest_digest'], info['manifest_media_type'])
          if info['manifest_digest'] else '-'),
         ('config', '%s (%s)' % (info['config_digest'], info['config_media_type'])),
@@ -146,13 +150,37 @@ def format_info(info):
     return '\n'.join(line.rstrip() for line in lines) + '\n'
 
 
+def open_for_info(source, ref):
+    """(image, index dict or None): the image info describes and, when the reference names an index, its digest,
+    media type and platforms. Inputs that do not resolve references give no index."""
+    resolve = getattr(source, 'resolve', None)
+    if resolve is None:
+        return source.open(ref), None
+    resolved = resolve(ref)
+    if not resolved.is_index:
+        return source.open(ref, resolved), None
+    index = resolved.document
+    os_name, architecture, variant = source.platform
+    entry = index.select(oci.Platform(os_name, architecture, variant or ''))
+    if entry is None:
+        raise OccystrapError('%s is an index with no %s image; available: %s'
+                             % (oci.shown(str(ref)), '/'.join(p for p in (os_name, architecture, variant) if p),
+                                ', '.join(index.platforms()) or 'none'))
+    described = {'digest': resolved.digest, 'media_type': resolved.media_type, 'platforms': index.platforms(),
+                 'manifests': len(index.manifests), 'selected': str(entry.platform)}
+    return source.open(ref, resolved, child=entry), described
+
+
 def info(uri, ctx):
     """Describe every image the source names (manifest, config, platform, layers). True when all succeeded."""
     as_json = _json(ctx.settings)
 
     def one(source, ref):
-        image = source.open(ref)
-        return describe(image), len(image.layers)
+        image, index = open_for_info(source, ref)
+        payload = describe(image)
+        if index is not None:
+            payload['index'] = index
+        return payload, len(image.layers)
 
     results, payloads = _run(uri, ctx, one)
     if as_json:

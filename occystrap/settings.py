@@ -23,6 +23,13 @@ class Settings:
     os: str = 'linux'
     architecture: str = 'amd64'
     variant: Optional[str] = None
+    # The platforms asked for (--platform, or --os/--architecture/--variant given explicitly): None when none was,
+    # ('all',) for every one, else 'os/arch[/variant]' strings. os/architecture/variant above are the one an output
+    # holding a single image picks.
+    platforms: Optional[tuple] = None
+    recompress: bool = False          # --compression was given: layers in another compression are recompressed
+    dry_run: bool = False
+    preserve_digests: bool = False
     temp_dir: Optional[str] = None
     layer_cache: Optional[str] = None
     output_format: str = 'text'

@@ -1,6 +1,9 @@
-"""Parsing of source and destination URIs and of filter specifications.
+"""Parsing of source and destination URIs and of filter specifications; checks of names; credential redaction.
 
-Every error names the part of the input that is wrong, and is a UsageError (exit status 2).
+Every parse error names the part of the input that is wrong (never a part that could hold a password), and is a
+UsageError (exit status 2). `validate_repository`/`validate_tag` apply the same grammar to names that come from an
+image rather than the command line (InvalidNameError, exit status 1). `redact` hides userinfo and secret options in
+any text that is shown.
 """
 
 import dataclasses
@@ -8,26 +11,9 @@ import re
 import urllib.parse
 from typing import Optional
 
-from occystrap.errors import UsageError
+from occystrap import schemes
+from occystrap.errors import CorruptImageError, UsageError
 
-INPUT_SCHEMES = ('registry', 'quay', 'docker', 'tar', 'file')
-OUTPUT_SCHEMES = ('tar', 'file', 'dir', 'oci', 'mounts', 'registry', 'docker')
-PATH_SCHEMES = ('tar', 'file', 'dir', 'oci', 'mounts')
-
-# Which query options each scheme accepts, per role.
-OPTIONS = {
-    ('registry', 'input'): ('os', 'arch', 'architecture', 'variant', 'insecure'),
-    ('registry', 'output'): ('insecure',),
-    ('quay', 'input'): ('token', 'api', 'registry', 'insecure', 'os', 'arch', 'architecture', 'variant'),
-    ('docker', 'input'): ('socket',),
-    ('docker', 'output'): ('socket',),
-    ('tar', 'input'): (),
-    ('tar', 'output'): (),
-    ('dir', 'output'): ('unique_names', 'expand'),
-    ('oci', 'output'): (),
-    ('mounts', 'output'): (),
-}
-BOOLEAN_OPTIONS = ('insecure', 'unique_names', 'expand')
 TRUE_WORDS = ('1', 'true', 'yes', 'on')
 FALSE_WORDS = ('0', 'false', 'no', 'off')
 
@@ -49,6 +35,79 @@ def parse_bool(value, what):
     raise UsageError('%s must be true or false, not %r' % (what, value))
 
 
+MAX_REPOSITORY = 255   # distribution spec: a repository name, host included, is at most 255 characters
+
+
+class InvalidNameError(CorruptImageError):
+    """A repository name or tag that came from an image (not the command line) breaks the reference grammar."""
+
+
+def is_host(host):
+    """True for a registry host[:port] as URIs accept it, with no empty or dash-edged labels ('..', '.x', 'x-')."""
+    if not HOST_RE.fullmatch(host):
+        return False
+    if host.startswith('['):
+        _, _, port = host.partition(']')
+        port = port[1:]
+    else:
+        name, _, port = host.partition(':')
+        if not all(label and label[0] != '-' and label[-1] != '-' for label in name.split('.')):
+            return False
+    return not port or 0 < int(port) <= 65535
+
+
+def _leads_with_host(components):
+    first = components[0]
+    return len(components) > 1 and ('.' in first or ':' in first or first == 'localhost')
+
+
+def is_repository(name, host=True):
+    """True when `name` is a repository name URIs accept; with `host`, optionally led by a registry host."""
+    if not isinstance(name, str) or not name or len(name) > MAX_REPOSITORY:
+        return False
+    components = name.split('/')
+    if host and _leads_with_host(components):
+        if not is_host(components[0]):
+            return False
+        components = components[1:]
+    return all(COMPONENT_RE.fullmatch(c) for c in components)
+
+
+def is_tag(tag):
+    """True when `tag` is a tag URIs accept."""
+    return isinstance(tag, str) and TAG_RE.fullmatch(tag) is not None
+
+
+def validate_repository(name, what, host=False):
+    """Return `name` when it is a repository name by the URI grammar (lowercase components of letters, digits and
+    single separators; never '', '.', '..' or an empty component), else raise InvalidNameError naming `what`.
+
+    With `host`, a first component that is a registry host (has '.' or ':' or is 'localhost') is allowed, as an engine
+    or a `docker save` tarball names images.
+    """
+    if is_repository(name, host):
+        return name
+    if not isinstance(name, str) or not name:
+        raise InvalidNameError('%s has no repository name' % what)
+    if len(name) > MAX_REPOSITORY:
+        raise InvalidNameError('%s: repository name of %d characters, more than %d' % (what, len(name), MAX_REPOSITORY))
+    components = name.split('/')
+    if host and _leads_with_host(components) and not is_host(components[0]):
+        raise InvalidNameError('%s: bad registry host %r in repository name %r' % (what, components[0], name))
+    bad = next((c for c in components[1 if host and _leads_with_host(components) else 0:]
+                if not COMPONENT_RE.fullmatch(c)), name)
+    raise InvalidNameError('%s: bad repository name %r (component %r; use lowercase letters, digits and . _ -)'
+                           % (what, name, bad))
+
+
+def validate_tag(tag, what):
+    """Return `tag` when it is a tag by the URI grammar (letters, digits, _ . -, up to 128, not starting with . or -),
+    else raise InvalidNameError naming `what`."""
+    if not is_tag(tag):
+        raise InvalidNameError('%s: bad tag %r (tags are letters, digits, _ . - and up to 128 long)' % (what, tag))
+    return tag
+
+
 @dataclasses.dataclass
 class Uri:
     """A parsed URI. Which fields are set depends on the scheme."""
@@ -66,14 +125,18 @@ class Uri:
     options: dict = dataclasses.field(default_factory=dict)
 
     def __str__(self):
-        """The URI with any password replaced, safe for logs and errors."""
-        return redact(self.raw)
+        """The URI with any userinfo and secret option replaced, safe for logs and errors."""
+        return redact(self.raw, one_uri=True)
 
     def flag(self, key, default=False):
         """A boolean option."""
         if key not in self.options:
             return default
-        return parse_bool(self.options[key], 'option %s of %s' % (key, self))
+        shown = str(self)
+        value = self.options[key]
+        if value.lower() in TRUE_WORDS + FALSE_WORDS:
+            return value.lower() in TRUE_WORDS
+        raise UsageError('option %s of %s must be true or false, not %r' % (key, shown, _piece(value, shown)))
 
     @property
     def is_glob(self):
@@ -87,24 +150,100 @@ class Uri:
         return '%s:%s' % (self.name, self.tag)
 
 
-def redact(text):
-    """Hide the password in a 'scheme://user:pass@host' string and any token= option."""
-    text = re.sub(r'(://[^/@:]*:)[^/@]*@', r'\1***@', text)
-    return re.sub(r'([?&]token=)[^&]*', r'\1***', text)
+# Where userinfo ends: an '@' followed by something that could be a host[:port] and then the path, the query, the
+# fragment, the end of the URI or the end of a quoted URI in a message. Passwords may hold '@', '/', '?', ':', so the
+# LAST such '@' counts; a digest (`name@sha256:<hex>`) is not a host and is never taken for one.
+_USERINFO_END_RE = re.compile(r'@(?=(?:\[[0-9A-Fa-f:.]*\]|[A-Za-z0-9._~-]+)(?::[0-9]{0,5})?(?:[/?#\s\'"),;]|$))')
+_URI_START_RE = re.compile(r'([A-Za-z][A-Za-z0-9+.-]*)?://')
+# Query values that are secrets: token=, password=, access_token=, api_key=, X-Amz-Signature= and the like.
+_SECRET_QUERY_RE = re.compile(r'([?&;][A-Za-z0-9_.-]*(?:token|passw|pwd|secret|auth|credential|signature|sig|key)'
+                              r'[A-Za-z0-9_.-]*=)[^&#\s\'"]*', re.IGNORECASE)
+REDACTED = '***'
+_SCHEME_RE = re.compile(r'^[A-Za-z][A-Za-z0-9+.-]*$')
+
+
+def userinfo_end(rest, scheme=None):
+    """Where the userinfo of a URI ends (the index of its '@' in `rest`, the text after '://'), or -1 when none.
+
+    A path scheme (`tar:///x@y/z`, `dir://rel@x/y`) has no authority, so no userinfo: all of it is the path.
+    """
+    if scheme is not None and getattr(schemes.lookup(scheme), 'path', False):
+        return -1
+    end = -1
+    for match in _USERINFO_END_RE.finditer(rest):
+        end = match.start()
+    return end
+
+
+def redact(text, one_uri=False):
+    """Hide every userinfo (user and password) of every URI in `text`, and secret query values (token=, password=...).
+
+    Meant for any text shown to a user or a log: the rule errs towards hiding. Whatever lies between '://' and the
+    last '@' that is followed by a host is userinfo, whatever characters (encoded or not) it holds. With `one_uri`
+    the text is a single URI, so a '://' inside its password is no second URI; in free text a '://' starts another
+    URI only where a scheme name stands after a space, a quote, '(', '<', '=' or ',' (as in `api=https://...`).
+    """
+    text = str(text)
+    starts = [m for i, m in enumerate(_URI_START_RE.finditer(text)) if i == 0 or _genuine_start(text, m)]
+    if one_uri:
+        starts = starts[:1]
+    if starts:
+        pieces = [text[:starts[0].end()]]
+        for index, start in enumerate(starts):
+            stop = starts[index + 1].start() if index + 1 < len(starts) else len(text)
+            rest = text[start.end():stop]
+            end = userinfo_end(rest, start.group(1))
+            pieces.append(REDACTED + rest[end:] if end >= 0 else rest)
+            if index + 1 < len(starts):
+                pieces.append(text[starts[index + 1].start():starts[index + 1].end()])
+        text = ''.join(pieces)
+    return _SECRET_QUERY_RE.sub(r'\1' + REDACTED, text)
+
+
+def _genuine_start(text, match):
+    if not match.group(1):
+        return False
+    before = text[match.start() - 1] if match.start() else ' '
+    return before.isspace() or before in '\'"(<=,'
+
+
+def _piece(piece, shown):
+    """A part of a URI for an error message: itself when the redacted URI shows it, else hidden (it held a secret)."""
+    return piece if piece in shown else REDACTED
 
 
 def parse_uri(text, role):
     """Parse a SOURCE (role 'input') or DESTINATION (role 'output') URI."""
-    schemes = INPUT_SCHEMES if role == 'input' else OUTPUT_SCHEMES
-    shown = redact(text)
+    known = schemes.names(role)
+    shown = redact(text, one_uri=True)
     if '://' not in text:
+        # Without a scheme nothing says where userinfo ends: show nothing before the last '@'.
+        if '@' in text:
+            shown = REDACTED + text[text.rindex('@'):]
         raise UsageError('%s %r is not a URI: expected SCHEME://..., schemes are %s'
-                         % (role_word(role), shown, ', '.join(schemes)))
+                         % (role_word(role), shown, ', '.join(known)))
     scheme, rest = text.split('://', 1)
+    if not _SCHEME_RE.match(scheme):
+        raise UsageError('%s %r does not start with a scheme name: expected SCHEME://..., schemes are %s'
+                         % (role_word(role), REDACTED + redact('x://' + rest, one_uri=True)[1:], ', '.join(known)))
     scheme = scheme.lower()
-    if scheme not in schemes:
+    if scheme not in known:
         raise UsageError('unknown %s scheme %r in %r: use one of %s'
-                         % (role_word(role), scheme, shown, ', '.join(schemes)))
+                         % (role_word(role), scheme, shown, ', '.join(known)))
+    table = schemes.lookup(scheme)
+    # Userinfo comes off first, so that no part of a password (which may hold '/', '?', '#', '@') is ever taken
+    # for a host, a path, a tag or an option, and shown as one.
+    # A scheme without credentials may hold URLs in its options (quay's api=): look before the query only.
+    end = userinfo_end(rest if table.credentials else rest.partition('?')[0], scheme)
+    username = password = None
+    if end >= 0:
+        if not table.credentials:
+            raise UsageError('%s:// takes no credentials in the URI (%r); use --username/--password'
+                             % (scheme, shown))
+        userinfo, rest = rest[:end], rest[end + 1:]
+        user, _, secret = userinfo.partition(':')
+        username = urllib.parse.unquote(user) or None
+        password = urllib.parse.unquote(secret) if secret else None
     rest, _, query = rest.partition('?')
     options = {}
     if query:
@@ -112,20 +251,20 @@ def parse_uri(text, role):
             options[key] = value
         for part in query.split('&'):
             if part and '=' not in part:
-                raise UsageError('option %r in %r needs a value (key=value)' % (part, shown))
-    canonical = 'tar' if scheme == 'file' else scheme
-    allowed = OPTIONS.get((canonical, role))
+                raise UsageError('option %r in %r needs a value (key=value)' % (_piece(part, shown), shown))
+    canonical = table.name
+    allowed = table.options(role)
     if allowed is None:
         raise UsageError('%s cannot be used as %s' % (scheme, role_word(role)))
     for key in options:
         if key not in allowed:
             raise UsageError('unknown option %r in %r (%s:// takes: %s)'
-                             % (key, shown, scheme, ', '.join(allowed) or 'no options'))
-    uri = Uri(scheme=canonical, raw=text, role=role, options=options)
-    for key in BOOLEAN_OPTIONS:
+                             % (_piece(key, shown), shown, scheme, ', '.join(allowed) or 'no options'))
+    uri = Uri(scheme=canonical, raw=text, role=role, options=options, username=username, password=password)
+    for key in table.booleans:
         if key in options:
             uri.flag(key)
-    if canonical in PATH_SCHEMES:
+    if table.path:
         path = urllib.parse.unquote(rest)
         if not path:
             example = '.tar' if canonical == 'tar' else ''
@@ -150,13 +289,15 @@ def _split_reference(uri, ref, shown, allow_glob):
     if '@' in ref:
         name, digest = ref.split('@', 1)
         if not DIGEST_RE.match(digest):
-            raise UsageError('bad digest %r in %r: expected sha256: and 64 lowercase hex digits' % (digest, shown))
+            raise UsageError('bad digest %r in %r: expected sha256: and 64 lowercase hex digits'
+                             % (_piece(digest, shown), shown))
     tag = None
     last = name.rsplit('/', 1)[-1]
     if ':' in last:
         name, tag = name.rsplit(':', 1)
         if not TAG_RE.match(tag):
-            raise UsageError('bad tag %r in %r: tags are letters, digits, _ . - (up to 128)' % (tag, shown))
+            raise UsageError('bad tag %r in %r: tags are letters, digits, _ . - (up to 128)'
+                             % (_piece(tag, shown), shown))
     if not name:
         raise UsageError('%r names no repository' % shown)
     for component in name.split('/'):
@@ -164,7 +305,7 @@ def _split_reference(uri, ref, shown, allow_glob):
         ok = COMPONENT_RE.match(component) or is_glob
         if not ok:
             raise UsageError('bad repository name component %r in %r: use lowercase letters, digits and . _ -%s'
-                             % (component, shown, ' (or a glob)' if allow_glob else ''))
+                             % (_piece(component, shown), shown, ' (or a glob)' if allow_glob else ''))
     uri.name = name
     uri.digest = digest
     uri.tag = tag if (tag or digest) else 'latest'
@@ -174,16 +315,11 @@ def _parse_registry(uri, rest, shown):
     if '/' not in rest:
         raise UsageError('%r needs a host and a repository: registry://HOST[:PORT]/NAME[:TAG]' % shown)
     authority, ref = rest.split('/', 1)
-    if '@' in authority:
-        userinfo, authority = authority.rsplit('@', 1)
-        user, _, password = userinfo.partition(':')
-        uri.username = urllib.parse.unquote(user) or None
-        uri.password = urllib.parse.unquote(password) if password else None
     if not HOST_RE.match(authority):
-        raise UsageError('bad registry host %r in %r' % (authority, shown))
+        raise UsageError('bad registry host %r in %r' % (_piece(authority, shown), shown))
     port = authority.rsplit(':', 1)[1] if ':' in authority and not authority.endswith(']') else None
     if port is not None and not 0 < int(port) < 65536:
-        raise UsageError('bad port %s in %r' % (port, shown))
+        raise UsageError('bad port %s in %r' % (_piece(port, shown), shown))
     uri.host = authority.lower()
     _split_reference(uri, ref, shown, allow_glob=uri.role == 'input')
     if uri.is_glob and uri.digest:
@@ -201,12 +337,12 @@ def _parse_quay(uri, rest, shown):
         else:
             org, tag = org.rsplit(':', 1)
         if not TAG_RE.match(tag):
-            raise UsageError('bad tag %r in %r' % (tag, shown))
+            raise UsageError('bad tag %r in %r' % (_piece(tag, shown), shown))
     if not COMPONENT_RE.match(org):
-        raise UsageError('bad organisation %r in %r' % (org, shown))
+        raise UsageError('bad organisation %r in %r' % (_piece(org, shown), shown))
     pattern = tail or '*'
     if '/' in pattern or not GLOB_COMPONENT_RE.match(pattern):
-        raise UsageError('bad repository glob %r in %r' % (pattern, shown))
+        raise UsageError('bad repository glob %r in %r' % (_piece(pattern, shown), shown))
     uri.host = org
     uri.name = '%s/%s' % (org, pattern)
     uri.tag = tag or 'latest'
@@ -222,7 +358,7 @@ def _parse_docker(uri, rest, shown):
     if '/' in rest and ('.' in first or ':' in first or first == 'localhost'):
         host, ref = rest.split('/', 1)
         if not HOST_RE.match(host):
-            raise UsageError('bad registry host %r in %r' % (host, shown))
+            raise UsageError('bad registry host %r in %r' % (_piece(host, shown), shown))
     _split_reference(uri, ref, shown, allow_glob=False)
     if host:
         uri.name = '%s/%s' % (host.lower(), uri.name)

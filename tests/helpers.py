@@ -270,3 +270,51 @@ class ScriptedServer:
     def __exit__(self, *exc):
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def multi_platform_layout(path, platforms=('amd64', 'arm64'), attestation=True):
+    """An OCI layout holding an index of one small image per architecture (built with the test bed's
+    build_oci_layout, layers different per platform) plus, with `attestation`, an attestation manifest with the
+    'unknown/unknown' platform as BuildKit writes one. Returns (path, index bytes)."""
+    from tests.services import build_oci_layout
+    entries = []
+    for number, architecture in enumerate(platforms):
+        image = build_oci_layout(path, [{'arch.txt': ('%s %d\n' % (architecture, number)).encode()},
+                                        {'common.txt': b'shared by every platform\n'}], architecture=architecture)
+        raw = json.dumps(image.manifest, sort_keys=True, separators=(',', ':')).encode()
+        platform = {'architecture': architecture, 'os': 'linux'}
+        if architecture == 'arm64':
+            platform['variant'] = 'v8'
+        entries.append({'mediaType': 'application/vnd.oci.image.manifest.v1+json', 'digest': image.manifest_digest,
+                        'size': len(raw), 'platform': platform})
+    blobs = os.path.join(str(path), 'blobs', 'sha256')
+
+    def put(data):
+        digest = sha256(data)
+        with open(os.path.join(blobs, digest.split(':', 1)[1]), 'wb') as f:
+            f.write(data)
+        return digest
+
+    if attestation:
+        statement = b'{"_type":"https://in-toto.io/Statement/v0.1","predicateType":"https://spdx.dev/Document"}'
+        config = b'{"architecture":"unknown","os":"unknown","config":{},"rootfs":{"type":"layers","diff_ids":["%s"]}}' \
+            % sha256(statement).encode()
+        manifest = json.dumps({
+            'schemaVersion': 2, 'mediaType': 'application/vnd.oci.image.manifest.v1+json',
+            'config': {'mediaType': 'application/vnd.oci.image.config.v1+json', 'digest': put(config),
+                       'size': len(config)},
+            'layers': [{'mediaType': 'application/vnd.in-toto+json', 'digest': put(statement), 'size': len(statement),
+                        'annotations': {'in-toto.io/predicate-type': 'https://spdx.dev/Document'}}],
+        }, sort_keys=True, separators=(',', ':')).encode()
+        entries.append({'mediaType': 'application/vnd.oci.image.manifest.v1+json', 'digest': put(manifest),
+                        'size': len(manifest), 'platform': {'architecture': 'unknown', 'os': 'unknown'},
+                        'annotations': {'vnd.docker.reference.digest': entries[0]['digest'],
+                                        'vnd.docker.reference.type': 'attestation-manifest'}})
+    index = json.dumps({'schemaVersion': 2, 'mediaType': 'application/vnd.oci.image.index.v1+json',
+                        'manifests': entries}, sort_keys=True, separators=(',', ':')).encode()
+    index_digest = put(index)
+    with open(os.path.join(str(path), 'index.json'), 'w') as f:
+        top = {'mediaType': 'application/vnd.oci.image.index.v1+json', 'digest': index_digest, 'size': len(index),
+               'annotations': {'org.opencontainers.image.ref.name': 'latest'}}
+        json.dump({'schemaVersion': 2, 'manifests': [top]}, f)
+    return path, index

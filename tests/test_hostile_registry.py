@@ -390,8 +390,10 @@ def test_insecure_push_to_a_tls_registry_says_it_speaks_tls_and_the_hint_works(
     status, lines, _ = occystrap('--insecure', 'process', source, target, tmp_path=tmp_path)
     assert status == 1
     line = error_line(lines)
-    # The first request to the TLS registry is a HEAD: no body to read, so the registry's TLS is found by a handshake.
-    assert line.startswith('error: registry %s speaks TLS (HTTPS) and refused blob sha256:' % tls_registry.host), line
+    # The first request to the TLS registry is a HEAD (of the destination tag, to skip an image already there): no
+    # body to read, so the registry's TLS is found by a handshake.
+    assert line.startswith('error: registry %s speaks TLS (HTTPS) and refused %s-copy:v1 '
+                           % (tls_registry.host, plain_seeded)), line
     assert line.endswith('over plain HTTP; ' + GLOBAL_HINT)
     # Doing as it says: plain HTTP for the source only, TLS (with its CA) for the destination.
     status, lines, _ = occystrap('--ca-cert', str(tls_registry.ca_path), 'process', source + '?insecure=true',

@@ -16,6 +16,7 @@ import logging
 import threading
 import urllib.parse
 
+from occystrap import schemes
 from occystrap.errors import OccystrapError, RegistryError
 from occystrap.pipeline import ImageInput, ImageRef, lookup_workers
 from occystrap.registry.http import LISTING_LIMIT
@@ -26,7 +27,7 @@ LOG = logging.getLogger(__name__)
 DEFAULT_API = 'https://quay.io/api/v1'
 DEFAULT_REGISTRY = 'quay.io'
 # Query options of quay:// that mean the same for the registry the images are pulled from.
-REGISTRY_OPTIONS = ('insecure', 'os', 'arch', 'architecture', 'variant')
+REGISTRY_OPTIONS = schemes.shared_options('quay', 'registry', 'input')
 MAX_PAGES = 10000
 
 
@@ -128,8 +129,14 @@ class QuayInput(ImageInput):
         self.tag = uri.tag or 'latest'
         self.api_url = uri.options.get('api') or DEFAULT_API
         parts = urllib.parse.urlsplit(self.api_url)
-        if parts.scheme not in ('http', 'https') or not parts.netloc:
-            raise OccystrapError('api=%s in %s is not an http(s) URL' % (self.api_url, uri))
+        try:
+            parts.port    # a password holding '/' ends the authority early and leaves a bad port
+        except ValueError:
+            parts = None
+        if parts is None or parts.scheme not in ('http', 'https') or not parts.hostname:
+            # The URL may hold credentials: show it only as the redacted URI does.
+            raise OccystrapError('api= in %s is not an http(s) URL (/ ? # @ in its credentials need encoding twice, '
+                                 'as %%252F)' % uri)
         self.registry = uri.options.get('registry') or DEFAULT_REGISTRY
         self._api = None
         self._registry_input = None

@@ -92,17 +92,41 @@ class RegistryInput(ImageInput):
     def _count_bytes(self, nbytes):
         self.ctx.stats.add(downloaded=nbytes)
 
-    def open(self, ref):
-        """The Image a reference names, with lazy layers that stream (and resume) from the registry."""
+    def _checked(self, ref):
+        """The reference to ask the registry for, once the name, tag and digest passed their grammars."""
         if ref in self._rejected:
             raise self._rejected[ref]
         # References from other listings (a Quay organisation) reach here unchecked: never put a bad one in a URL.
         oci.check_name(ref.name, ref.tag, 'image %s' % oci.shown(str(ref)))
         if ref.digest is not None:
             oci.parse_digest(ref.digest, 'image %s' % oci.shown(str(ref)))
-        reference = ref.digest or ref.tag or 'latest'
+        return ref.digest or ref.tag or 'latest'
+
+    def resolve(self, ref):
+        """What the reference names, fetched once and not followed: a model.SourceManifest (image or index)."""
+        reference = self._checked(ref)
+        data, media_type, digest, document = self.client.fetch_manifest(ref.name, reference)
+        return model.SourceManifest(data, media_type, digest, document)
+
+    def open(self, ref, resolved=None, child=None):
+        """The Image a reference names, with lazy layers that stream (and resume) from the registry.
+
+        `resolved` (from resolve()) spares fetching the manifest again; `child` (an oci.Descriptor of the index
+        `resolved` holds) opens that entry instead of the platform of the settings.
+        """
+        reference = self._checked(ref)
         what = describe_reference(ref.name, reference)
-        manifest_bytes, media_type, digest, manifest = self.client.resolve_image(ref.name, reference, self.platform)
+        if child is not None:
+            manifest_bytes, media_type, digest, manifest = self.client.fetch_manifest(
+                ref.name, child.digest, oci.IMAGE_MANIFEST_TYPES)
+            if isinstance(manifest, oci.Index):
+                raise CorruptImageError('%s on registry %s nests one index in another' % (what, self.client.host))
+        elif resolved is not None and not resolved.is_index:
+            manifest_bytes, media_type, digest, manifest = (resolved.raw, resolved.media_type, resolved.digest,
+                                                            resolved.document)
+        else:
+            manifest_bytes, media_type, digest, manifest = self.client.resolve_image(ref.name, reference,
+                                                                                     self.platform)
         LOG.info('%s: manifest %s from %s over %s', what, digest, self.client.host,
                  self.ctx.http.http_version(self.client.host) or 'HTTP')
         config_desc = manifest.config
@@ -135,3 +159,33 @@ class RegistryInput(ImageInput):
                            manifest_media_type=media_type, manifest_bytes=manifest_bytes,
                            config_media_type=config_desc.media_type or oci.MEDIA_OCI_CONFIG,
                            annotations=manifest.annotations)
+
+    def _blob(self, name, descriptor, media_type=None):
+        return model.Blob(digest=descriptor.digest, media_type=media_type or descriptor.media_type or '',
+                          size=descriptor.size,
+                          opener=functools.partial(self.client.open_blob, name, descriptor.digest, descriptor.size,
+                                                   self._count_bytes),
+                          location=model.BlobLocation(self.client.host, name))
+
+    def copy_child(self, ref, descriptor):
+        """One child of an index as a model.ManifestCopy: its exact bytes (fetched by digest, so verified) and
+        the blobs it references (config first). Any manifest of config + layers works, artifacts included."""
+        data, media_type, _, manifest = self.client.fetch_manifest(ref.name, descriptor.digest)
+        if isinstance(manifest, oci.Index):
+            raise CorruptImageError('%s on registry %s nests one index in another'
+                                    % (describe_reference(ref.name, descriptor.digest), self.client.host))
+        blobs = [self._blob(ref.name, manifest.config, manifest.config.media_type or oci.MEDIA_OCI_CONFIG)]
+        blobs.extend(self._blob(ref.name, layer) for layer in manifest.layers)
+        return model.ManifestCopy(descriptor, data, media_type, blobs)
+
+    def copy_index(self, ref, resolved, children=None):
+        """The index `resolved` holds as a model.ImageIndex with every child (or those given) and its blobs.
+
+        Children are fetched a few at a time (small requests, like tag checks).
+        """
+        children = list(resolved.document.manifests if children is None else children)
+        copies = self.ctx.map(lambda d: self.copy_child(ref, d), children,
+                              workers=lookup_workers(self.ctx.settings, len(children)))
+        return model.ImageIndex(name=ref.name, tag=ref.tag, index=resolved.document, children=copies,
+                                source='registry://%s/%s' % (self.client.host,
+                                                             describe_reference(ref.name, self._checked(ref))))

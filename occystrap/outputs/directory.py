@@ -39,7 +39,7 @@ import shutil
 import tempfile
 import threading
 
-from occystrap import extract, oci
+from occystrap import extract, oci, uris
 from occystrap.errors import CorruptImageError, OccystrapError
 from occystrap.outputs.staging import replace_directory, write_atomically
 from occystrap.pipeline import ImageOutput, layer_cost
@@ -72,8 +72,8 @@ def unique_stem(image):
 class DirectoryOutput(ImageOutput):
     """Images into a directory as an expanded docker save, optionally sharing layers between many images."""
 
-    def __init__(self, uri, ctx):
-        super().__init__(uri, ctx)
+    def __init__(self, uri, ctx, **run):
+        super().__init__(uri, ctx, **run)
         self.path = os.path.abspath(uri.path)
         self.unique_names = uri.flag('unique_names')
         self.expand = uri.flag('expand')
@@ -145,6 +145,12 @@ class DirectoryOutput(ImageOutput):
     # -- images -----------------------------------------------------------------------------------------------------
 
     def write(self, image):
+        if image.tag or self.unique_names:
+            # The name and tag become RepoTags and (unique_names) file names: check them before anything is written.
+            what = 'cannot write %r into %s' % (image.reference, self.uri)
+            uris.validate_repository(image.name, what, host=True)
+            if image.tag:
+                uris.validate_tag(image.tag, what)
         diffids = image.diffids
         if len(diffids) != len(image.layers):
             raise CorruptImageError('%s: config lists %d layers, the image has %d'

@@ -11,6 +11,7 @@ import logging
 import shutil
 import tempfile
 
+from occystrap import uris
 from occystrap.engine import EngineClient
 from occystrap.errors import OccystrapError, UsageError
 from occystrap.outputs.tarball import TarballOutput
@@ -23,8 +24,8 @@ LOG = logging.getLogger(__name__)
 class DockerOutput(ImageOutput):
     """Images into an engine's image store, loaded through its API."""
 
-    def __init__(self, uri, ctx):
-        super().__init__(uri, ctx)
+    def __init__(self, uri, ctx, **run):
+        super().__init__(uri, ctx, **run)
         if uri.digest:
             raise UsageError('%s names a digest; an engine loads images under a tag: docker://NAME:TAG' % uri)
         self.engine = EngineClient.for_uri(uri)
@@ -35,12 +36,16 @@ class DockerOutput(ImageOutput):
     def destination(self, image):
         """(name, tag) the image is loaded as; a multi-image source puts each image's last name component
         under the destination name, keeping its own tag."""
-        if not getattr(self.ctx, 'multi_image', False):
-            return self.uri.name, self.uri.tag
-        leaf = (image.name or '').rstrip('/').rsplit('/', 1)[-1]
-        if not leaf:
-            raise OccystrapError('image from %s has no name to load under %s' % (image.source or '?', self.uri))
-        return '%s/%s' % (self.uri.name, leaf), image.tag or self.uri.tag
+        if not self.multi_image:
+            name, tag = self.uri.name, self.uri.tag
+        else:
+            leaf = (image.name or '').rstrip('/').rsplit('/', 1)[-1]
+            if not leaf:
+                raise OccystrapError('image from %s has no name to load under %s' % (image.source or '?', self.uri))
+            name, tag = '%s/%s' % (self.uri.name, leaf), image.tag or self.uri.tag
+        # Checked before the engine sees them: a multi-image source names them.
+        what = 'cannot load %r under %s' % (image.reference, self.uri)
+        return uris.validate_repository(name, what, host=True), uris.validate_tag(tag, what)
 
     def write(self, image):
         name, tag = self.destination(image)

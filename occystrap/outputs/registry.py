@@ -36,7 +36,7 @@ import logging
 import os
 import threading
 
-from occystrap import oci, streams
+from occystrap import oci, streams, uris
 from occystrap.errors import CorruptImageError, OccystrapError, RegistryError
 from occystrap.layercache import LayerCache
 from occystrap.pipeline import ImageOutput, current_image, layer_cost
@@ -91,8 +91,8 @@ class _Job:
 class RegistryOutput(ImageOutput):
     """Pushes each image it is given; see the module docstring for naming and what is sent."""
 
-    def __init__(self, uri, ctx):
-        super().__init__(uri, ctx)
+    def __init__(self, uri, ctx, **run):
+        super().__init__(uri, ctx, **run)
         from occystrap.registry.client import RegistryClient
         settings = ctx.settings
         self.host = uri.host
@@ -101,7 +101,6 @@ class RegistryOutput(ImageOutput):
         self.client = RegistryClient(ctx.http, uri.host, insecure=uri.flag('insecure'), username=uri.username,
                                      password=uri.password, authenticators=ctx.authenticators)
         self.cache = LayerCache(settings.layer_cache, warn=ctx.warn)
-        self.filters = tuple(getattr(ctx, 'filter_fingerprint', ()) or ())
         self.counters = ctx.stats.push = PushCounters()
         self.pushed = []                  # (destination reference, manifest digest), in completion order
         self._lock = threading.Lock()
@@ -112,18 +111,56 @@ class RegistryOutput(ImageOutput):
     # --- the image
 
     def destination(self, image):
-        """(repository, tag or None) an image is pushed to; None means push by digest."""
-        if not getattr(self.ctx, 'multi_image', False):
-            return self.uri.name, None if self.uri.digest else self.uri.tag
-        leaf = (image.name or '').rstrip('/').rsplit('/', 1)[-1]
-        if not leaf:
-            raise OccystrapError('image from %s has no name to push under %s' % (image.source or '?', self.uri))
-        return '%s/%s' % (self.uri.name, leaf), image.tag
+        """(repository, tag or None) an image is pushed to; None means push by digest.
+
+        Both are checked against the reference grammar before any request: a multi-image source names them, and a
+        leaf of '..' or a tag holding '#' or '?' would otherwise leave the prefix or change the URL.
+        """
+        if not self.multi_image:
+            repository, tag = self.uri.name, None if self.uri.digest else self.uri.tag
+        else:
+            leaf = (image.name or '').rstrip('/').rsplit('/', 1)[-1]
+            if not leaf:
+                raise OccystrapError('image from %s has no name to push under %s' % (image.source or '?', self.uri))
+            repository, tag = '%s/%s' % (self.uri.name, leaf), image.tag
+        what = 'cannot push %r under %s' % (image.reference, self.uri)
+        uris.validate_repository(repository, what)
+        if tag is not None:
+            uris.validate_tag(tag, what)
+        return repository, tag
+
+    holds_indexes = True      # write_index / write_child / put_index: a whole index keeps its digest here
+
+    def existing_digest(self, ref):
+        """The digest the destination of `ref` (anything with name and tag) holds now, or None (one HEAD)."""
+        repository, tag = self.destination(ref)
+        reference = tag or getattr(ref, 'digest', None)
+        if reference is None:
+            return None
+        return self.client.manifest_digest(repository, reference)
+
+    def target(self, ref):
+        """'host/repository:tag' (or '@digest' pending) where `ref` goes, for the summary."""
+        repository, tag = self.destination(ref)
+        return '%s/%s%s' % (self.host, repository, ':' + tag if tag else '')
 
     def write(self, image):
+        """Push one image under its destination tag; returns a pipeline.Written."""
         repository, tag = self.destination(image)
+        return self._push_image(image, repository, tag)
+
+    def write_child(self, image):
+        """Push one image of an index by digest only (no tag); returns a pipeline.Written (its descriptor)."""
+        repository, _ = self.destination(image)
+        return self._push_image(image, repository, None, child=True)
+
+    def _push_image(self, image, repository, tag, child=False):
+        from occystrap.pipeline import Written
         job = _Job(repository)
         use_oci = self._oci(image)
+        if self.ctx.settings.preserve_digests and not self._keeps_digest(image, use_oci):
+            raise OccystrapError('%s would be written with a new digest (its manifest is rewritten) and '
+                                 '--preserve-digests is set; nothing was pushed' % image.reference)
         LOG.info('pushing %s to %s/%s:%s (%s manifest, %s layers)', image.reference, self.host, repository,
                  tag or '<digest>', 'OCI' if use_oci else 'Docker', self.compression)
         # The config usually sits beside the layers in the source repository: mount it from there too.
@@ -142,21 +179,83 @@ class RegistryOutput(ImageOutput):
                                    cost=lambda layer: float('inf') if layer is None else layer_cost(layer))[1:]
         manifest_bytes, media_type = self._manifest(image, descriptors, use_oci)
         digest = oci.digest_of(manifest_bytes)
-        if tag is None and self.uri.digest and not getattr(self.ctx, 'multi_image', False) \
+        if not child and tag is None and self.uri.digest and not self.multi_image \
                 and digest != self.uri.digest:
             raise OccystrapError('pushing %s would give manifest digest %s, not the %s that %s asks for'
                                  % (image.reference, digest, self.uri.digest, self.uri))
-        answered = self.client.put_manifest(repository, tag or digest, manifest_bytes, media_type)
+        self._put(job, repository, tag or digest, manifest_bytes, media_type)
+        self._finish(job, repository, tag, digest)
+        platform = oci.Platform.parse(image.platform) if _platform_text(image.platform) else None
+        return Written(digest, job.counters, oci.Descriptor(media_type, digest, len(manifest_bytes), platform))
+
+    def _keeps_digest(self, image, use_oci):
+        """True when pushing `image` sends the source manifest's own bytes (known before any blob is sent)."""
+        if any(layer.origin is None or layer.origin.compression != self.compression for layer in image.layers):
+            return False
+        descriptors = [_pushed(layer.origin.digest, layer.origin.size, layer.origin.compression)
+                       for layer in image.layers]
+        return _reusable_manifest(image, descriptors, use_oci) is not None
+
+    def write_index(self, index, tag_child=False):
+        """Copy a model.ImageIndex byte for byte: every blob (-j at a time across all children), every child by
+        digest, then the index under the destination tag, last. With `tag_child` the index has one child and
+        that child's manifest goes under the tag instead (a single platform keeps its own digest).
+
+        Returns a pipeline.Written whose digest is the source's.
+        """
+        from occystrap.pipeline import Written
+        repository, tag = self.destination(index)
+        job = _Job(repository)
+        LOG.info('copying %s (%d manifests, %d blobs) to %s/%s', index.reference, len(index.children),
+                 len(index.blobs), self.host, repository)
+
+        def push(blob):
+            locations = [(blob.location.registry, blob.location.repository)] if blob.location else []
+            return self._send_blob(job, blob.digest, blob.size, blob.open_verified, locations)
+
+        self.ctx.map(push, index.blobs, cost=lambda blob: blob.size or 0)
+        if tag_child:
+            (child,) = index.children
+            self._put(job, repository, tag or child.digest, child.raw, child.media_type)
+            self._finish(job, repository, tag, child.digest)
+            return Written(child.digest, job.counters, child.descriptor)
+        for child in index.children:
+            self._put(job, repository, child.digest, child.raw, child.media_type)
+        self._put(job, repository, tag or index.digest, index.index.raw, index.index.media_type)
+        self._finish(job, repository, tag, index.digest)
+        return Written(index.digest, job.counters, None)
+
+    def put_index(self, ref, index, counters=None):
+        """Store a new oci.Index (its children already pushed) under the destination tag of `ref`."""
+        from occystrap.pipeline import Written
+        repository, tag = self.destination(ref)
+        job = _Job(repository)
+        self._put(job, repository, tag or index.digest, index.raw, index.media_type)
+        if counters is not None:
+            job.counters.add(counters)
+        self._finish(job, repository, tag, index.digest)
+        return Written(index.digest, job.counters, None)
+
+    def missing_blobs(self, ref, blobs):
+        """The blobs (model.Blob) the destination repository of `ref` lacks: HEAD requests only, for --dry-run."""
+        repository, _ = self.destination(ref)
+        found = self.ctx.map(lambda blob: self.client.blob_exists(repository, blob.digest), blobs)
+        return [blob for blob, size in zip(blobs, found) if size is None]
+
+    def _put(self, job, repository, reference, data, media_type):
+        answered = self.client.put_manifest(repository, reference, data, media_type)
+        digest = oci.digest_of(data)
         if answered and answered != digest:
             LOG.warning('registry %s reports manifest digest %s for %s, we computed %s', self.host, answered,
                         repository, digest)
         job.count(manifests=1)
+
+    def _finish(self, job, repository, tag, digest):
         with self._lock:
             self.counters.add(job.counters)
             self.pushed.append(('%s/%s%s' % (self.host, repository, ':' + tag if tag else '@' + digest), digest))
         LOG.info('pushed %s/%s%s (%s): %s', self.host, repository, ':' + tag if tag else '', digest,
                  job.counters.describe())
-        return digest
 
     def finalize(self):
         LOG.info('registry %s: %d manifest%s pushed; %s', self.host, self.counters.manifests,
@@ -315,6 +414,12 @@ class RegistryOutput(ImageOutput):
             if lock is None:
                 lock = self._key_locks[key] = threading.Lock()
             return lock
+
+
+def _platform_text(text):
+    """True when an image's 'os/arch[/variant]' names a real platform (both parts present)."""
+    parts = (text or '').split('/')
+    return 2 <= len(parts) <= 3 and all(parts)
 
 
 def _pushed(digest, size, compression):

@@ -84,8 +84,8 @@ class StagedImageOutput(ImageOutput):
 
     scheme = None   # set by subclasses, for messages
 
-    def __init__(self, uri, ctx):
-        super().__init__(uri, ctx)
+    def __init__(self, uri, ctx, **run):
+        super().__init__(uri, ctx, **run)
         self.path = os.path.abspath(uri.path)
         self.staged = None
         self.written = None

@@ -53,7 +53,7 @@ import tarfile
 import tempfile
 import threading
 
-from occystrap import oci, streams
+from occystrap import oci, streams, uris
 from occystrap.errors import CorruptImageError, OccystrapError, UsageError
 from occystrap.oci import MEDIA_OCI_CONFIG, MEDIA_OCI_LAYER_TAR, MEDIA_OCI_MANIFEST, blob_path
 from occystrap.pipeline import ImageOutput, layer_cost
@@ -220,8 +220,8 @@ def _umask():
 class TarballOutput(ImageOutput):
     """Images into one tarball file (`tar:///path.tar`)."""
 
-    def __init__(self, uri, ctx):
-        super().__init__(uri, ctx)
+    def __init__(self, uri, ctx, **run):
+        super().__init__(uri, ctx, **run)
         self.kind, target = destination_kind(uri.path)
         if self.kind == 'stdout':
             if ctx.settings.output_format == 'json':
@@ -396,6 +396,11 @@ class TarballOutput(ImageOutput):
     # --- ImageOutput --------------------------------------------------------------------------------------
 
     def write(self, image):
+        if image.tag:
+            # The name and tag become RepoTags, repositories and annotations: check them before anything is written.
+            what = 'cannot write %r into %s' % (image.reference, self.uri)
+            uris.validate_repository(image.name, what, host=True)
+            uris.validate_tag(image.tag, what)
         with self._lock:
             stored = set(self._blobs)
         # Layers another image already stored are not fetched again. A blob that is its own diffid (an uncompressed

@@ -347,6 +347,28 @@ class RegistryClient:
         data, media_type, digest, _ = self._get_manifest(name, reference, accept)
         return data, media_type, digest
 
+    def fetch_manifest(self, name, reference, accept=ALL_MANIFEST_TYPES):
+        """(bytes, media type, digest, oci.Manifest or oci.Index) of what a reference names, verified as
+        get_manifest verifies it; an index is not followed."""
+        return self._get_manifest(name, reference, accept)
+
+    def manifest_digest(self, name, reference):
+        """The digest the registry holds under a tag or digest (a HEAD request), or None when it has none.
+
+        Only a sha256 Docker-Content-Digest is believed; a registry that sends none answers None (treated as
+        'not known to be there', so the copy goes ahead).
+        """
+        what = describe_reference(name, reference)
+        response = self._send('HEAD', self._url('/v2/%s/manifests/%s' % (name, reference)), self._pull(name), what,
+                              headers={'Accept': ', '.join(ALL_MANIFEST_TYPES)})
+        response.close()
+        if response.status_code == 404:
+            return None
+        if response.status_code != 200:
+            raise self._error(response, what)
+        header = response.headers.get('Docker-Content-Digest') or ''
+        return header if header.startswith('sha256:') and oci.is_digest(header) else None
+
     def resolve_image(self, name, reference, platform=None):
         """The image manifest for a reference: (bytes, media type, digest, oci.Manifest).
 

@@ -109,7 +109,8 @@ def ssl_context(ca_cert=None):
 
 
 def host_of(url):
-    return urllib.parse.urlsplit(str(url)).netloc
+    """host[:port] of a URL, never its userinfo (this text reaches errors and logs)."""
+    return urllib.parse.urlsplit(str(url)).netloc.rpartition('@')[2]
 
 
 def origin(url):
