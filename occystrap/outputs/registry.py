@@ -111,7 +111,7 @@ class RegistryOutput(ImageOutput):
     # --- the image
 
     def destination(self, image):
-        """(repository, tag or None) an image is pushed to; None means push by digest.
+        """(repository, tag or None) an image (or an ImageRef of one) is pushed to; None means push by digest.
 
         Both are checked against the reference grammar before any request: a multi-image source names them, and a
         leaf of '..' or a tag holding '#' or '?' would otherwise leave the prefix or change the URL.
@@ -121,9 +121,10 @@ class RegistryOutput(ImageOutput):
         else:
             leaf = (image.name or '').rstrip('/').rsplit('/', 1)[-1]
             if not leaf:
-                raise OccystrapError('image from %s has no name to push under %s' % (image.source or '?', self.uri))
+                raise OccystrapError('image from %s has no name to push under %s'
+                                     % (getattr(image, 'source', None) or '?', self.uri))
             repository, tag = '%s/%s' % (self.uri.name, leaf), image.tag
-        what = 'cannot push %r under %s' % (image.reference, self.uri)
+        what = 'cannot push %r under %s' % (getattr(image, 'reference', None) or str(image), self.uri)
         uris.validate_repository(repository, what)
         if tag is not None:
             uris.validate_tag(tag, what)
@@ -264,7 +265,10 @@ class RegistryOutput(ImageOutput):
 
     def abort(self):
         # Blobs already uploaded are unreferenced without a manifest and harmless; what a completed push of
-        # another image taught the cache is still true, so keep it.
+        # another image taught the cache is still true, so keep it. Upload sessions a cancelled run left open
+        # (workers still unwinding when its grace ran out) are ended here.
+        if self.ctx.cancellation.cancelled:
+            self.client.cancel_open_uploads()
         try:
             self.cache.save()
         except OSError as e:

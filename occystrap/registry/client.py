@@ -166,6 +166,7 @@ class RegistryClient:
         self.chunk_size = chunk_size
         self._lock = threading.Lock()
         self._pending_uploads = {}    # (name, digest) -> upload location left open by a mount that did not happen
+        self._open_uploads = {}       # token -> (location, name, what) of every upload session in progress
         self.resumes = 0              # blob downloads resumed with a Range request, for tests and --verbose
 
     def __repr__(self):
@@ -524,6 +525,9 @@ class RegistryClient:
             if location is None:
                 self.http.cancellation.check()
                 location = self._start_upload(name, what)
+            token = object()
+            with self._lock:
+                self._open_uploads[token] = (location, name, what)
             try:
                 if size is not None and size <= self.monolithic_max:
                     return self._put_monolithic(name, location, digest, source, size, what, on_bytes)
@@ -533,7 +537,8 @@ class RegistryClient:
                 if isinstance(e, cancel.STOPS) or cancellation.cancelled:
                     # Once the request is cut off (its socket shut down): docker-registry will not end a session
                     # that data is still arriving for.
-                    self.cancel_upload(location, name, what)
+                    if self._forget_upload(token):
+                        self.cancel_upload(location, name, what)
                     if isinstance(e, cancel.STOPS):
                         raise
                     raise cancel.Interrupted(cancellation.signum) from None
@@ -544,6 +549,25 @@ class RegistryClient:
                     raise ConnectionFailed('upload of %s to %s failed: %s' % (what, self.host, e))
                 waited = self.http.retry.wait(failures - 1)
                 LOG.info('upload of %s failed (%s); starting again in %.2fs', what, e, waited)
+            finally:
+                self._forget_upload(token)
+
+    def _forget_upload(self, token):
+        """True when the session was still listed as open (so whoever forgets it is the one to end it)."""
+        with self._lock:
+            return self._open_uploads.pop(token, None) is not None
+
+    def cancel_open_uploads(self):
+        """End (DELETE) every upload session still in progress: a cancelled run's clean-up, from the main thread.
+
+        A worker that unwinds in time ends its own session; this catches those still stuck when the run's grace
+        for its workers ran out (a loaded machine), so no session is left open either way.
+        """
+        with self._lock:
+            sessions = list(self._open_uploads.values())
+            self._open_uploads.clear()
+        for location, name, what in sessions:
+            self.cancel_upload(location, name, what)
 
     def cancel_upload(self, location, name, what):
         """End an upload session the run gives up on (DELETE), so the registry does not keep its partial data.
