@@ -172,11 +172,9 @@ def _size(ctx, param, value):
     if value is None:
         return None
     size = parse_size(str(value))
-    if size is None or size < 1:
-        source = ctx.get_parameter_source(param.name)
-        origin = ' (from %s)' % param.envvar if source == click.core.ParameterSource.ENVIRONMENT else ''
-        raise click.BadParameter('must be a positive size in bytes, with an optional K, M, G or T suffix, not %r%s'
-                                 % (value, origin))
+    if size is None or size < 1:   # EnvOption names the variable when the value came from one
+        raise click.BadParameter('must be a positive size in bytes, with an optional K, M, G or T suffix, not %r'
+                                 % value)
     return size
 
 
@@ -192,7 +190,16 @@ def _size(ctx, param, value):
         envvar=_env('RETRIES'), help='Retries of a failed request (exponential backoff, Retry-After honoured).')
 @option('--username', envvar=_env('USERNAME'), help='Registry user name.')
 @option('--password', envvar=_env('PASSWORD'), help='Registry password (prefer OCCYSTRAP_PASSWORD).')
-@option('--insecure', is_flag=True, envvar=_env('INSECURE'), help='Plain HTTP to the registry.')
+@option('--password-stdin', is_flag=True,
+        help='Read the password of --username (or of a --src-creds/--dest-creds USER) from standard input.')
+@option('--src-creds', metavar='USER[:PASS]', envvar=_env('SRC_CREDS'),
+        help='Credentials for the source registry (before --username and credential files).')
+@option('--dest-creds', metavar='USER[:PASS]', envvar=_env('DEST_CREDS'),
+        help='Credentials for the destination registry (before --username and credential files).')
+@option('--authfile', type=click.Path(exists=True, dir_okay=False), envvar=_env('AUTHFILE'),
+        help='Credential file (auth.json or Docker config.json) read first, instead of $REGISTRY_AUTH_FILE.')
+@option('--insecure', is_flag=True, envvar=_env('INSECURE'),
+        help='Plain HTTP to every registry of the run (for one registry: ?insecure=true on its URI).')
 @option('--ca-cert', type=click.Path(exists=True, dir_okay=False), envvar=_env('CA_CERT'),
         help='Extra CA bundle (PEM) for TLS registries.')
 @option('--http2/--no-http2', default=False, show_default=True, envvar=_env('HTTP2'),
@@ -231,8 +238,9 @@ def _size(ctx, param, value):
 @option('--verbose', is_flag=True, envvar=_env('VERBOSE'), help='Log what is being done.')
 @option('--debug', is_flag=True, envvar=_env('DEBUG'), help='Log everything; show tracebacks on errors.')
 @click.pass_context
-def cli(ctx, parallel, image_parallel, rate_limit, retries, username, password, insecure, ca_cert, http2,
-        compression, os_, architecture, variant, platforms, dry_run, preserve_digests, temp_dir, layer_cache,
+def cli(ctx, parallel, image_parallel, rate_limit, retries, username, password, password_stdin, src_creds, dest_creds,
+        authfile, insecure, ca_cert, http2, compression, os_, architecture, variant, platforms, dry_run,
+        preserve_digests, temp_dir, layer_cache,
         output_format, allow_devices, max_extract_bytes, shard, quiet, show_progress, verbose, debug):
     """Move and reshape container images without a container engine.
 
@@ -258,14 +266,47 @@ def cli(ctx, parallel, image_parallel, rate_limit, retries, username, password, 
     from click.core import ParameterSource
     platforms, os_, architecture, variant = _platform_settings(ctx, platforms, os_, architecture, variant)
     recompress = ctx.get_parameter_source('compression') not in (ParameterSource.DEFAULT, None)
+    username, password, src_creds, dest_creds = _credentials(username, password, password_stdin, src_creds,
+                                                             dest_creds)
     ctx.obj = Settings(parallel=parallel, image_parallel=image_parallel, rate_limit=rate_limit, retries=retries,
-                       username=username, password=password, insecure=insecure, ca_cert=ca_cert, http2=http2,
+                       username=username, password=password, src_creds=src_creds, dest_creds=dest_creds,
+                       authfile=authfile, insecure=insecure, ca_cert=ca_cert, http2=http2,
                        compression=compression, os=os_, architecture=architecture, variant=variant,
                        platforms=platforms, recompress=recompress, dry_run=dry_run, preserve_digests=preserve_digests,
                        temp_dir=temp_dir, layer_cache=layer_cache, output_format=output_format, verbose=verbose,
                        debug=debug, allow_devices=allow_devices,
                        max_extract_bytes=max_extract_bytes, shard=shard, quiet=quiet,
                        progress=show_progress or (not quiet and sys.stdout.isatty() and sys.stderr.isatty()))
+
+
+def _credentials(username, password, password_stdin, src_creds, dest_creds):
+    """--username/--password and --src-creds/--dest-creds as values, a password read from stdin filled in."""
+    sides = {}
+    for option, text in (('--src-creds', src_creds), ('--dest-creds', dest_creds)):
+        if text is not None:
+            user, sep, secret = text.partition(':')
+            if not user:
+                raise UsageError('%s needs USER[:PASSWORD], not an empty user' % option)
+            sides[option] = [user, secret if sep else None]
+    if password_stdin:
+        if password is not None:
+            raise UsageError('--password and --password-stdin cannot be used together')
+        wanting = [side for side in sides.values() if side[1] is None]
+        if not username and not wanting:
+            raise UsageError('--password-stdin needs --username, or a --src-creds/--dest-creds USER without password')
+        # As docker login --password-stdin: the first line, without its line ending.
+        secret = sys.stdin.readline().rstrip('\r\n')
+        if not secret:
+            raise UsageError('--password-stdin read no password from standard input')
+        if username:
+            password = secret
+        for side in wanting:
+            side[1] = secret
+    for option, side in sides.items():
+        if side[1] is None:
+            raise UsageError('%s %s has no password: give USER:PASSWORD, or --password-stdin' % (option, side[0]))
+    as_tuple = {option: tuple(side) for option, side in sides.items()}
+    return username, password, as_tuple.get('--src-creds'), as_tuple.get('--dest-creds')
 
 
 def _context(settings):

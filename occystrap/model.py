@@ -175,6 +175,7 @@ class Image:
     config_media_type: str = MEDIA_OCI_CONFIG
     annotations: dict = dataclasses.field(default_factory=dict)
     manifest_bytes: Optional[bytes] = None   # the source manifest as stored, so an unchanged push keeps its digest
+    registry: Optional[str] = None           # host[:port] of the registry it was pulled from, which `name` omits
 
     def __post_init__(self):
         self.config = oci.load_json_object(self.config_bytes, 'image config of %s' % self.reference)
@@ -182,6 +183,18 @@ class Image:
     @property
     def reference(self):
         return '%s:%s' % (self.name, self.tag) if self.tag else self.name
+
+    @property
+    def qualified_name(self):
+        """The name with the registry it came from, as skopeo and docker name a pulled image ('host:5000/app',
+        'docker.io/library/busybox'); just `name` for images that came from no registry."""
+        if not self.registry:
+            return self.name
+        hub = self.registry in ('docker.io', 'index.docker.io', 'registry-1.docker.io')
+        host = 'docker.io' if hub else self.registry
+        if host == 'docker.io' and '/' not in self.name:
+            return 'docker.io/library/' + self.name
+        return '%s/%s' % (host, self.name)
 
     @property
     def config_digest(self):

@@ -47,19 +47,21 @@ class Scheme:
 SCHEMES = (
     Scheme('registry', input='occystrap.inputs.registry:RegistryInput',
            output='occystrap.outputs.registry:RegistryOutput',
-           input_options=PLATFORM_OPTIONS + ('insecure',), output_options=('insecure',),
-           booleans=frozenset({'insecure'}), credentials=True),
+           input_options=PLATFORM_OPTIONS + ('insecure', 'tls-verify'), output_options=('insecure', 'tls-verify'),
+           booleans=frozenset({'insecure', 'tls-verify'}), credentials=True),
     Scheme('quay', input='occystrap.inputs.quay:QuayInput',
            input_options=('token', 'api', 'registry', 'insecure') + PLATFORM_OPTIONS,
            booleans=frozenset({'insecure'})),
     Scheme('docker', input='occystrap.inputs.docker:DockerInput', output='occystrap.outputs.docker:DockerOutput',
            input_options=('socket',), output_options=('socket',)),
     Scheme('tar', input='occystrap.inputs.tarball:TarballInput', output='occystrap.outputs.tarball:TarballOutput',
-           path=True, aliases=('file',)),
+           path=True, output_options=('format', 'ref'), aliases=('file',)),
     Scheme('dir', output='occystrap.outputs.directory:DirectoryOutput', path=True,
            output_options=('unique_names', 'expand'), booleans=frozenset({'unique_names', 'expand'})),
     Scheme('oci', output='occystrap.outputs.ocibundle:OCIBundleOutput', path=True),
     Scheme('mounts', output='occystrap.outputs.mounts:MountsOutput', path=True),
+    Scheme('ocidir', input='occystrap.inputs.ocidir:OCIDirInput', output='occystrap.outputs.ocidir:OCIDirOutput',
+           path=True, input_options=('ref',), output_options=('ref',)),
 )
 
 BY_NAME = {scheme.name: scheme for scheme in SCHEMES}

@@ -1,7 +1,7 @@
 """Global options of a run, as one value passed everywhere instead of scattered constants."""
 
 import dataclasses
-from typing import Optional
+from typing import Optional, Tuple
 
 from occystrap.main import DEFAULT_IMAGE_PARALLEL, DEFAULT_PARALLEL, DEFAULT_RETRIES
 
@@ -15,7 +15,11 @@ class Settings:
     rate_limit: Optional[float] = None
     retries: int = DEFAULT_RETRIES
     username: Optional[str] = None
-    password: Optional[str] = None
+    password: Optional[str] = dataclasses.field(default=None, repr=False)
+    # --src-creds / --dest-creds (USER, PASS), for source registries and the destination registry.
+    src_creds: Optional[Tuple[str, str]] = dataclasses.field(default=None, repr=False)
+    dest_creds: Optional[Tuple[str, str]] = dataclasses.field(default=None, repr=False)
+    authfile: Optional[str] = None                  # --authfile: read first among the credential files
     insecure: bool = False
     ca_cert: Optional[str] = None
     http2: bool = False

@@ -8,6 +8,7 @@ share live in ``tests/helpers.py``.
 """
 
 from tools.testbed import (AUTO, DEFAULT_USERS, FIXED_MTIME, MEDIA_TYPES, STARTUP_TIMEOUT,  # noqa: F401
-                           AccessLogEntry, OciImage, Podman, Registry, ServiceError, TokenRequest, TokenServer,
-                           build_oci_layout, free_port, layer_tar, parse_scope, registry_for_host, seed_image, skopeo,
-                           skopeo_copy, skopeo_inspect, write_htpasswd, write_tls_material)
+                           AccessLogEntry, OciImage, PassStore, Podman, Registry, ServiceError, TokenRequest,
+                           TokenServer, build_oci_layout, free_port, layer_tar, parse_scope, registry_for_host,
+                           seed_image, skopeo, skopeo_copy, skopeo_inspect, write_client_material, write_htpasswd,
+                           write_tls_material)

@@ -144,5 +144,5 @@ def test_bad_limit_from_the_environment_names_the_variable():
     result = occystrap('info', 'tar:///nonexistent.tar', env=dict(os.environ, OCCYSTRAP_MAX_EXTRACT_BYTES='nan'))
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
-        "error: Invalid value for '--max-extract-bytes': must be a positive size in bytes, with an optional K, M, G "
-        "or T suffix, not 'nan' (from OCCYSTRAP_MAX_EXTRACT_BYTES)"]
+        "error: OCCYSTRAP_MAX_EXTRACT_BYTES=nan: --max-extract-bytes must be a positive size in bytes, with an "
+        "optional K, M, G or T suffix, not 'nan'"]

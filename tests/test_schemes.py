@@ -49,7 +49,7 @@ def test_aliases_parse_as_their_scheme():
     assert schemes.lookup('FILE').name == 'tar'
     assert parse_uri('file:///tmp/a.tar', 'output').scheme == 'tar'
     assert pipeline.OUTPUTS['file'] == pipeline.OUTPUTS['tar']
-    assert schemes.names('input') == ('registry', 'quay', 'docker', 'tar', 'file')
+    assert schemes.names('input') == ('registry', 'quay', 'docker', 'tar', 'file', 'ocidir')
 
 
 def test_quay_passes_on_the_options_registry_takes():

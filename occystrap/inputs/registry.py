@@ -33,7 +33,8 @@ class RegistryInput(ImageInput):
         settings = ctx.settings
         self.client = RegistryClient(ctx.http, uri.host, insecure=settings.insecure or uri.flag('insecure'),
                                      username=uri.username, password=uri.password,
-                                     authenticators=ctx.authenticators)
+                                     authenticators=ctx.authenticators, role='input', repository=uri.name,
+                                     tls_verify=uri.flag('tls-verify', True))
         options = uri.options
         self.platform = (options.get('os') or settings.os,
                          options.get('arch') or options.get('architecture') or settings.architecture,
@@ -158,7 +159,7 @@ class RegistryInput(ImageInput):
                            source='registry://%s/%s' % (self.client.host, what), manifest_digest=digest,
                            manifest_media_type=media_type, manifest_bytes=manifest_bytes,
                            config_media_type=config_desc.media_type or oci.MEDIA_OCI_CONFIG,
-                           annotations=manifest.annotations)
+                           annotations=manifest.annotations, registry=self.client.host)
 
     def _blob(self, name, descriptor, media_type=None):
         return model.Blob(digest=descriptor.digest, media_type=media_type or descriptor.media_type or '',

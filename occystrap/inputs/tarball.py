@@ -6,8 +6,10 @@ Three layouts are understood:
   (skopeo writes `<diffid-hex>.tar` with symlinks from `<id>/layer.tar`), `repositories`;
 - Docker 25+: the same manifest.json beside an OCI layout (oci-layout, index.json, blobs/sha256); manifest.json
   is preferred when present, its Config and Layers point into blobs/;
-- a plain OCI image layout: oci-layout, index.json and blobs, where index.json may point at manifests or nested
-  indexes (the platform is picked from --os/--architecture/--variant) and layers may be gzip, zstd or plain tar.
+- a plain OCI image layout (skopeo's `oci-archive:`, ours from `tar://?format=oci`): oci-layout, index.json and
+  blobs, where index.json may point at manifests or nested indexes (the platform is picked from
+  --os/--architecture/--variant) and layers may be gzip, zstd or plain tar. It is read by the one reader of OCI
+  layouts, `occystrap.inputs.layout`, with this tarball's members as its store of files.
 
 The tarball is never extracted. It is indexed once with `tarfile` (where each member's data starts and how long it
 is) and every blob is read straight from its byte range through a reader with its own file handle, so many layers
@@ -27,8 +29,10 @@ from typing import Optional
 
 from occystrap import layertar, oci, streams
 from occystrap.errors import CorruptImageError, OccystrapError
-from occystrap.model import Blob, Image, Layer
-from occystrap.oci import MEDIA_DOCKER_CONFIG, MEDIA_OCI_CONFIG, blob_path, layer_media_type
+from occystrap.inputs.layout import (Layout, assemble_image, default_name, named_ref,  # noqa: F401
+                                     settings_platform, split_reference)
+from occystrap.model import Blob
+from occystrap.oci import MEDIA_DOCKER_CONFIG, layer_media_type
 from occystrap.pipeline import ImageInput, ImageRef
 
 LOG = logging.getLogger(__name__)
@@ -36,7 +40,6 @@ LOG = logging.getLogger(__name__)
 LEGACY_CONFIG_RE = re.compile(r'^([a-f0-9]{64})\.json$')
 MAX_JSON_BYTES = 64 * 1024 * 1024      # manifests and configs are small; refuse to load a huge member into memory
 MAX_LINK_DEPTH = 16
-MAX_INDEX_DEPTH = 4
 BLOCK = tarfile.BLOCKSIZE
 
 
@@ -92,9 +95,12 @@ def unreadable(shown, error):
 class TarIndex:
     """The regular files of a tarball by name, with symlinks and hard links between members resolved."""
 
+    noun = 'member'
+
     def __init__(self, path, shown=None):
         self.path = path
         self.shown = shown or path
+        self.what = 'tarball %s' % self.shown
         self.files = {}
         self.links = {}
         self._build()
@@ -152,6 +158,16 @@ class TarIndex:
 
     def has(self, name):
         return self.resolve(name) is not None
+
+    def size(self, name):
+        """The size of a member (links followed), or None when there is no such member."""
+        found = self.resolve(name)
+        return None if found is None else found.size
+
+    def opener(self, name):
+        """A callable giving a fresh reader of a member's bytes each time (each with its own file handle)."""
+        path, member = self.path, self.member(name)
+        return lambda: RangeReader(path, member)
 
     def member(self, name, why=''):
         found = self.resolve(name)
@@ -224,51 +240,26 @@ def blob_digest(name):
     return digest if oci.is_digest(digest) else None
 
 
-def split_reference(text):
-    """'host/name:tag' -> ('host/name', 'tag'); a reference without a tag gives tag None."""
-    text = text.split('@', 1)[0]
-    last = text.rsplit('/', 1)[-1]
-    if ':' in last:
-        name, tag = text.rsplit(':', 1)
-        return name, tag
-    return text, None
-
-
-def default_name(path):
-    """A repository name for images the tarball does not name, from its file name ('busybox.tar' -> 'busybox')."""
-    stem = os.path.basename(path)
-    for suffix in ('.gz', '.tgz', '.zst', '.tar'):
-        if stem.endswith(suffix):
-            stem = stem[:-len(suffix)]
-    return re.sub(r'[^a-z0-9]+', '-', stem.lower()).strip('-') or 'image'
-
-
 @dataclasses.dataclass
 class LayerSpec:
-    """Where one layer blob lives in the tarball and what the layout says about it (None: work it out)."""
+    """Where one layer blob of a docker save tarball lives and what manifest.json says about it (None: work it
+    out)."""
 
     member: str
     digest: Optional[str] = None
     media_type: Optional[str] = None
-    size: Optional[int] = None
 
 
 @dataclasses.dataclass
 class ImageSpec:
-    """One image of the tarball as its layout describes it, before its config is read."""
+    """One image of a docker save tarball as manifest.json describes it, before its config is read."""
 
     ref: ImageRef
     config_member: str
     config_digest: Optional[str]
     layers: list
     oci_blobs: bool                  # layers named in OCI vocabulary (blobs/) rather than Docker's
-    config_media_type: str = MEDIA_DOCKER_CONFIG
-    manifest_digest: Optional[str] = None
-    manifest_media_type: Optional[str] = None
-    manifest_bytes: Optional[bytes] = None
-    annotations: dict = dataclasses.field(default_factory=dict)
     what: str = ''
-    descriptor: Optional[oci.Descriptor] = None  # OCI layout: the index.json entry, resolved by open()
     error: Optional[OccystrapError] = None       # why the image cannot be opened (a name that is not valid)
 
 
@@ -281,6 +272,7 @@ class TarballInput(ImageInput):
         self._lock = threading.Lock()
         self._index = None
         self._specs = None
+        self._layout = None        # the OCI layout reader, when the tarball is one (and has no manifest.json)
         self._temp = None
 
     # --- indexing ---------------------------------------------------------------------------------------------
@@ -289,10 +281,7 @@ class TarballInput(ImageInput):
         with self._lock:
             if self._specs is None:
                 self._index = TarIndex(self._readable_path(), shown=self.path)
-                # Several index.json entries under one name are one image in several platforms.
-                self._specs = {}
-                for spec in self._read_layout():
-                    self._specs.setdefault(spec.ref, []).append(spec)
+                self._specs = self._read_layout()
             return self._specs
 
     def _readable_path(self):
@@ -318,22 +307,19 @@ class TarballInput(ImageInput):
         raise CorruptImageError('tarball %s %s' % (self.path, message))
 
     def _read_layout(self):
+        """{ImageRef: [spec, ...]}: ImageSpecs of manifest.json, or the Entries of an OCI layout's index.json."""
         index = self._index
         if index.has('manifest.json'):
-            return self._docker_specs()
+            specs = {}
+            for spec in self._docker_specs():
+                specs.setdefault(spec.ref, []).append(spec)
+            return specs
         if index.has('index.json'):
-            return self._oci_specs()
+            if not index.has('oci-layout'):
+                self._fail('has index.json but no oci-layout member, so it is neither docker save nor OCI layout')
+            self._layout = Layout(index, default_name(self.path))
+            return self._layout.groups()
         self._fail('has neither manifest.json (docker save) nor index.json (OCI layout)')
-
-    def _named_ref(self, text, what, default_tag='latest'):
-        """(ImageRef, error) for a name a tarball gives an image: a valid ref and None, or a placeholder ref
-        (the escaped text, never a usable name) and the error that opening it raises."""
-        name, tag = split_reference(text)
-        try:
-            oci.check_name(name, tag or default_tag, '%s of tarball %s' % (what, self.path))
-        except oci.InvalidNameError as e:
-            return ImageRef(oci.shown(text)), e
-        return ImageRef(name, tag or default_tag), None
 
     def _docker_specs(self):
         _, entries = self._index.read_json('manifest.json')
@@ -369,41 +355,11 @@ class TarballInput(ImageInput):
             tag_text = next((t for t in tags if isinstance(t, str) and t), None)
             error = None
             if tag_text:
-                ref, error = self._named_ref(tag_text, 'RepoTags of %s' % where)
+                ref, error = named_ref(tag_text, 'RepoTags of %s of tarball %s' % (where, self.path))
             else:
                 ref = ImageRef(default_name(self.path), digest=config_digest or 'sha256:unknown-%d' % number)
             specs.append(ImageSpec(ref=ref, config_member=config, config_digest=config_digest, layers=layer_specs,
                                    oci_blobs=blob_digest(config) is not None, what=where, error=error))
-        return specs
-
-    def _oci_specs(self):
-        if not self._index.has('oci-layout'):
-            self._fail('has index.json but no oci-layout member, so it is neither docker save nor OCI layout')
-        data = self._index.read_verified('index.json')
-        top = oci.Index.parse(data, source=self._index.source('index.json'))
-        if not top.manifests:
-            self._fail('member index.json lists no manifests')
-        specs = []
-        for number, descriptor in enumerate(top.manifests):
-            where = 'entry %d of index.json' % number
-            annotations = descriptor.annotations or {}
-            full = annotations.get('io.containerd.image.name')
-            ref_name = annotations.get('org.opencontainers.image.ref.name')
-            error = None
-            if full:
-                ref, error = self._named_ref(full, 'the io.containerd.image.name of %s' % where)
-            elif ref_name and ('/' in ref_name or ':' in ref_name):
-                ref, error = self._named_ref(ref_name, 'the ref.name of %s' % where)
-            elif ref_name:
-                ref = ImageRef(default_name(self.path), ref_name)
-                if not oci.valid_tag(ref_name):
-                    ref = ImageRef(oci.shown(ref_name))
-                    error = oci.InvalidNameError('the ref.name of %s of tarball %s names an invalid tag %s'
-                                                 % (where, self.path, oci.shown(ref_name)))
-            else:
-                ref = ImageRef(default_name(self.path), digest=descriptor.digest)
-            specs.append(ImageSpec(ref=ref, config_member='', config_digest=None, layers=[], oci_blobs=True,
-                                   what=where, descriptor=descriptor, error=error))
         return specs
 
     # --- ImageInput -------------------------------------------------------------------------------------------
@@ -421,63 +377,18 @@ class TarballInput(ImageInput):
         if not candidates:
             names = ', '.join(str(r) for r in specs) or 'none'
             raise OccystrapError('tarball %s has no image %s (it has: %s)' % (self.path, ref, names))
+        if self._layout is not None:
+            return self._layout.image(candidates, ref, settings_platform(self.ctx.settings), str(self.uri))
         if candidates[0].error is not None:
             raise candidates[0].error
-        if candidates[0].descriptor is not None:
-            spec = self._resolve_oci([c.descriptor for c in candidates], ref)
-        else:
-            spec = candidates[0]
-        return self._build_image(spec)
+        return self._build_image(candidates[0])
 
     def close(self):
         if self._temp and os.path.exists(self._temp):
             os.unlink(self._temp)
         self._temp = None
 
-    # --- OCI layout resolution --------------------------------------------------------------------------------
-
-    def _pick_platform(self, descriptors, ref):
-        settings = self.ctx.settings
-        if len(descriptors) == 1 and descriptors[0].platform is None:
-            return descriptors[0]
-        with_platform = [d for d in descriptors if d.platform is not None]
-        found = oci.select_platform(with_platform, oci.Platform(settings.os, settings.architecture,
-                                                                settings.variant or ''))
-        if found is not None:
-            return found
-        without = [d for d in descriptors if d.platform is None]
-        if len(without) == 1 and not with_platform:
-            return without[0]
-        want = '/'.join(p for p in (settings.os, settings.architecture, settings.variant) if p)
-        have = ', '.join(sorted(str(d.platform) for d in with_platform)) or 'no platforms named'
-        raise OccystrapError('tarball %s has no %s image for %s (it has: %s)' % (self.path, want, ref, have))
-
-    def _resolve_oci(self, descriptors, ref):
-        descriptor = self._pick_platform(descriptors, ref) if len(descriptors) > 1 else descriptors[0]
-        for _ in range(MAX_INDEX_DEPTH):
-            member = blob_path(descriptor.digest)
-            raw = self._index.read_verified(member, digest=descriptor.digest)
-            source = self._index.source(member)
-            document = oci.load_json_object(raw, source)
-            if not oci.is_index_document(descriptor.media_type or document.get('mediaType'), document):
-                return self._manifest_spec(ref, descriptor, oci.Manifest.parse(raw, descriptor.media_type, source))
-            index = oci.Index.parse(raw, descriptor.media_type, source)
-            if not index.manifests:
-                self._fail('member %s is an index that lists no manifests' % member)
-            descriptor = self._pick_platform(index.manifests, ref)
-        self._fail('nests indexes more than %d deep for %s' % (MAX_INDEX_DEPTH, ref))
-
-    def _manifest_spec(self, ref, descriptor, manifest):
-        member = blob_path(descriptor.digest)
-        layer_specs = [LayerSpec(blob_path(layer.digest), layer.digest, layer.media_type, layer.size)
-                       for layer in manifest.layers]
-        return ImageSpec(ref=ref, config_member=blob_path(manifest.config.digest),
-                         config_digest=manifest.config.digest, layers=layer_specs, oci_blobs=True,
-                         config_media_type=manifest.config.media_type or MEDIA_OCI_CONFIG,
-                         manifest_digest=descriptor.digest, manifest_media_type=manifest.media_type,
-                         manifest_bytes=manifest.raw, annotations=manifest.annotations, what=member)
-
-    # --- images -----------------------------------------------------------------------------------------------
+    # --- docker save images -----------------------------------------------------------------------------------
 
     def _build_image(self, spec):
         index = self._index
@@ -485,32 +396,16 @@ class TarballInput(ImageInput):
             self._fail('has no member %s (the config named by %s)' % (spec.config_member, spec.what))
         config_bytes = index.read_verified(spec.config_member, digest=spec.config_digest)
         where = '%s (an image config)' % index.source(spec.config_member)
-        config = oci.load_json_object(config_bytes, where)
-        diffids = oci.config_diff_ids(config, where)
-        if len(diffids) != len(spec.layers):
-            self._fail('%s names %d layers but its config %s lists %d diff_ids'
-                       % (spec.what, len(spec.layers), spec.config_member, len(diffids)))
-        history = config.get('history') if isinstance(config.get('history'), list) else []   # display only
-        history = [h for h in history if isinstance(h, dict) and not h.get('empty_layer')]
-        layers = []
-        for number, (layer, diffid) in enumerate(zip(spec.layers, diffids)):
-            blob = self._layer_blob(layer, diffid, spec)
-            created_by = history[number].get('created_by') if number < len(history) else None
-            created_by = created_by if isinstance(created_by, str) else None
-            layers.append(Layer(diffid=diffid, origin=blob, created_by=created_by))
-        ref = spec.ref
-        return Image(name=ref.name, tag=ref.tag, config_bytes=config_bytes, layers=layers, source=str(self.uri),
-                     manifest_digest=spec.manifest_digest, manifest_media_type=spec.manifest_media_type,
-                     config_media_type=spec.config_media_type, annotations=spec.annotations,
-                     manifest_bytes=spec.manifest_bytes)
+        return assemble_image(spec.ref, config_bytes, spec.config_member, where, len(spec.layers),
+                              lambda number, diffid: self._layer_blob(spec.layers[number], diffid, spec),
+                              self._fail, spec.what, source=str(self.uri),
+                              config_media_type=MEDIA_DOCKER_CONFIG)
 
     def _layer_blob(self, layer, diffid, spec):
         index = self._index
         member = index.resolve(layer.member)
         if member is None:
             self._fail('has no member %s (a layer named by %s)' % (layer.member, spec.what))
-        if layer.size is not None and layer.size != member.size:
-            self._fail('member %s is %d bytes but %s says %d' % (layer.member, member.size, spec.what, layer.size))
         media_type, digest = layer.media_type, layer.digest
         if media_type is None or digest is None:
             compression = streams.sniff_compression(index.head(layer.member))
@@ -520,9 +415,4 @@ class TarballInput(ImageInput):
                 # An uncompressed legacy layer.tar is its own blob, so its digest is the diffid (verified on read);
                 # a compressed one has to be hashed to learn its digest.
                 digest = diffid if compression == 'none' else index.hash_member(layer.member)
-        path = index.path
-
-        def opener():
-            return RangeReader(path, member)
-
-        return Blob(digest=digest, media_type=media_type, size=member.size, opener=opener)
+        return Blob(digest=digest, media_type=media_type, size=member.size, opener=index.opener(layer.member))

@@ -49,7 +49,7 @@ class DockerOutput(ImageOutput):
 
     def write(self, image):
         name, tag = self.destination(image)
-        tagged = dataclasses.replace(image, name=name, tag=tag)
+        tagged = dataclasses.replace(image, name=name, tag=tag, registry=None)   # the engine's name, not the source's
         staging = tempfile.mkdtemp(prefix='docker-load-', dir=self.ctx.workdir)
         try:
             path = '%s/image.tar' % staging

@@ -97,9 +97,10 @@ class RegistryOutput(ImageOutput):
         settings = ctx.settings
         self.host = uri.host
         self.compression = settings.compression
-        # Credentials: the URI's, else --username/--password, else ~/.docker/config.json (the client decides).
+        # Credentials: the URI's, else --dest-creds, --username, credential files (registry/credentials.py).
         self.client = RegistryClient(ctx.http, uri.host, insecure=uri.flag('insecure'), username=uri.username,
-                                     password=uri.password, authenticators=ctx.authenticators)
+                                     password=uri.password, authenticators=ctx.authenticators, role='output',
+                                     repository=uri.name, tls_verify=uri.flag('tls-verify', True))
         self.cache = LayerCache(settings.layer_cache, warn=ctx.warn)
         self.counters = ctx.stats.push = PushCounters()
         self.pushed = []                  # (destination reference, manifest digest), in completion order

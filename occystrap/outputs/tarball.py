@@ -44,6 +44,7 @@ is not a regular file (a directory, a socket, a block device) is refused.
 """
 
 import contextlib
+import dataclasses
 import errno
 import io
 import json
@@ -55,10 +56,14 @@ import threading
 
 from occystrap import oci, streams, uris
 from occystrap.errors import CorruptImageError, OccystrapError, UsageError
+from occystrap.inputs.layout import split_reference
 from occystrap.oci import MEDIA_OCI_CONFIG, MEDIA_OCI_LAYER_TAR, MEDIA_OCI_MANIFEST, blob_path
+from occystrap.outputs.ocidir import (LAYOUT_MARKER, RefNames, check_ref_for_run, digest_change, image_manifest,
+                                      index_entry, layer_descriptor, merge_entries, new_index_document)
 from occystrap.pipeline import ImageOutput, layer_cost
 
 FIXED_MTIME = 0
+FORMATS = ('docker', 'oci')
 REF_NAME = 'org.opencontainers.image.ref.name'
 CONTAINERD_NAME = 'io.containerd.image.name'
 
@@ -76,6 +81,11 @@ def fully_qualified(name):
     if '/' not in name:
         return 'docker.io/library/' + name
     return 'docker.io/' + name
+
+
+def layer_descriptor_key(layer):
+    """The digest a layer's blob is stored under in an OCI archive: its original blob's, else its diffid."""
+    return layer.origin.digest if layer.origin is not None else layer.diffid
 
 
 def streams_directly(layer):
@@ -242,6 +252,12 @@ class TarballOutput(ImageOutput):
             ctx.prefer_workdir_parent(self.directory)
         self.sequential = self.kind != 'file'    # a pipe or device: no header patched later, nothing cut back
         self._broken = None
+        self.format = uri.options.get('format', 'docker')
+        if self.format not in FORMATS:
+            raise UsageError('bad format %s in %s: use format=docker (docker-archive, the default) or format=oci '
+                             '(oci-archive)' % (oci.shown(self.format), uri))
+        self.ref = check_ref_for_run(uri, self.multi_image)
+        self.refs = RefNames(self.ref, str(uri))
         self._mode = 0o666 & ~_umask()
         self._lock = threading.Lock()
         self._file = None
@@ -311,22 +327,35 @@ class TarballOutput(ImageOutput):
         name = blob_path(layer.diffid)
         self._add_dirs(name)
         if layer.path is None:
-            # A blob that is its own diffid, streamed from the source and verified at its end; a mismatch makes
-            # the caller roll the tarball back to before this image.
-            size = layer.origin.size
-            verified = layer.origin.open_verified()
-            # tarfile wants full reads; the buffer gathers them from sources (sockets) that return less.
-            with io.BufferedReader(verified, buffer_size=streams.CHUNK) as data:
-                self._tar.addfile(self._info(name, size), data)
-                if data.read(1):
-                    raise CorruptImageError('blob %s is longer than the %d bytes it should have'
-                                            % (layer.origin.digest, size))
-                verified.check()
+            # A blob that is its own diffid, streamed from the source and verified at its end.
+            size = self._add_blob_stream(name, layer.origin)
         else:
             with layer.open() as data:
                 size = os.fstat(data.fileno()).st_size
                 self._write_member(self._info(name, size), lambda out: self._copy_in(data, out, size))
         self._blobs[layer.diffid] = size
+
+    def _add_blob_stream(self, name, blob):
+        """Stream a blob of known size straight from its source into member `name`, verified at its end; a
+        mismatch makes the caller roll the tarball back to before this image."""
+        self._add_dirs(name)
+        size = blob.size
+        verified = blob.open_verified()
+        # tarfile wants full reads; the buffer gathers them from sources (sockets) that return less.
+        with io.BufferedReader(verified, buffer_size=streams.CHUNK) as data:
+            self._tar.addfile(self._info(name, size), data)
+            if data.read(1):
+                raise CorruptImageError('blob %s is longer than the %d bytes it should have' % (blob.digest, size))
+            verified.check()
+        return size
+
+    def _add_file(self, name, path):
+        """Append the file at `path` as member `name`, copied in the kernel where it can be; returns its size."""
+        self._add_dirs(name)
+        with open(path, 'rb') as data:
+            size = os.fstat(data.fileno()).st_size
+            self._write_member(self._info(name, size), lambda out: self._copy_in(data, out, size))
+        return size
 
     def _stream_layer(self, layer):
         """Decompress a layer straight into the tarball: its header goes first with size 0 and is rewritten once
@@ -401,6 +430,8 @@ class TarballOutput(ImageOutput):
             what = 'cannot write %r into %s' % (image.reference, self.uri)
             uris.validate_repository(image.name, what, host=True)
             uris.validate_tag(image.tag, what)
+        if self.format == 'oci':
+            return self._write_oci(image)
         with self._lock:
             stored = set(self._blobs)
         # Layers another image already stored are not fetched again. A blob that is its own diffid (an uncompressed
@@ -485,7 +516,8 @@ class TarballOutput(ImageOutput):
         manifest_digest = manifest.digest
         self._add_blob_bytes(manifest_digest, manifest_bytes)
 
-        repo_tag = '%s:%s' % (image.name, image.tag) if image.tag else None
+        name, tag = self.docker_name(image)
+        repo_tag = '%s:%s' % (name, tag) if tag else None
         entry = next((e for e in self._entries
                       if e['Config'] == blob_path(config_digest) and e['Layers'] == layer_paths), None)
         if entry is None:
@@ -495,24 +527,128 @@ class TarballOutput(ImageOutput):
         if repo_tag:
             if repo_tag not in (entry['RepoTags'] or []):
                 entry['RepoTags'] = (entry['RepoTags'] or []) + [repo_tag]
-                descriptor['annotations'] = {CONTAINERD_NAME: '%s:%s' % (fully_qualified(image.name), image.tag),
-                                             REF_NAME: image.tag}
+                descriptor['annotations'] = {CONTAINERD_NAME: '%s:%s' % (fully_qualified(name), tag), REF_NAME: tag}
                 self._descriptors.append(descriptor)
             if image.layers:
-                self._repositories.setdefault(image.name, {})[image.tag] = image.layers[-1].diffid.partition(':')[2]
+                self._repositories.setdefault(name, {})[tag] = image.layers[-1].diffid.partition(':')[2]
         elif not any(d['digest'] == manifest_digest for d in self._descriptors):
             self._descriptors.append(descriptor)
+
+    def docker_name(self, image):
+        """(name, tag) written into RepoTags for an image: ?ref= when given, else the source's fully qualified name
+        (registry host included, as skopeo writes it) and tag; tag None for an image known only by digest."""
+        if self.ref is not None:
+            name, tag = split_reference(self.ref)
+            return name, tag or 'latest'
+        return getattr(image, 'qualified_name', image.name), image.tag
+
+    # --- format=oci: an OCI image layout, blobs as they came (skopeo's oci-archive) ---------------------------
+
+    def _write_oci(self, image):
+        ref = self.refs.claim(image)
+        fetched = {}                    # blob digest -> a verified temporary file of its bytes
+        needed, seen = [], set()
+        with self._lock:
+            stored = set(self._blobs)
+        for layer in image.layers:
+            key = layer_descriptor_key(layer)
+            if key not in stored and key not in seen:
+                needed.append(layer)
+                seen.add(key)
+        # As for docker archives: the largest blob streams straight into the tarball (here: as it came, no
+        # inflating), the others are fetched into temporary files meanwhile and copied in.
+        direct = max((layer for layer in needed if layer.origin is not None and layer.origin.size is not None),
+                     key=lambda layer: layer.origin.size, default=None)
+
+        first = None
+        if self.sequential:
+            # A pipe cannot be cut back: every blob is fetched and verified first, the one a file would have
+            # streamed still goes first, so that both give the same bytes.
+            direct, first = None, direct
+
+        def prepare(layer):
+            if layer is direct:
+                self._blobs[layer.origin.digest] = self._add_blob_stream(blob_path(layer.origin.digest), layer.origin)
+            elif layer.origin is not None:
+                with streams.temporary_file(self.ctx.workdir, 'blob-', '.blob') as (out, tmp), \
+                        layer.origin.open_verified() as reader:
+                    streams.copy_verified(reader, out)
+                fetched[layer.origin.digest] = tmp
+            else:
+                layer.materialize(self.ctx.workdir)
+
+        def cost(layer):
+            return float('inf') if layer is direct else layer_cost(layer)
+
+        try:
+            if direct is None:
+                try:
+                    self.ctx.map(prepare, needed, cost=cost)
+                except OSError as e:    # the temporary files beside the destination: a full disk, say
+                    raise OccystrapError('cannot write %s: %s' % (self.path, e.strerror or e))
+            with self._lock:
+                self._open()
+                before = len(self._blobs)
+                snapshot = self._snapshot()
+                try:
+                    if direct is not None:
+                        # Holding the lock: the streamed member sits between this image's snapshot and its other
+                        # members, so a failure can still cut the whole image back out.
+                        self.ctx.map(prepare, needed, cost=cost)
+                    if first is not None:
+                        self._blobs[first.origin.digest] = self._add_file(blob_path(first.origin.digest),
+                                                                          fetched[first.origin.digest])
+                    self._append_oci(image, needed, fetched, ref)
+                except BaseException as e:
+                    self._roll_back(snapshot, e)
+                    if isinstance(e, OSError):
+                        raise OccystrapError('cannot write %s: %s' % (self.path, e.strerror or e))
+                    raise
+                added = sum(self._blobs[digest] for digest in list(self._blobs)[before:])
+            self.ctx.stats.add(nbytes=added)
+        except BaseException:
+            self.refs.release(ref, image)
+            raise
+        finally:
+            for path in fetched.values():
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+            for layer in needed:
+                layer.release()
+
+    def _append_oci(self, image, needed, fetched, ref):
+        for layer in needed:
+            key = layer_descriptor_key(layer)
+            if key not in self._blobs:
+                path = fetched[key] if layer.origin is not None else layer.path
+                self._blobs[key] = self._add_file(blob_path(key), path)
+        layers = [dataclasses.replace(layer_descriptor(layer), size=self._blobs[layer_descriptor_key(layer)])
+                  for layer in image.layers]
+        self._add_blob_bytes(image.config_digest, image.config_bytes)
+        raw, media_type = image_manifest(image, layers)
+        digest = oci.digest_of(raw)
+        self._add_blob_bytes(digest, raw)
+        change = digest_change(image, digest)
+        if change:
+            self.ctx.warn(change)
+        entry = index_entry(oci.Descriptor(media_type, digest, len(raw)), ref)
+        self._descriptors = merge_entries(self._descriptors, [entry])
 
     def finalize(self):
         with self._lock:
             self._open()
-            index = oci.Index.build([oci.Descriptor.from_dict(d, 'index.json entry') for d in self._descriptors],
-                                    sort_keys=True)
             try:
-                self._add_bytes('index.json', index.raw)
-                self._add_bytes('manifest.json', canonical_json(self._entries))
-                self._add_bytes('oci-layout', canonical_json({'imageLayoutVersion': '1.0.0'}))
-                self._add_bytes('repositories', canonical_json(self._repositories))
+                if self.format == 'oci':
+                    self._add_bytes('index.json', canonical_json(dict(new_index_document(),
+                                                                      manifests=self._descriptors)))
+                    self._add_bytes('oci-layout', LAYOUT_MARKER)
+                else:
+                    index = oci.Index.build([oci.Descriptor.from_dict(d, 'index.json entry')
+                                             for d in self._descriptors], sort_keys=True)
+                    self._add_bytes('index.json', index.raw)
+                    self._add_bytes('manifest.json', canonical_json(self._entries))
+                    self._add_bytes('oci-layout', canonical_json({'imageLayoutVersion': '1.0.0'}))
+                    self._add_bytes('repositories', canonical_json(self._repositories))
                 self._tar.close()
                 self._file.close()
                 if self._partial is not None:

@@ -154,14 +154,18 @@ class RegistryClient:
     """The distribution API of one registry host (`host[:port]`), shared safely between threads."""
 
     def __init__(self, http, host, insecure=False, username=None, password=None, monolithic_max=MONOLITHIC_MAX,
-                 chunk_size=UPLOAD_CHUNK, authenticators=None):
+                 chunk_size=UPLOAD_CHUNK, authenticators=None, role='input', repository=None, tls_verify=True):
         """`authenticators` is the run's auth.Authenticators (RunContext.authenticators); without it this client
-        keeps tokens to itself."""
+        keeps tokens to itself. Credentials are `username`/`password` (the URI's), else those of the run for this
+        side (`role` 'input' or 'output') and `repository` (registry/credentials.py has the order).
+        `tls_verify=False` speaks TLS without verifying the registry's certificate."""
         self.http = http
         self.host = host
         self.base = '%s://%s' % (http.scheme(insecure), host)
-        user, secret = auth.find_credentials(host, username, password, http.settings)
-        self.auth = (authenticators or auth.Authenticators(http)).get(host, user, secret)
+        self.tls_verify = bool(tls_verify)
+        lookup = auth.credential_lookup(host, username, password, http.settings, role, repository)
+        self.auth = (authenticators or auth.Authenticators(http)).get(host, lookup=lookup,
+                                                                      tls_verify=self.tls_verify)
         self.monolithic_max = monolithic_max
         self.chunk_size = chunk_size
         self._lock = threading.Lock()
@@ -229,7 +233,7 @@ class RegistryClient:
             try:
                 response = self.http.request(method, url, headers=sent, content=content, stream=stream, retry=retry,
                                              params=params, transfer=transfer, limit=limit,
-                                             what='%s from registry %s' % (what, self.host))
+                                             what='%s from registry %s' % (what, self.host), tls_verify=self.tls_verify)
             except ConnectionFailed as e:
                 # A plain-HTTP request that a TLS port could not parse breaks the protocol instead of answering 400.
                 if self.plain and isinstance(e.__context__, httpx.RemoteProtocolError) and speaks_tls(host_of(url)):
@@ -278,8 +282,7 @@ class RegistryClient:
             if self.auth.has_credentials:
                 return auth.AuthenticationError('registry %s refused the credentials for %s%s'
                                                 % (self.host, what, suffix), status=status)
-            return auth.AuthenticationError('registry %s requires credentials for %s (use --username/--password '
-                                            'or docker login)%s' % (self.host, what, suffix), status=status)
+            return self.auth.needs_credentials(' for %s' % what, suffix)
         if status == 403:
             return auth.AuthenticationError('registry %s denied access to %s%s' % (self.host, what, suffix),
                                             status=status)

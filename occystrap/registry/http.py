@@ -2,9 +2,11 @@
 
 RunContext.http creates a single HttpClient per run; every thread and image shares it, so connections and the rate
 limit are shared too (tokens are the run's auth.Authenticators'). It knows HTTP, not the registry protocol: callers
-say which requests are blob transfers. Requests go through the environment's proxies (registry/proxy.py). Redirects
-are not followed here: the registry client follows them itself so that Authorization is dropped when a redirect
-leads to another origin (scheme, host and port).
+say which requests are blob transfers. TLS is verified with one shared context, except for hosts that have certs.d
+material (registry/certsd.py) or whose requests say tls_verify=False: those get a context and connections of their
+own, built on first use (a plain-HTTP run builds none). Requests go through the environment's proxies
+(registry/proxy.py). Redirects are not followed here: the registry client follows them itself so that
+Authorization is dropped when a redirect leads to another origin (scheme, host and port).
 
 Bodies read into memory are capped (`read_capped`): a request without `stream=True` answers a response whose body
 was read in full, but never more than its `limit`, so a hostile server cannot make the run hold a huge answer.
@@ -25,6 +27,7 @@ import httpx
 from occystrap import __version__
 from occystrap.cancel import Cancellation
 from occystrap.errors import OccystrapError, RegistryError
+from occystrap.registry import certsd
 from occystrap.registry.ratelimit import TokenBucket
 
 LOG = logging.getLogger(__name__)
@@ -32,6 +35,9 @@ LOG = logging.getLogger(__name__)
 TIMEOUT = httpx.Timeout(connect=30.0, read=120.0, write=120.0, pool=600.0)
 MAX_RETRY_AFTER = 300.0
 REDIRECT_STATUSES = (301, 302, 303, 307, 308)
+TLS_VERIFY = 'occystrap.tls_verify'   # request extension: False asks TlsRouter for an unverified connection
+# What OpenSSL says when a server refuses the handshake for want of a (good) client certificate.
+CLIENT_CERT_ALERTS = ('CERTIFICATE_REQUIRED', 'BAD_CERTIFICATE', 'UNKNOWN_CA', 'certificate required')
 MAX_REDIRECTS = 5                       # redirects followed for one request, wherever redirects are followed
 # The most of a body held in memory. Answers read whole (stream=False) are capped at DOCUMENT_LIMIT unless the
 # caller says otherwise; an error answer's body only serves for the registry's reason, so beyond ERROR_BODY_LIMIT
@@ -101,11 +107,40 @@ def ssl_context(ca_cert=None):
     context = ssl.create_default_context(cafile=certifi.where())
     context.load_default_certs()
     if ca_cert:
-        try:
-            context.load_verify_locations(cafile=ca_cert)
-        except (OSError, ssl.SSLError) as e:
-            raise OccystrapError('cannot use CA bundle %s: %s' % (ca_cert, e))
+        _load_cas(context, ca_cert, 'CA bundle')
     return context
+
+
+def _load_cas(context, path, what):
+    try:
+        context.load_verify_locations(cafile=path)
+    except (OSError, ssl.SSLError, ValueError) as e:
+        raise OccystrapError('cannot use %s %s: %s' % (what, path, one_line(e)))
+
+
+def host_ssl_context(host_tls, verify=True, ca_cert=None):
+    """A TLS context for one registry: certs.d CAs trusted beside the usual ones, its client certificate presented;
+    with `verify=False` no verification at all (skopeo's tls-verify=false), the client certificate still sent."""
+    if verify:
+        context = ssl_context(ca_cert)
+    else:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if host_tls is not None:
+        for path in host_tls.ca_files if verify else ():
+            _load_cas(context, path, 'certs.d CA')
+        if host_tls.client is not None:
+            cert, key = host_tls.client
+            try:
+                context.load_cert_chain(cert, key)
+            except (OSError, ssl.SSLError, ValueError) as e:
+                raise OccystrapError('cannot use client certificate %s with %s: %s' % (cert, key, one_line(e)))
+    return context
+
+
+def one_line(error):
+    return ' '.join(str(error).split()) or type(error).__name__
 
 
 def host_of(url):
@@ -271,9 +306,13 @@ def without_query(url):
 
 def describe_transport_error(error):
     """A one-line reason for a transport failure, with a hint for the usual TLS mistakes."""
-    text = ' '.join(str(error).split()) or type(error).__name__
+    text = one_line(error)
     if 'CERTIFICATE_VERIFY_FAILED' in text:
-        return 'TLS certificate not trusted (%s); pass --ca-cert with the CA that signed it' % text
+        return ('TLS certificate not trusted (%s); pass --ca-cert, or put the CA that signed it in '
+                'certs.d/HOST:PORT/ (or ?tls-verify=false on the URI to skip verification)' % text)
+    if any(word in text for word in CLIENT_CERT_ALERTS):
+        return ('TLS handshake refused (%s); the registry wants a client certificate: put client.cert and '
+                'client.key in its certs.d/HOST:PORT/ directory' % text)
     if 'WRONG_VERSION_NUMBER' in text or 'record layer failure' in text:
         return 'TLS handshake failed (%s); is it a plain HTTP registry? then use --insecure' % text
     return '%s: %s' % (type(error).__name__, text)
@@ -283,6 +322,7 @@ def _permanent(error):
     # A certificate problem, or a proxy refusing our credentials, will not fix itself by retrying.
     text = str(error)
     return ('CERTIFICATE_VERIFY_FAILED' in text or 'WRONG_VERSION_NUMBER' in text
+            or any(word in text for word in CLIENT_CERT_ALERTS)
             or (isinstance(error, httpx.ProxyError) and text.startswith('407')))
 
 
@@ -315,6 +355,37 @@ class LazyTransport(httpx.BaseTransport):
     def close(self):
         if self._transport is not None:
             self._transport.close()
+
+
+class TlsRouter(httpx.BaseTransport):
+    """HTTPS requests to a host with TLS settings of its own (certs.d material, tls-verify=false) go through a
+    transport built for them, made by `make(context)`; every other host shares `make(None)`, the run's context."""
+
+    def __init__(self, owner, make):
+        self.owner = owner
+        self.make = make
+        self.default = make(None)
+        self._by_context = {}
+        self._lock = threading.Lock()
+
+    def handle_request(self, request):
+        url = request.url
+        context = self.owner.host_context(certsd.authority(url.host, url.port),
+                                          request.extensions.get(TLS_VERIFY, True))
+        if context is None:
+            return self.default.handle_request(request)
+        transport = self._by_context.get(id(context))
+        if transport is None:
+            with self._lock:
+                transport = self._by_context.get(id(context))
+                if transport is None:
+                    transport = self._by_context[id(context)] = self.make(context)
+        return transport.handle_request(request)
+
+    def close(self):
+        self.default.close()
+        for transport in self._by_context.values():
+            transport.close()
 
 
 class ProxyRouter(httpx.BaseTransport):
@@ -358,11 +429,14 @@ class HttpClient:
         limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
         self._lock = threading.Lock()
         self._ssl = None
+        self._tls_lock = threading.Lock()
+        self._host_tls = {}           # registry authority -> certsd.HostTls or None, looked up once per run
+        self._contexts = {}           # (HostTls, verify) -> ssl.SSLContext, for hosts that need their own
         self._answered = set()        # hosts that sent any answer in this run (see request())
         plain = self._routed('http', lambda proxy: httpx.HTTPTransport(verify=False, limits=limits, proxy=proxy))
         # The TLS context costs ~0.15 s to build (certifi + system store), so a plain-HTTP run never builds it.
-        tls = self._routed('https', lambda proxy: httpx.HTTPTransport(verify=self.ssl_context(), http2=settings.http2,
-                                                                      limits=limits, proxy=proxy))
+        tls = TlsRouter(self, lambda context: self._routed('https', lambda proxy: httpx.HTTPTransport(
+            verify=context or self.ssl_context(), http2=settings.http2, limits=limits, proxy=proxy)))
         self.client = httpx.Client(transport=tls, mounts={'http://': plain}, timeout=TIMEOUT,
                                    follow_redirects=False, headers={'User-Agent': 'occystrap/%s' % __version__})
         # Transfers (request(transfer=True), and every request body) go over HTTP/1.1, one connection each:
@@ -372,8 +446,8 @@ class HttpClient:
         #   connection and 5.5 s over HTTP/1.1 connections (docs/performance.md).
         # Manifests, tags, catalogs, the API root and tokens stay on HTTP/2, multiplexed on one connection;
         # RegistryClient marks every blob request a transfer, HEAD checks and configs included.
-        transfer_tls = self._routed('https', lambda proxy: httpx.HTTPTransport(verify=self.ssl_context(), http2=False,
-                                                                               limits=limits, proxy=proxy))
+        transfer_tls = TlsRouter(self, lambda context: self._routed('https', lambda proxy: httpx.HTTPTransport(
+            verify=context or self.ssl_context(), http2=False, limits=limits, proxy=proxy)))
         self.transfer_client = httpx.Client(transport=transfer_tls, mounts={'http://': plain}, timeout=TIMEOUT,
                                             follow_redirects=False,
                                             headers={'User-Agent': 'occystrap/%s' % __version__})
@@ -420,6 +494,31 @@ class HttpClient:
                 self._ssl = ssl_context(self.settings.ca_cert)
             return self._ssl
 
+    def host_context(self, registry, verify=True):
+        """The TLS context of its own for `registry` (HOST[:PORT]), or None when the run's shared one applies.
+
+        A host has its own when a certs.d directory has material for it or `verify` is False; each is built on
+        first use and kept for the run. Raises OccystrapError for unusable certs.d material.
+        """
+        host_tls = self._host_tls.get(registry, False)
+        if host_tls is False:
+            with self._tls_lock:
+                host_tls = self._host_tls.get(registry, False)
+                if host_tls is False:
+                    host_tls = self._host_tls[registry] = certsd.find(registry)
+                    if host_tls is not None:
+                        LOG.info('TLS settings for %s from %s', registry, host_tls.directory)
+        if host_tls is None and verify:
+            return None
+        key = (host_tls, bool(verify))
+        context = self._contexts.get(key)
+        if context is None:
+            with self._tls_lock:
+                context = self._contexts.get(key)
+                if context is None:
+                    context = self._contexts[key] = host_ssl_context(host_tls, verify, self.settings.ca_cert)
+        return context
+
     def scheme(self, insecure=False):
         """'http' when --insecure or the URI asks for it, else 'https'."""
         return 'http' if insecure or self.settings.insecure else 'https'
@@ -429,7 +528,7 @@ class HttpClient:
         return self.versions.get(host)
 
     def request(self, method, url, headers=None, content=None, stream=False, retry=True, params=None,
-                transfer=False, limit=DOCUMENT_LIMIT, what=None):
+                transfer=False, limit=DOCUMENT_LIMIT, what=None, tls_verify=True):
         """Send a request, retrying connection errors, 429 and 5xx; returns the httpx.Response.
 
         `content` is bytes, None, or a callable returning a fresh body (bytes or an iterator of bytes) for each
@@ -437,9 +536,13 @@ class HttpClient:
         is read (see `buffered`): more than `limit` bytes raise RegistryError naming `what`. Raises
         ConnectionFailed when the server stays unreachable. With `retry=False` nothing is retried. `transfer=True`
         says the request moves bulk data (a blob download or upload): it goes over an HTTP/1.1 connection of its
-        own, as does every request that sends a body.
+        own, as does every request that sends a body. `tls_verify=False` skips certificate verification for this
+        request (a registry URI's ?tls-verify=false).
         """
         what = what or 'the answer to %s %s' % (method, without_query(url))
+        extensions = {'trace': self.cancellation.trace}
+        if not tls_verify:
+            extensions[TLS_VERIFY] = False
         attempt = 0
         while True:
             if self.limiter is not None:
@@ -449,7 +552,7 @@ class HttpClient:
                 bulk = transfer or body is not None
                 client = self.transfer_client if bulk else self.client
                 req = client.build_request(method, url, headers=headers, content=body, params=params,
-                                           extensions={'trace': self.cancellation.trace})
+                                           extensions=extensions)
                 response = client.send(req, stream=True)
                 if not stream:
                     response = buffered(response, limit, what)

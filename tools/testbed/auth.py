@@ -51,8 +51,10 @@ class TokenServer:
 
     ``GET /token?service=S&scope=repository:NAME:pull,push`` with optional Basic credentials answers
     ``{token, access_token, expires_in, issued_at}``; an OAuth2 ``POST /token`` with ``grant_type=password`` works
-    too. Tokens are ES256 JWTs whose header carries the signing certificate in ``x5c``; the registry trusts that
-    certificate through ``rootcertbundle`` (``cert_path``).
+    too, and ``grant_type=refresh_token`` with a token from ``issue_refresh_token(user)`` (an identity token, as
+    ``docker login`` stores for such registries; ``refresh_requests`` records what those POSTs carried). Tokens are
+    ES256 JWTs whose header carries the signing certificate in ``x5c``; the registry trusts that certificate through
+    ``rootcertbundle`` (``cert_path``).
 
     ``users`` maps user names to passwords; wrong credentials get 401. ``permissions`` decides what is granted:
     either a dict mapping a user name (``None`` for anonymous) to the actions it may have on every repository
@@ -73,6 +75,8 @@ class TokenServer:
         self.issuer = issuer
         self.expires_in = expires_in
         self.requests = []
+        self.refresh_requests = []        # the forms of refresh_token POSTs, refresh_token itself left out
+        self._refresh_tokens = {}         # refresh token -> user
         self._lock = threading.Lock()
         self._key = ec.generate_private_key(ec.SECP256R1())
         self._cert = self_signed('occystrap test token signer', self._key, ca=False)
@@ -118,6 +122,13 @@ class TokenServer:
 
     def __exit__(self, *exc):
         self.stop()
+
+    def issue_refresh_token(self, user):
+        """A new OAuth2 refresh token (an identity token) for ``user``."""
+        token = secrets.token_urlsafe(24)
+        with self._lock:
+            self._refresh_tokens[token] = user
+        return token
 
     def allowed_actions(self, user, resource_type, name, actions):
         """Return the subset of ``actions`` that ``user`` (``None`` when anonymous) gets on the resource."""
@@ -242,7 +253,15 @@ def _token_handler(server):
             if url.path != '/token':
                 self._reply(404, {'errors': [{'code': 'NOT_FOUND'}]})
                 return
-            if form.get('grant_type', [''])[0] != 'password':
+            grant = form.get('grant_type', [''])[0]
+            if grant == 'refresh_token':
+                with server._lock:
+                    user = server._refresh_tokens.get(form.get('refresh_token', [''])[0])
+                    server.refresh_requests.append({k: v for k, v in form.items() if k != 'refresh_token'})
+                self._answer(user is not None, user, form.get('service', [''])[0],
+                             self._scopes(form.get('scope', [])))
+                return
+            if grant != 'password':
                 self._reply(400, {'error': 'unsupported_grant_type'})
                 return
             ok, user = self._check(form.get('username', [''])[0], form.get('password', [''])[0])

@@ -15,7 +15,7 @@ from pathlib import Path
 from tools.testbed.auth import DEFAULT_USERS, TokenServer, write_htpasswd
 from tools.testbed.ports import free_port
 from tools.testbed.process import STARTUP_TIMEOUT, ServiceError, die_with_parent, stop_process
-from tools.testbed.tls import client_context, write_tls_material
+from tools.testbed.tls import client_context, client_context_with_cert, write_tls_material
 
 REGISTRY_BINARY = shutil.which('docker-registry') or '/usr/bin/docker-registry'
 # A fixed secret silences a warning; it only matters behind load balancers.
@@ -56,9 +56,13 @@ def registry_config(storage, addr, tls=None, log_level='info'):
 _NO_PROXY = urllib.request.ProxyHandler({})
 
 
-def probe_registry(url, ca=None, timeout=2.0):
-    """True when ``GET {url}/v2/`` answers like a registry (200, or 401 asking for credentials)."""
-    opener = urllib.request.build_opener(_NO_PROXY, urllib.request.HTTPSHandler(context=client_context(ca)))
+def probe_registry(url, ca=None, timeout=2.0, client_cert=None):
+    """True when ``GET {url}/v2/`` answers like a registry (200, or 401 asking for credentials).
+
+    ``client_cert`` is a ``(cert, key)`` pair presented to a registry that demands mutual TLS.
+    """
+    context = client_context_with_cert(ca, *client_cert) if client_cert else client_context(ca)
+    opener = urllib.request.build_opener(_NO_PROXY, urllib.request.HTTPSHandler(context=context))
     try:
         with opener.open(f'{url}/v2/', timeout=timeout) as response:
             return response.status == 200
@@ -96,7 +100,9 @@ class Registry:
     ALPN; ``tls`` may instead be the dict ``write_tls_material`` returned, so that several registries share one CA.
     ``auth`` is None, ``'basic'`` (htpasswd with ``users``) or ``'token'`` (a ``TokenServer`` with ``users`` and
     ``permissions``, available as ``token_server``). ``extra_config`` is deep-merged into the generated
-    configuration. Files are named after ``name`` in ``workdir`` (``NAME.log``, ``NAME.json``); storage is
+    configuration. ``client_ca`` (with ``tls``) is the dict ``write_client_material`` returned: the registry then
+    demands a client certificate signed by its ``ca`` (``http.tls.clientcas``), and ``cert_dir`` holds that client
+    certificate for skopeo. Files are named after ``name`` in ``workdir`` (``NAME.log``, ``NAME.json``); storage is
     ``storage_dir`` (default ``workdir/storage``) and deletes are enabled. ``log_level`` is distribution's (the
     access log is always on); ``die_with_parent`` ends the registry with the thread that started it.
 
@@ -104,7 +110,7 @@ class Registry:
     """
 
     def __init__(self, workdir, tls=False, auth=None, users=None, permissions=None, extra_config=None,
-                 name='registry', storage_dir=None, log_level='info', die_with_parent=False):
+                 name='registry', storage_dir=None, log_level='info', die_with_parent=False, client_ca=None):
         if auth not in (None, 'basic', 'token'):
             raise ValueError(f'unknown auth {auth!r}')
         self.workdir = Path(workdir)
@@ -126,6 +132,17 @@ class Registry:
             self._tls_paths = {key: Path(value) for key, value in tls.items()}
         else:
             self._tls_paths = write_tls_material(self.workdir / 'tls') if tls else None
+        self.client_ca = {key: Path(value) for key, value in client_ca.items()} if client_ca else None
+        if self.client_ca is not None:
+            if not self.tls:
+                raise ValueError('client_ca needs tls')
+            # skopeo's --cert-dir takes the CA and the client certificate from one directory.
+            mtls_dir = self.workdir / f'{name}-skopeo-mtls'
+            mtls_dir.mkdir(exist_ok=True)
+            shutil.copyfile(self._tls_paths['ca'], mtls_dir / 'ca.crt')
+            shutil.copyfile(self.client_ca['cert'], mtls_dir / 'client.cert')
+            shutil.copyfile(self.client_ca['key'], mtls_dir / 'client.key')
+            self._tls_paths = dict(self._tls_paths, cert_dir=mtls_dir)
         self._process = None
 
     # --- addresses and credentials
@@ -197,6 +214,8 @@ class Registry:
     def config(self):
         """The registry configuration as a dict (what ``start()`` writes to ``config_path``)."""
         config = registry_config(self.storage_dir, self.host, self._tls_paths if self.tls else None, self.log_level)
+        if self.client_ca is not None:
+            config['http']['tls']['clientcas'] = [str(self.client_ca['ca'])]
         if self.auth == 'basic':
             htpasswd = self.workdir / f'{self.name}.htpasswd'
             write_htpasswd(htpasswd, self.users)
@@ -240,7 +259,8 @@ class Registry:
                 if 'address already in use' in self.log:
                     raise _PortTaken()
                 raise ServiceError(f'docker-registry exited with {self._process.returncode}; log:\n{self.log}')
-            if probe_registry(self.url, self.ca_path):
+            client_cert = (self.client_ca['cert'], self.client_ca['key']) if self.client_ca else None
+            if probe_registry(self.url, self.ca_path, client_cert=client_cert):
                 return
             time.sleep(0.02)
         raise ServiceError(f'docker-registry did not answer GET /v2/ within {STARTUP_TIMEOUT}s; log:\n{self.log}')

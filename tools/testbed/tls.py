@@ -82,3 +82,32 @@ def write_tls_material(directory):
 def client_context(ca):
     """An ``ssl.SSLContext`` that trusts the CA file ``ca``, or None (the default trust) when ``ca`` is None."""
     return ssl.create_default_context(cafile=str(ca)) if ca else None
+
+
+def write_client_material(directory, common_name='occystrap test client'):
+    """Create a client CA and a client certificate it signs (for mutual TLS) under ``directory``.
+
+    Returns a dict of paths: ``ca`` (the client CA, for a server's ``clientcas``), ``cert`` and ``key`` (the client
+    certificate and its key, PEM, as certs.d's ``client.cert`` and ``client.key``).
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_cert = self_signed('occystrap test client CA', ca_key, ca=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (_builder(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]), ca_cert.subject, key)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    paths = {'ca': directory / 'client-ca.pem', 'cert': directory / 'client.cert', 'key': directory / 'client.key'}
+    paths['ca'].write_bytes(pem_cert(ca_cert))
+    paths['cert'].write_bytes(pem_cert(cert))
+    paths['key'].write_bytes(pem_key(key))
+    return paths
+
+
+def client_context_with_cert(ca, cert, key):
+    """Like ``client_context``, presenting the client certificate ``cert``/``key`` too."""
+    context = ssl.create_default_context(cafile=str(ca) if ca else None)
+    context.load_cert_chain(str(cert), str(key))
+    return context
