@@ -245,13 +245,17 @@ def _size(ctx, param, value):
              '(default: no limit).')
 @option('--shard', metavar='I/N', envvar=_env('SHARD'), callback=_shard,
         help='Keep only shard I (0 to N-1) of N of a multi-image source, by repository (docs/scale.md).')
+@option('--quiet', '-q', is_flag=True, envvar=_env('QUIET'),
+        help='No progress display and no summary line; errors and warnings still print.')
+@option('--progress', 'show_progress', is_flag=True, envvar=_env('PROGRESS'),
+        help='Draw the progress display on stderr even when stdout or stderr is not a terminal.')
 @option('--verbose', is_flag=True, envvar=_env('VERBOSE'), help='Log what is being done.')
 @option('--debug', is_flag=True, envvar=_env('DEBUG'), help='Log everything; show tracebacks on errors.')
 @click.pass_context
 def cli(ctx, parallel, image_parallel, rate_limit, retries, username, password, password_stdin, src_creds, dest_creds,
         authfile, insecure, ca_cert, http2, compression, os_, architecture, variant, platforms, dry_run,
         preserve_digests, temp_dir, layer_cache,
-        output_format, allow_devices, max_extract_bytes, shard, verbose, debug):
+        output_format, allow_devices, max_extract_bytes, shard, quiet, show_progress, verbose, debug):
     """Move and reshape container images without a container engine.
 
     Global options may also follow the command (occystrap info --insecure SOURCE).
@@ -265,6 +269,8 @@ def cli(ctx, parallel, image_parallel, rate_limit, retries, username, password, 
     from occystrap import tuning
     from occystrap.settings import Settings
     tuning.apply()   # once per process, for every command run (in-process callers of main() included)
+    if quiet and show_progress:
+        raise UsageError('--quiet and --progress contradict each other; give one')
     from occystrap.terminal import PrintableFormatter
     handler = logging.StreamHandler(sys.stderr)
     # Log lines carry registry and image text (made printable) and URIs (redacted).
@@ -284,8 +290,9 @@ def cli(ctx, parallel, image_parallel, rate_limit, retries, username, password, 
                        compression=compression, os=os_, architecture=architecture, variant=variant,
                        platforms=platforms, recompress=recompress, dry_run=dry_run, preserve_digests=preserve_digests,
                        temp_dir=temp_dir, layer_cache=layer_cache, output_format=output_format, verbose=verbose,
-                       debug=debug, progress=sys.stderr.isatty(), allow_devices=allow_devices,
-                       max_extract_bytes=max_extract_bytes, shard=shard)
+                       debug=debug, allow_devices=allow_devices,
+                       max_extract_bytes=max_extract_bytes, shard=shard, quiet=quiet,
+                       progress=show_progress or (not quiet and sys.stdout.isatty() and sys.stderr.isatty()))
 
 
 def _credentials(username, password, password_stdin, src_creds, dest_creds):
@@ -344,7 +351,8 @@ def _summary(settings, stats, results=None):
     failed = [r for r in (results or []) if not r.ok]
     if settings.output_format == 'json':
         payload = {'schema': JSON_SCHEMA, 'images': stats.images, 'layers': stats.layers, 'bytes': stats.bytes,
-                   'downloaded': stats.downloaded, 'seconds': round(stats.seconds, 3), 'failed': len(failed)}
+                   'downloaded': stats.downloaded, 'uploaded': stats.uploaded, 'seconds': round(stats.seconds, 3),
+                   'failed': len(failed)}
         if stats.push is not None:
             payload['push'] = stats.push.as_dict()
         if settings.shard is not None:
@@ -364,6 +372,8 @@ def _summary(settings, stats, results=None):
             payload['dry_run'] = True
         click.echo(json.dumps(payload, indent=2))
         return
+    if settings.quiet:
+        return
     outcomes = [r for r in (results or []) if r.outcome is not None]
     if results is not None and (len(results) > 1 or outcomes):
         width = max(len(printable(r.reference)) for r in results)
@@ -377,9 +387,10 @@ def _summary(settings, stats, results=None):
     shard = ''
     if settings.shard is not None and stats.source_images is not None:
         shard = '; shard %s kept %d of %d images' % (settings.shard, len(results or []), stats.source_images)
-    click.echo('done: %d image%s, %d layer%s, %s in %.2f s%s%s%s'
+    click.echo('done: %d image%s, %d layer%s, %s written, %s downloaded, %s uploaded in %.2f s%s%s%s'
                % (stats.images, '' if stats.images == 1 else 's', stats.layers, '' if stats.layers == 1 else 's',
-                  human_bytes(stats.bytes), stats.seconds, ', %d unchanged' % unchanged if unchanged else '',
+                  human_bytes(stats.bytes), human_bytes(stats.downloaded), human_bytes(stats.uploaded),
+                  stats.seconds, ', %d unchanged' % unchanged if unchanged else '',
                   ', %d failed' % len(failed) if failed else '', shard), err=True)
 
 

@@ -242,6 +242,7 @@ class Copier:
     # --- shared
 
     def _write(self, image):
+        self.ctx.stats.track(image)     # the progress display's layer count and announced size for this image
         with self.guard():
             return self.output.write(image)
 

@@ -78,25 +78,109 @@ class ImageRef:
         return '%s:%s' % (self.name, self.tag) if self.tag else self.name
 
 
+class ImageProgress:
+    """What one image in flight has done so far, for the progress display (pipeline.current_image() finds it).
+
+    The byte counters are bumped once per chunk, from several threads, by `count_download`/`count_upload`, without
+    a lock: CPython switches threads only at calls and backward jumps, so a method that only adds to an int
+    attribute is never interrupted between its read and its store, and the shared byte path pays one cheap call.
+    """
+
+    __slots__ = ('name', 'started', 'layers', 'layers_done', 'expected', 'downloaded', 'uploaded', 'written',
+                 'finished')
+
+    def __init__(self, name):
+        self.name = name                # the reference as the source named it (untrusted: print via printable)
+        self.started = time.monotonic()
+        self.layers = 0                 # how many layers the image has, once opened
+        self.layers_done = 0
+        self.expected = 0               # compressed bytes its layers' descriptors announce (0: not known)
+        self.downloaded = 0             # compressed bytes read from a registry
+        self.uploaded = 0               # compressed bytes sent to a registry
+        self.written = 0                # bytes the output wrote
+        self.finished = False
+
+    def count_download(self, nbytes):
+        self.downloaded += nbytes
+
+    def count_upload(self, nbytes):
+        self.uploaded += nbytes
+
+
+_current = threading.local()
+
+
+def current_image():
+    """The ImageProgress of the image this thread works for (set by for_each_image, carried into gather's workers),
+    or None outside an image."""
+    return getattr(_current, 'image', None)
+
+
 class Stats:
-    """Counters for the end-of-run summary, safe to update from any thread."""
+    """Counters for the end-of-run summary and the progress display, safe to update from any thread."""
 
     def __init__(self):
         self._lock = threading.Lock()
         self.images = 0
         self.layers = 0
         self.bytes = 0          # bytes the outputs wrote (the summary's figure)
-        self.downloaded = 0     # bytes read from the network (progress display)
+        self._downloaded = 0    # bytes read from the network outside any image (info, check, search)
         self.push = None        # a registry output's PushCounters, for the JSON summary
         self.source_images = None   # with --shard: how many images the source named before the shard took its own
+        self.planned = None     # how many images this run will work on, once the source has named them
         self.started = time.monotonic()
+        self._images = []       # every ImageProgress of the run, in the order they started
 
-    def add(self, images=0, layers=0, nbytes=0, downloaded=0):
+    def add(self, images=0, layers=0, nbytes=0, downloaded=0, layers_done=0):
+        """Count work done; bytes written and layers done are also credited to the current image, if any."""
+        image = current_image()
         with self._lock:
             self.images += images
             self.layers += layers
             self.bytes += nbytes
-            self.downloaded += downloaded
+            self._downloaded += downloaded
+            if image is not None:
+                image.written += nbytes
+                image.layers_done += layers_done
+
+    def start_image(self, name):
+        """A new ImageProgress for an image the run starts on."""
+        handle = ImageProgress(name)
+        with self._lock:
+            self._images.append(handle)
+        return handle
+
+    def track(self, image):
+        """The current image has been opened: note its layer count and announced compressed size."""
+        handle = current_image()
+        if handle is not None:
+            handle.layers = len(image.layers)
+            handle.expected = sum(layer.origin.size or 0 for layer in image.layers if layer.origin is not None)
+
+    def finish_image(self, handle, ok):
+        with self._lock:
+            handle.finished = True
+            if ok:
+                handle.layers_done = handle.layers
+
+    def in_flight(self):
+        """The images started and not finished, oldest first."""
+        with self._lock:
+            return [h for h in self._images if not h.finished]
+
+    @property
+    def images_started(self):
+        return len(self._images)
+
+    @property
+    def downloaded(self):
+        """Compressed bytes read from registries in this run."""
+        return self._downloaded + sum(h.downloaded for h in list(self._images))
+
+    @property
+    def uploaded(self):
+        """Compressed bytes sent to registries in this run."""
+        return sum(h.uploaded for h in list(self._images))
 
     @property
     def seconds(self):
@@ -209,9 +293,10 @@ class RunContext:
         positions = list(range(len(items))) if positions is None else positions
         pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
         futures = [None] * len(items)
+        image = current_image()
         try:
             for position, item in zip(positions, items):
-                futures[position] = pool.submit(self._guarded, fn, item)
+                futures[position] = pool.submit(self._guarded, fn, item, image)
             results = []
             for future in futures:
                 while True:
@@ -230,9 +315,13 @@ class RunContext:
             concurrent.futures.wait(running, timeout=CANCEL_GRACE if self.cancelled else None)
             raise
 
-    def _guarded(self, fn, item):
+    def _guarded(self, fn, item, image):
         self.cancellation.check()
-        return fn(item)
+        _current.image = image      # a worker's bytes count for the image that asked for the work
+        try:
+            return fn(item)
+        finally:
+            _current.image = None
 
     def close(self):
         if self._http is not None:
@@ -479,11 +568,16 @@ def for_each_image(source, fn, ctx, refs=None):
     if not refs:
         return []
 
+    ctx.stats.planned = len(refs)
+
     def one(ref):
         started = time.monotonic()
         ctx.cancellation.check()
+        _current.image = handle = ctx.stats.start_image(str(ref))
+        ok = False
         try:
             done = fn(ref)
+            ok = True
             if isinstance(done, Outcome):
                 return ImageResult(str(ref), True, layers=done.layers, seconds=time.monotonic() - started,
                                    outcome=done)
@@ -493,6 +587,9 @@ def for_each_image(source, fn, ctx, refs=None):
                 raise
             LOG.error('%s: %s', ref, e)
             return ImageResult(str(ref), False, error=redact(e), seconds=time.monotonic() - started)
+        finally:
+            ctx.stats.finish_image(handle, ok)
+            _current.image = None
 
     workers = max(1, min(ctx.settings.image_parallel, len(refs)))
     if workers == 1:

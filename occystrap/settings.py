@@ -39,7 +39,8 @@ class Settings:
     output_format: str = 'text'
     verbose: bool = False
     debug: bool = False
-    progress: bool = False
+    progress: bool = False      # draw the progress display (a terminal, or --progress)
+    quiet: bool = False         # --quiet: no progress display and no summary line
     allow_devices: bool = False
     shard: Optional[object] = None      # a sharding.Shard with --shard I/N: keep only that share of the images
     max_extract_bytes: Optional[int] = None   # bytes extraction may write in one run (--max-extract-bytes)

@@ -5,8 +5,8 @@ set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=${OCCYSTRAP_VENV:-$root/.venv}
-debs=(docker-registry skopeo podman hyperfine jq shellcheck umoci runc uidmap git golang-docker-credential-helpers pass gnupg)
-cmds=(docker-registry skopeo podman hyperfine jq shellcheck umoci runc newuidmap git docker-credential-pass pass gpg)
+debs=(docker-registry skopeo podman hyperfine jq shellcheck umoci runc uidmap git golang-docker-credential-helpers pass gnupg tmux)
+cmds=(docker-registry skopeo podman hyperfine jq shellcheck umoci runc newuidmap git docker-credential-pass pass gpg tmux)
 
 missing=()
 sudo=()

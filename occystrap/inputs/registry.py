@@ -17,7 +17,7 @@ import logging
 
 from occystrap import model, oci
 from occystrap.errors import CorruptImageError, OccystrapError, RegistryError, UsageError
-from occystrap.pipeline import ImageInput, ImageRef, lookup_workers
+from occystrap.pipeline import ImageInput, ImageRef, current_image, lookup_workers
 from occystrap.registry.client import RegistryClient, describe_reference
 
 LOG = logging.getLogger(__name__)
@@ -243,12 +243,14 @@ class RegistryInput(ImageInput):
                                     % (what, len(descriptors), len(diff_ids)))
         history = [h for h in config.get('history') or [] if isinstance(h, dict) and not h.get('empty_layer')]
         location = model.BlobLocation(self.client.host, ref.name)
+        progress = current_image()      # a chunk's bytes count for this image (process), else for the run (info)
+        on_bytes = progress.count_download if progress is not None else self._count_bytes
         layers = []
         for index, (descriptor, diffid) in enumerate(zip(descriptors, diff_ids)):
             media = descriptor.media_type or oci.MEDIA_OCI_LAYER_GZIP
             blob = model.Blob(digest=descriptor.digest, media_type=media, size=descriptor.size,
                               opener=functools.partial(self.client.open_blob, ref.name, descriptor.digest,
-                                                       descriptor.size, self._count_bytes),
+                                                       descriptor.size, on_bytes),
                               location=location)
             created_by = history[index].get('created_by') if index < len(history) else None
             layers.append(model.Layer(diffid=diffid, origin=blob, created_by=created_by))

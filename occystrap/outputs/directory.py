@@ -132,7 +132,7 @@ class DirectoryOutput(ImageOutput):
                     self.renames += 1
                 else:
                     self.copies += 1
-            self.ctx.stats.add(nbytes=layer.size)
+            self.ctx.stats.add(nbytes=layer.size, layers_done=1)
             future.set_result(final)
             return final
         except BaseException as e:

@@ -98,7 +98,7 @@ class MountsOutput(StagedImageOutput):
                                                 what='%s layer %d (%s)' % (image.reference, index, layer.diffid))
             finally:
                 stream.close()
-            self.ctx.stats.add(nbytes=summary.bytes)
+            self.ctx.stats.add(nbytes=summary.bytes, layers_done=1)
 
         self.ctx.map(one, list(enumerate(image.layers)))
         lower = list(reversed(names)) + ['layers/' + EMPTY_LAYER]

@@ -39,7 +39,7 @@ import threading
 from occystrap import oci, streams, uris
 from occystrap.errors import CorruptImageError, OccystrapError, RegistryError
 from occystrap.layercache import LayerCache
-from occystrap.pipeline import ImageOutput, layer_cost
+from occystrap.pipeline import ImageOutput, current_image, layer_cost
 from occystrap.progress import human_bytes
 
 LOG = logging.getLogger(__name__)
@@ -304,6 +304,11 @@ class RegistryOutput(ImageOutput):
     # --- layers
 
     def _push_layer(self, job, layer):
+        pushed = self._push_layer_blob(job, layer)
+        self.ctx.stats.add(layers_done=1)
+        return pushed
+
+    def _push_layer_blob(self, job, layer):
         origin = layer.origin
         if origin is not None and origin.compression == self.compression:
             locations = [(origin.location.registry, origin.location.repository)] if origin.location else []
@@ -351,7 +356,9 @@ class RegistryOutput(ImageOutput):
             found = self._make_present(job, digest, size, locations)
             if found is not None:
                 return found
-            self.client.upload_blob(job.repository, digest, source, size)
+            image = current_image()
+            self.client.upload_blob(job.repository, digest, source, size,
+                                    on_bytes=image.count_upload if image is not None else None)
             if size is None:
                 size = self.client.blob_exists(job.repository, digest)
             job.count(uploaded=1, uploaded_bytes=size or 0)
