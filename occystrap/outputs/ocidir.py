@@ -276,18 +276,24 @@ class OCIDirOutput(ImageOutput):
         os.fchmod(fd, self._mode)
         return os.fdopen(fd, 'wb'), tmp
 
-    def _publish_bytes(self, final, data):
+    def _publish(self, final, write):
+        """Write a temporary file with `write(out)`, make it durable, and rename it to `final`; returns what
+        `write` returned. The temporary file is removed on any failure."""
         out, tmp = self._temporary()
         try:
             with out:
-                out.write(data)
+                result = write(out)
                 out.flush()
                 os.fsync(out.fileno())
             os.rename(tmp, final)
+            return result
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
+
+    def _publish_bytes(self, final, data):
+        self._publish(final, lambda out: out.write(data))
 
     def _store(self, digest, size, produce):
         """Make blobs/<alg>/<hex> hold the blob `digest`, written by `produce(final path)` unless it is there (a
@@ -334,19 +340,12 @@ class OCIDirOutput(ImageOutput):
         if layer.origin is not None:
             origin = layer.origin
 
+            def copy(out):
+                with origin.open_verified() as reader:
+                    return streams.copy_verified(reader, out)
+
             def produce(final):
-                out, tmp = self._temporary()
-                try:
-                    with out, origin.open_verified() as reader:
-                        size = streams.copy_verified(reader, out)
-                        out.flush()
-                        os.fsync(out.fileno())
-                    os.rename(tmp, final)
-                except BaseException:
-                    with contextlib.suppress(OSError):
-                        os.unlink(tmp)
-                    raise
-                return size
+                return self._publish(final, copy)
 
             size = self._store(origin.digest, origin.size, produce)
             return dataclasses.replace(layer_descriptor(layer), size=size)
