@@ -42,7 +42,7 @@ INPUTS = schemes.classes('input')
 OUTPUTS = schemes.classes('output')
 
 # The sources the small commands (tags, digest, manifest, config) read.
-INSPECTABLE = ('registry', 'tar')
+INSPECTABLE = ('registry', 'tar', 'ocidir')
 
 FILTERS = {
     'normalize-timestamps': 'occystrap.filters.timestamps:NormalizeTimestamps',

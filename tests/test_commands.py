@@ -184,6 +184,40 @@ def test_multi_arch_oci_archive_digest_is_the_index(tmp_path):
     assert sha256(occystrap('config', uri).stdout) == parts[0].config_digest
 
 
+def test_commands_agree_with_skopeo_on_an_oci_layout(tmp_path, oci_image):
+    layout = tmp_path / 'layout'
+    skopeo_copy('oci:%s' % oci_image.path, 'oci:%s:v7' % layout)
+    skopeo_copy('oci:%s' % oci_image.path, 'oci:%s:v8' % layout)
+    uri = 'ocidir://%s?ref=v7' % layout
+    raw = occystrap('manifest', '--raw', uri).stdout
+    assert raw == skopeo_inspect('oci:%s:v7' % layout, raw=True, parse=False)
+    assert sha256(raw) == occystrap('digest', uri).stdout.decode().strip() == oci_image.manifest_digest
+    expected = skopeo_inspect('oci:%s:v7' % layout, raw=True, config=True, parse=False)
+    assert occystrap('config', uri).stdout == expected
+    assert occystrap('tags', 'ocidir://%s' % layout).stdout.decode().splitlines() == ['layout:v7', 'layout:v8']
+
+
+def test_multi_arch_oci_layout_digest_is_the_index(tmp_path):
+    index_digest, parts = multi_arch_layout(tmp_path / 'multi')
+    uri = 'ocidir://%s' % (tmp_path / 'multi')
+    assert occystrap('digest', uri).stdout.decode().strip() == index_digest
+    assert sha256(occystrap('manifest', '--raw', uri).stdout) == index_digest
+    assert sha256(occystrap('--architecture', 'arm64', 'config', uri).stdout) == parts[1].config_digest
+
+
+def test_a_hostile_layout_is_one_line_for_the_small_commands(tmp_path, oci_image):
+    layout = tmp_path / 'layout'
+    shutil.copytree(oci_image.path, layout)
+    index = json.loads((layout / 'index.json').read_text())
+    index['manifests'][0]['digest'] = 'sha256:../../etc/passwd'
+    (layout / 'index.json').write_text(json.dumps(index))
+    for command in ('digest', 'manifest', 'config', 'tags'):
+        result = occystrap(command, 'ocidir://%s' % layout, check=False)
+        assert result.returncode == 1, (command, result.stderr)
+        lines = result.stderr.decode().splitlines()
+        assert len(lines) == 1 and lines[0].startswith('error: ') and 'malformed digest' in lines[0], lines
+
+
 def test_legacy_tarball_with_a_compressed_layer_gives_uncompressed_sizes(tmp_path):
     # docker save writes plain layers; a gzip layer's size in the generated manifest is its uncompressed size.
     plain = layer_tar({'a.txt': b'a\n' * 1000})

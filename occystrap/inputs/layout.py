@@ -220,6 +220,27 @@ class Layout:
             descriptor = self.pick_platform(index.manifests, ref, platform)
         self.fail('nests indexes more than %d deep for %s' % (MAX_INDEX_DEPTH, ref))
 
+    def manifest_bytes(self, entries, ref, platform):
+        """(exact bytes, media type) of what one name's index.json entry points at: a manifest, or an index as it
+        is (the small commands: `digest` of a multi-platform name is the index's)."""
+        if entries[0].error is not None:
+            raise entries[0].error
+        descriptors = [entry.descriptor for entry in entries]
+        descriptor = descriptors[0] if len(descriptors) == 1 else self.pick_platform(descriptors, ref, platform)
+        data = self.blob(descriptor, MAX_MANIFEST_BYTES)
+        document = oci.load_json_object(data, self.store.source(oci.blob_path(descriptor.digest)))
+        media_type = descriptor.media_type or document.get('mediaType')
+        if not isinstance(media_type, str) or not media_type:
+            media_type = oci.MEDIA_OCI_INDEX if oci.is_index_document(None, document) else oci.MEDIA_OCI_MANIFEST
+        return data, media_type
+
+    def config_bytes(self, entries, ref, platform):
+        """The exact config blob of the image one name stands for (indexes followed to `platform`)."""
+        if entries[0].error is not None:
+            raise entries[0].error
+        _, manifest = self.resolve(entries, ref, platform)
+        return self.blob(manifest.config, MAX_JSON_BYTES)
+
     def image(self, entries, ref, platform, source):
         """The Image one name's entries stand for: metadata verified now, layers lazy and verified when read."""
         if entries[0].error is not None:

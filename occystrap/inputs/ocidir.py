@@ -163,10 +163,27 @@ class OCIDirInput(ImageInput):
     def multi(self):
         return len(self._ensure()) > 1
 
-    def open(self, ref):
+    def _entries(self, ref):
         groups = self._ensure()
         entries = groups.get(ref)
         if not entries:
             names = ', '.join(str(r) for r in groups) or 'none'
             raise OccystrapError('OCI layout %s has no image %s (it has: %s)' % (self.path, ref, names))
-        return self.layout.image(entries, ref, settings_platform(self.ctx.settings), str(self.uri))
+        return entries
+
+    def open(self, ref):
+        return self.layout.image(self._entries(ref), ref, settings_platform(self.ctx.settings), str(self.uri))
+
+    # --- the small commands (tags, digest, manifest, config) ---------------------------------------------------
+
+    def tags(self):
+        """The references of the images the layout names (by their ref names), in index.json order."""
+        return [str(ref) for ref, entries in self._ensure().items() if ref.tag and entries[0].error is None]
+
+    def manifest_bytes(self, ref):
+        """The exact bytes of what the name's index.json entry points at (an index for a multi-platform name)."""
+        return self.layout.manifest_bytes(self._entries(ref), ref, settings_platform(self.ctx.settings))
+
+    def config_bytes(self, ref):
+        """The exact config blob of the image the name stands for."""
+        return self.layout.config_bytes(self._entries(ref), ref, settings_platform(self.ctx.settings))

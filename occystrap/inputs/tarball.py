@@ -29,7 +29,7 @@ from typing import Optional
 
 from occystrap import layertar, oci, streams
 from occystrap.errors import CorruptImageError, OccystrapError
-from occystrap.inputs.layout import (MAX_MANIFEST_BYTES, Layout, assemble_image, default_name, named_ref,  # noqa: F401
+from occystrap.inputs.layout import (Layout, assemble_image, default_name, named_ref,  # noqa: F401
                                      settings_platform, split_reference)
 from occystrap.model import Blob
 from occystrap.oci import MEDIA_DOCKER_CONFIG, layer_media_type
@@ -401,15 +401,7 @@ class TarballInput(ImageInput):
         Docker schema 2 manifest that skopeo's docker-archive: reading generates, so the digests agree."""
         candidates = self._candidates(ref)
         if self._layout is not None:
-            descriptors = [c.descriptor for c in candidates]
-            descriptor = descriptors[0] if len(descriptors) == 1 else self._layout.pick_platform(
-                descriptors, ref, settings_platform(self.ctx.settings))   # one name, several platforms: the run's
-            data = self._layout.blob(descriptor, MAX_MANIFEST_BYTES)
-            document = oci.load_json_object(data, self._layout.store.source(oci.blob_path(descriptor.digest)))
-            media_type = descriptor.media_type or document.get('mediaType')
-            if not isinstance(media_type, str) or not media_type:
-                media_type = oci.MEDIA_OCI_INDEX if oci.is_index_document(None, document) else oci.MEDIA_OCI_MANIFEST
-            return data, media_type
+            return self._layout.manifest_bytes(candidates, ref, settings_platform(self.ctx.settings))
         return self._generated_manifest(candidates[0]), oci.MEDIA_DOCKER_MANIFEST
 
     def _generated_manifest(self, spec):
@@ -448,8 +440,7 @@ class TarballInput(ImageInput):
         """The config's exact bytes, verified against the digest the tarball names it by."""
         candidates = self._candidates(ref)
         if self._layout is not None:
-            _, manifest = self._layout.resolve(candidates, ref, settings_platform(self.ctx.settings))
-            return self._layout.blob(manifest.config, MAX_JSON_BYTES)
+            return self._layout.config_bytes(candidates, ref, settings_platform(self.ctx.settings))
         spec = candidates[0]
         if not self._index.has(spec.config_member):
             self._fail('has no member %s (the config named by %s)' % (spec.config_member, spec.what))
