@@ -451,36 +451,50 @@ class TarballOutput(ImageOutput):
             # Nothing is written before every layer is verified on disk: a pipe cannot be cut back or patched.
             # The layer a file would have streamed still goes first, so that both give the same bytes.
             fetch, direct, first = needed, None, direct
+
+        def stream():
+            tasks = [(self._stream_layer, direct)] + [(self._materialize, layer) for layer in fetch
+                                                      if layer is not direct]
+            self.ctx.map(lambda task: task[0](task[1]), tasks, cost=lambda task: layer_cost(task[1]))
+
+        def append():
+            if first is not None:
+                self._add_layer(first)
+            self._append(image, needed)
+
         try:
-            if direct is None:
-                try:
-                    self.ctx.map(self._materialize, fetch, cost=layer_cost)
-                except OSError as e:    # the temporary files beside the destination: a full disk, say
-                    raise OccystrapError('cannot write %s: %s' % (self.path, e.strerror or e))
-            with self._lock:
-                self._open()
-                before = len(self._blobs)
-                snapshot = self._snapshot()
-                try:
-                    if direct is not None:
-                        # Holding the lock: the streamed member sits between this image's snapshot and its other
-                        # members, so a failure can still cut the whole image back out.
-                        tasks = [(self._stream_layer, direct)] + [(self._materialize, layer) for layer in fetch
-                                                                  if layer is not direct]
-                        self.ctx.map(lambda task: task[0](task[1]), tasks, cost=lambda task: layer_cost(task[1]))
-                    if first is not None:
-                        self._add_layer(first)
-                    self._append(image, needed)
-                except BaseException as e:
-                    self._roll_back(snapshot, e)
-                    if isinstance(e, OSError):
-                        raise OccystrapError('cannot write %s: %s' % (self.path, e.strerror or e))
-                    raise
-                added = sum(self._blobs[digest] for digest in list(self._blobs)[before:])
-            self.ctx.stats.add(nbytes=added)
+            self._write_image(direct is not None, lambda: self.ctx.map(self._materialize, fetch, cost=layer_cost),
+                              stream, append)
         finally:
             for layer in needed:
                 layer.release()
+
+    def _write_image(self, streams_one, fetch, stream, append):
+        """Write one image's members: `fetch()` first, outside the lock, unless a layer is streamed straight into
+        the tarball (`streams_one`); then, holding the lock, `stream()` in that case and `append()`, under a
+        snapshot so that a failure cuts the whole image back out. OSErrors name the destination."""
+        if not streams_one:
+            try:
+                fetch()
+            except OSError as e:    # the temporary files beside the destination: a full disk, say
+                raise OccystrapError('cannot write %s: %s' % (self.path, e.strerror or e))
+        with self._lock:
+            self._open()
+            before = len(self._blobs)
+            snapshot = self._snapshot()
+            try:
+                if streams_one:
+                    # Holding the lock: the streamed member sits between this image's snapshot and its other
+                    # members, so a failure can still cut the whole image back out.
+                    stream()
+                append()
+            except BaseException as e:
+                self._roll_back(snapshot, e)
+                if isinstance(e, OSError):
+                    raise OccystrapError('cannot write %s: %s' % (self.path, e.strerror or e))
+                raise
+            added = sum(self._blobs[digest] for digest in list(self._blobs)[before:])
+        self.ctx.stats.add(nbytes=added)
 
     def _roll_back(self, snapshot, error):
         """Cut a failed image back out; where that cannot be done the tarball is unusable and the run fails."""
@@ -580,32 +594,17 @@ class TarballOutput(ImageOutput):
         def cost(layer):
             return float('inf') if layer is direct else layer_cost(layer)
 
+        def append():
+            if first is not None:
+                self._blobs[first.origin.digest] = self._add_file(blob_path(first.origin.digest),
+                                                                  fetched[first.origin.digest])
+            self._append_oci(image, needed, fetched, ref)
+
+        def fetch_all():
+            self.ctx.map(prepare, needed, cost=cost)
+
         try:
-            if direct is None:
-                try:
-                    self.ctx.map(prepare, needed, cost=cost)
-                except OSError as e:    # the temporary files beside the destination: a full disk, say
-                    raise OccystrapError('cannot write %s: %s' % (self.path, e.strerror or e))
-            with self._lock:
-                self._open()
-                before = len(self._blobs)
-                snapshot = self._snapshot()
-                try:
-                    if direct is not None:
-                        # Holding the lock: the streamed member sits between this image's snapshot and its other
-                        # members, so a failure can still cut the whole image back out.
-                        self.ctx.map(prepare, needed, cost=cost)
-                    if first is not None:
-                        self._blobs[first.origin.digest] = self._add_file(blob_path(first.origin.digest),
-                                                                          fetched[first.origin.digest])
-                    self._append_oci(image, needed, fetched, ref)
-                except BaseException as e:
-                    self._roll_back(snapshot, e)
-                    if isinstance(e, OSError):
-                        raise OccystrapError('cannot write %s: %s' % (self.path, e.strerror or e))
-                    raise
-                added = sum(self._blobs[digest] for digest in list(self._blobs)[before:])
-            self.ctx.stats.add(nbytes=added)
+            self._write_image(direct is not None, fetch_all, fetch_all, append)
         except BaseException:
             self.refs.release(ref, image)
             raise
