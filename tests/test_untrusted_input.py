@@ -267,7 +267,10 @@ class _CatalogProxy(BackgroundHTTPServer):
         self.requested = []
 
 
-def test_hostile_catalog_names_fail_alone(registry, tmp_path):
+def test_hostile_catalog_names_fail_alone(fresh_registry, tmp_path):
+    # A registry of its own: the proxy adds the names to every catalog page, and the session's shared registry
+    # pages its catalog once enough other tests have pushed to it.
+    registry = fresh_registry
     layout = build_oci_layout(tmp_path / 'seed', [{'etc/ok': b'ok\n'}])
     skopeo_copy('oci:%s:latest' % layout.path, 'docker://%s/catalogtest/good:latest' % registry.host)
     # the first has more components than the glob, so it is not even a match; the other three fail alone
