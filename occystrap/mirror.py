@@ -11,8 +11,10 @@ The input resolves a reference once (`resolve(ref)`: a manifest or an index, exa
 - an output holding one image: the one platform asked (default linux/amd64) goes through `write()` as before.
 
 Before copying, the destination is asked for the tag (one HEAD): when it already holds the digest this copy would
-write, nothing else is requested and the image is 'unchanged'. --dry-run stops before the first write and counts
-what would be sent; --preserve-digests refuses, before writing, any copy whose digest would change.
+write, nothing else is requested and the image is 'unchanged'. When the source's listing already named the tag's
+digest (a catalog glob checks each tag with a HEAD), not even the source manifest is fetched for such an image.
+--dry-run stops before the first write and counts what would be sent; --preserve-digests refuses, before writing,
+any copy whose digest would change.
 """
 
 import contextlib
@@ -52,6 +54,7 @@ class Copier:
         self.wanted = [] if self.every else [oci.Platform.parse(p) for p in platforms]
         # Anything that rewrites layers or configs changes digests: filters, or --compression given.
         self.rewrites = bool(filters) or self.settings.recompress
+        self._asked = {}          # str(ref) -> the digest the destination answered for it, while it is copied
 
     # --- entry
 
@@ -60,7 +63,15 @@ class Copier:
         resolve = getattr(self.source, 'resolve', None)
         if resolve is None:
             return self._plain(ref)
-        resolved = resolve(ref)
+        try:
+            listed = self._listed_unchanged(ref)
+            if listed is not None:
+                return listed
+            return self._copy(ref, resolve(ref))
+        finally:
+            self._asked.pop(str(ref), None)
+
+    def _copy(self, ref, resolved):
         if not resolved.is_index:
             return self._manifest(ref, resolved)
         if not self.holds:
@@ -74,6 +85,19 @@ class Copier:
         if not self.every and len(children) == 1:
             return self._faithful(ref, resolved, children, tag_child=True)
         return self._faithful(ref, resolved, children)
+
+    def _listed_unchanged(self, ref):
+        """'unchanged' without fetching the manifest, when the source's listing already named the tag's digest
+        (a catalog glob checks each tag with a HEAD), the destination holds that digest, and the whole of it
+        would be copied as it is (every platform, no filter, no recompression); else None."""
+        listed = getattr(self.source, 'listed_digest', None)
+        if listed is None or not self.holds or not self.every or self.rewrites:
+            return None
+        digest = listed(ref)
+        if digest is None or not self._unchanged(ref, digest):
+            return None
+        return Outcome('would be unchanged' if self.settings.dry_run else 'unchanged', source_digest=digest,
+                       destination_digest=digest, destination=self.output.target(ref))
 
     # --- choosing platforms
 
@@ -253,7 +277,10 @@ class Copier:
 
     def _unchanged(self, ref, digest):
         """True when the destination already holds `digest` under the reference's destination tag (one HEAD)."""
-        present = self.output.existing_digest(ref)
+        key = str(ref)
+        if key not in self._asked:     # one HEAD per reference, however many times the copy asks
+            self._asked[key] = self.output.existing_digest(ref)
+        present = self._asked[key]
         return present is not None and present == digest
 
     def _dry(self, ref, source_digest, platforms, blobs, missing, changed=None, destination_digest=None):

@@ -12,6 +12,7 @@ import pytest
 
 from tests.helpers import multi_platform_layout, sha256
 from tests.services import build_oci_layout, seed_image, skopeo_copy, skopeo_inspect
+from tools.delayproxy import start_proxy_thread
 
 pytestmark = pytest.mark.integration
 
@@ -67,7 +68,8 @@ def test_a_repeated_mirror_makes_no_blob_request(fleet):
     assert [e for e in served if e.method in WRITES] == []
     for name in names:
         leaf = name.split('/')[1]
-        assert [e.method for e in served if e.path == '/v2/%s/manifests/v1' % name] == ['GET']
+        # The catalog glob's tag check (a HEAD) names the digest: the source manifest itself is not fetched.
+        assert [e.method for e in served if e.path == '/v2/%s/manifests/v1' % name] == ['HEAD']
         assert [e.method for e in served if e.path == '/v2/mirror/%s/manifests/v1' % leaf] == ['HEAD']
     text = occystrap('process', source, target).stderr
     assert len([line for line in text.splitlines() if '  unchanged sha256:' in line]) == 3
@@ -90,6 +92,33 @@ def test_a_blob_is_uploaded_once_per_run_and_mounted_after(fleet, registry):
     assert len(digests) == len(set(digests)), 'a blob was uploaded twice in one run'
     assert sum(r['uploaded'] for r in summary['results']) == len(uploads)
     assert sum(r['mounted'] for r in summary['results']) == len(mounts) >= 1
+
+
+def test_a_mirror_into_new_repositories_asks_no_blob_and_reuses_connections(fleet, registry):
+    """A repository the destination does not know needs no HEAD per blob, and answers read to their end (HEADs,
+    empty 202s) leave their connection open for the next request."""
+    source_registry, names = fleet
+    prefix = 'new-%d' % os.getpid()
+    host, port, stop = start_proxy_thread(registry.host)
+    try:
+        before = len(registry.access_log())
+        summary = json.loads(occystrap('-J', '1', '-j', '2', '-O', 'json', 'process',
+                                       'registry://%s/fleet/*:v1?insecure=true' % source_registry.host,
+                                       'registry://%s:%d/%s?insecure=true' % (host, port, prefix)).stdout)
+        connections = stop.proxy.connections
+    finally:
+        stop()
+    served = [e for e in registry.access_log()[before:] if e.path.startswith('/v2/%s/' % prefix)]
+    assert [r['state'] for r in summary['results']] == ['copied'] * 3
+    assert [e for e in served if e.method == 'HEAD' and '/blobs/' in e.path] == []
+    assert len([e for e in served if e.method == 'PUT' and '/blobs/uploads/' in e.path]) == \
+        sum(r['uploaded'] for r in summary['results']) > 0
+    for name, result in zip(names, summary['results']):
+        raw = skopeo_inspect('docker://%s/%s/%s:v1' % (registry.host, prefix, name.split('/')[1]), raw=True,
+                             parse=False)
+        assert sha256(raw) == result['source_digest'] == result['destination_digest']
+    # Two transfers and the metadata requests in flight at most: a few connections for every request, not one each.
+    assert len(served) > 20 and connections <= 4, (len(served), connections)
 
 
 def test_dry_run_writes_nothing(fleet, tmp_path):

@@ -210,7 +210,8 @@ def start_proxy_thread(target, latency_ms=0.0, bandwidth_mbit=0.0, window=DEFAUL
     """Run a DelayProxy on 127.0.0.1 in a background thread.
 
     target is 'host:port' or (host, port). Returns (host, port, stop_fn); stop_fn closes the listener and
-    every open connection and waits for the thread to end.
+    every open connection and waits for the thread to end, and its `proxy` attribute is the DelayProxy (whose
+    `connections` counts the connections accepted).
     """
     loop = asyncio.new_event_loop()
     proxy = DelayProxy(target, latency_ms, bandwidth_mbit, window)
@@ -235,6 +236,7 @@ def start_proxy_thread(target, latency_ms=0.0, bandwidth_mbit=0.0, window=DEFAUL
             loop.call_soon_threadsafe(loop.stop)
             thread.join(10)
 
+    stop.proxy = proxy
     return address[0], address[1], stop
 
 

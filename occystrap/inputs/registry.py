@@ -50,6 +50,7 @@ class RegistryInput(ImageInput):
                          options.get('arch') or options.get('architecture') or settings.architecture,
                          options.get('variant') or settings.variant)
         self._rejected = {}     # ImageRef -> the error opening it gives (a catalog name that is not a valid name)
+        self._listed = {}       # (name, tag) -> the digest its HEAD answered while a catalog glob was listed
 
     @property
     def multi(self):
@@ -145,12 +146,20 @@ class RegistryInput(ImageInput):
         return valid + [ref for ref, _ in rejected]
 
     def _has_tag(self, name):
-        try:
-            return self.uri.tag in self.client.list_tags(name)
-        except RegistryError as e:
-            if e.status == 404:       # deleted since the catalog was read
-                return False
-            raise
+        """True when the repository holds the tag: one HEAD, whose digest listed_digest() keeps for the copy."""
+        found, digest = self.client.head_manifest(name, self.uri.tag)
+        if found and digest is not None:
+            self._listed[(name, self.uri.tag)] = digest
+        return found
+
+    def listed_digest(self, ref):
+        """The digest the registry named for a tag when the catalog glob was listed (a HEAD), or None.
+
+        A copy whose destination already holds it needs nothing more from the source (mirror.Copier).
+        """
+        if ref.digest is not None:
+            return None
+        return self._listed.get((ref.name, ref.tag))
 
     # --- the small commands (tags, digest, manifest, config) ---------------------------------------------------
 

@@ -108,6 +108,7 @@ class RegistryOutput(ImageOutput):
         self._key_locks = {}
         self._present = {}                # blob digest -> (size, set of repositories holding it), this run
         self._mount_refused = set()       # (from, to) repository pairs the registry would not mount between
+        self._new_repositories = set()    # repositories the registry did not know when this run first asked
 
     # --- the image
 
@@ -139,7 +140,13 @@ class RegistryOutput(ImageOutput):
         reference = tag or getattr(ref, 'digest', None)
         if reference is None:
             return None
-        return self.client.manifest_digest(repository, reference)
+        found, digest = self.client.head_manifest(repository, reference)
+        if not found and not self.client.repository_exists(repository):
+            # A repository the registry does not know holds no blob worth a HEAD: its blobs go up (or are
+            # mounted) without asking first. One request here spares one per blob.
+            with self._lock:
+                self._new_repositories.add(repository)
+        return digest
 
     def target(self, ref):
         """'host/repository:tag' (or '@digest' pending) where `ref` goes, for the summary."""
@@ -241,6 +248,9 @@ class RegistryOutput(ImageOutput):
     def missing_blobs(self, ref, blobs):
         """The blobs (model.Blob) the destination repository of `ref` lacks: HEAD requests only, for --dry-run."""
         repository, _ = self.destination(ref)
+        with self._lock:
+            if repository in self._new_repositories:
+                return list(blobs)
         found = self.ctx.map(lambda blob: self.client.blob_exists(repository, blob.digest), blobs)
         return [blob for blob, size in zip(blobs, found) if size is None]
 
@@ -372,23 +382,22 @@ class RegistryOutput(ImageOutput):
         with self._lock:
             known_size, holders = self._present.get(digest, (None, set()))
             holders = set(holders)
+            new = repository in self._new_repositories
         if repository in holders:
             job.count(present=1)
             return known_size
-        found = self.client.blob_exists(repository, digest)
-        if found is not None:
-            job.count(present=1)
-            self._note_present(digest, found, repository)
-            return found
         sources = sorted(holders)
         for registry, source in locations:
             if registry.lower() == self.host and source not in sources:
                 sources.append(source)
+        with self._lock:
+            sources = [source for source in sources
+                       if source != repository and (source, repository) not in self._mount_refused]
+        # A mount answers 201 whether or not the blob was there already, so a blob that can be mounted needs no
+        # HEAD first; nor does one bound for a repository the registry did not know (existing_digest).
+        if not sources and not new:
+            return self._present_by_head(job, digest)
         for source in sources:
-            with self._lock:
-                refused = (source, repository) in self._mount_refused
-            if source == repository or refused:
-                continue
             try:
                 mounted = self.client.mount_blob(repository, digest, source)
             except RegistryError as e:
@@ -404,7 +413,16 @@ class RegistryOutput(ImageOutput):
                 job.count(mounted=1)
                 self._note_present(digest, size, repository)
                 return size
-        return None
+        # Every mount failed: the blob may still be there already.
+        return None if new else self._present_by_head(job, digest)
+
+    def _present_by_head(self, job, digest):
+        """The blob's size when a HEAD finds it in the job's repository (counted as present), else None."""
+        found = self.client.blob_exists(job.repository, digest)
+        if found is not None:
+            job.count(present=1)
+            self._note_present(digest, found, job.repository)
+        return found
 
     def _note_present(self, digest, size, repository):
         with self._lock:

@@ -18,7 +18,7 @@ from occystrap.errors import CorruptImageError, DigestMismatchError, RegistryErr
 from occystrap.registry import auth
 from occystrap.registry.http import (DOCUMENT_LIMIT, ERROR_BODY_LIMIT, LISTING_LIMIT, MAX_REDIRECTS,
                                      REDIRECT_STATUSES, ConnectionFailed, RetryPolicy, host_of, origin, read_capped,
-                                     speaks_tls, unusable_redirect, usable_url)
+                                     release, speaks_tls, unusable_redirect, usable_url)
 
 LOG = logging.getLogger(__name__)
 
@@ -240,12 +240,12 @@ class RegistryClient:
                     raise self._speaks_tls(what) from None
                 raise
             if response.status_code == 401 and own and challenges < 2:
-                response.close()
+                release(response)
                 challenges += 1
                 self.auth.challenged(response, scopes, sent)
                 continue
             if follow and response.status_code in REDIRECT_STATUSES and response.headers.get('Location'):
-                response.close()
+                release(response)
                 redirects += 1
                 if redirects > MAX_REDIRECTS:
                     raise RegistryError('registry %s redirected %s more than %d times'
@@ -362,16 +362,34 @@ class RegistryClient:
         Only a sha256 Docker-Content-Digest is believed; a registry that sends none answers None (treated as
         'not known to be there', so the copy goes ahead).
         """
+        return self.head_manifest(name, reference)[1]
+
+    def head_manifest(self, name, reference):
+        """(found, digest) for a tag or digest, from one HEAD request: `found` is False when the registry answers
+        404, and `digest` is the sha256 Docker-Content-Digest it sent, or None when it sent none (or no valid one).
+        """
         what = describe_reference(name, reference)
         response = self._send('HEAD', self._url('/v2/%s/manifests/%s' % (name, reference)), self._pull(name), what,
                               headers={'Accept': ', '.join(ALL_MANIFEST_TYPES)})
         response.close()
         if response.status_code == 404:
-            return None
+            return False, None
         if response.status_code != 200:
             raise self._error(response, what)
         header = response.headers.get('Docker-Content-Digest') or ''
-        return header if header.startswith('sha256:') and oci.is_digest(header) else None
+        return True, header if header.startswith('sha256:') and oci.is_digest(header) else None
+
+    def repository_exists(self, name):
+        """False when the registry says it has no repository `name` (its tag list answers 404), else True.
+
+        One small request (a tag list of at most one entry). Any answer but a 404 counts as 'may exist', so a
+        caller only ever skips work it could not have needed.
+        """
+        what = 'the tags of %s' % name
+        response = self._send('GET', _with_query(self._url('/v2/%s/tags/list' % name), n=1), self._pull(name), what,
+                              limit=LISTING_LIMIT)
+        response.close()
+        return response.status_code != 404
 
     def resolve_image(self, name, reference, platform=None):
         """The image manifest for a reference: (bytes, media type, digest, oci.Manifest).
@@ -441,12 +459,11 @@ class RegistryClient:
     def blob_exists(self, name, digest):
         """The blob's size when the repository has it, else None (a HEAD request)."""
         response, what = self._blob_response(name, digest, method='HEAD')
+        release(response)
         if response.status_code == 404:
-            response.close()
             return None
         if response.status_code != 200:
             raise self._error(response, what)
-        response.close()
         return int(response.headers.get('Content-Length') or 0)
 
     def list_tags(self, name, page_size=None):

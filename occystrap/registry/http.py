@@ -239,6 +239,7 @@ def read_capped(response, limit, what, error=RegistryError):
     """
     try:
         if response.request.method == 'HEAD':
+            release(response)
             return b''
         length = response.headers.get('Content-Length', '').strip()
         if length.isdigit() and int(length) > limit:
@@ -254,6 +255,26 @@ def read_capped(response, limit, what, error=RegistryError):
     data = b''.join(parts)
     encodings = response.headers.get('Content-Encoding')
     return _decode(data, encodings, limit, what, error) if encodings else data
+
+
+def release(response, limit=ERROR_BODY_LIMIT):
+    """Close a response so that its connection can serve the next request.
+
+    httpcore closes the connection of an answer closed before its end was read, and a HEAD answer or an empty
+    202 has not been read to its end until its (empty) body is iterated. So a body known to be small (a HEAD
+    answer, a Content-Length of at most `limit`) is read first; anything longer or of unknown length is dropped
+    with its connection, as before.
+    """
+    try:
+        length = response.headers.get('Content-Length', '').strip()
+        if not response.is_closed and (response.request.method == 'HEAD' or (length.isdigit()
+                                                                             and int(length) <= limit)):
+            for _ in response.iter_raw():
+                pass
+    except (httpx.HTTPError, OSError):
+        pass        # a connection that broke now is dropped by the close below, as any other
+    finally:
+        response.close()
 
 
 def buffered(response, limit, what, error=RegistryError):
