@@ -232,6 +232,8 @@ def _size(ctx, param, value):
         help='Say per image what would be copied or is unchanged; write nothing.')
 @option('--preserve-digests', is_flag=True, envvar=_env('PRESERVE_DIGESTS'),
         help='Fail before writing when a destination digest would differ from the source digest.')
+@option('--referrers', is_flag=True, envvar=_env('REFERRERS'),
+        help='Copy what refers to each manifest with it: OCI 1.1 referrers and cosign signature tags.')
 @option('--temp-dir', type=click.Path(file_okay=False), envvar=_env('TEMP_DIR'),
         help='Where temporary layer files go (default: beside the destination, else the system temp dir).')
 @option('--layer-cache', type=click.Path(dir_okay=False), envvar=_env('LAYER_CACHE'),
@@ -254,7 +256,7 @@ def _size(ctx, param, value):
 @click.pass_context
 def cli(ctx, parallel, image_parallel, rate_limit, retries, username, password, password_stdin, src_creds, dest_creds,
         authfile, insecure, ca_cert, http2, compression, os_, architecture, variant, platforms, dry_run,
-        preserve_digests, temp_dir, layer_cache,
+        preserve_digests, referrers, temp_dir, layer_cache,
         output_format, allow_devices, max_extract_bytes, shard, quiet, show_progress, verbose, debug):
     """Move and reshape container images without a container engine.
 
@@ -289,8 +291,8 @@ def cli(ctx, parallel, image_parallel, rate_limit, retries, username, password, 
                        authfile=authfile, insecure=insecure, ca_cert=ca_cert, http2=http2,
                        compression=compression, os=os_, architecture=architecture, variant=variant,
                        platforms=platforms, recompress=recompress, dry_run=dry_run, preserve_digests=preserve_digests,
-                       temp_dir=temp_dir, layer_cache=layer_cache, output_format=output_format, verbose=verbose,
-                       debug=debug, allow_devices=allow_devices,
+                       referrers=referrers, temp_dir=temp_dir, layer_cache=layer_cache, output_format=output_format,
+                       verbose=verbose, debug=debug, allow_devices=allow_devices,
                        max_extract_bytes=max_extract_bytes, shard=shard, quiet=quiet,
                        progress=show_progress or (not quiet and sys.stdout.isatty() and sys.stderr.isatty()))
 
@@ -413,6 +415,10 @@ def _describe_outcome(outcome):
         text += ', %d manifest%s, %d uploaded, %d mounted, %d present' % (
             outcome.manifests, '' if outcome.manifests == 1 else 's', outcome.uploaded, outcome.mounted,
             outcome.present)
+    if outcome.referrers:
+        text += ', %d referrer%s %s' % (outcome.referrers, '' if outcome.referrers == 1 else 's',
+                                        'to copy' if outcome.blobs_to_send is not None or 'would' in outcome.state
+                                        else 'copied')
     if outcome.changed:
         text += '; digest changed: %s' % outcome.changed
     return text

@@ -15,12 +15,15 @@ write, nothing else is requested and the image is 'unchanged'. When the source's
 digest (a catalog glob checks each tag with a HEAD), not even the source manifest is fetched for such an image.
 --dry-run stops before the first write and counts what would be sent; --preserve-digests refuses, before writing,
 any copy whose digest would change.
+
+With --referrers, what refers to each manifest that arrives with its digest unchanged (the image, an index and its
+children; not a rewritten or filtered one) is copied after it, unchanged images included (occystrap/referrers.py).
 """
 
 import contextlib
 import logging
 
-from occystrap import oci
+from occystrap import oci, referrers
 from occystrap.errors import OccystrapError, UsageError
 from occystrap.pipeline import Outcome
 
@@ -89,9 +92,10 @@ class Copier:
     def _listed_unchanged(self, ref):
         """'unchanged' without fetching the manifest, when the source's listing already named the tag's digest
         (a catalog glob checks each tag with a HEAD), the destination holds that digest, and the whole of it
-        would be copied as it is (every platform, no filter, no recompression); else None."""
+        would be copied as it is (every platform, no filter, no recompression); else None. --referrers needs the
+        manifest (an index's children have referrers of their own), so it always takes the ordinary path."""
         listed = getattr(self.source, 'listed_digest', None)
-        if listed is None or not self.holds or not self.every or self.rewrites:
+        if listed is None or not self.holds or not self.every or self.rewrites or self.settings.referrers:
             return None
         digest = listed(ref)
         if digest is None or not self._unchanged(ref, digest):
@@ -174,17 +178,20 @@ class Copier:
         keeps = not self.filters and all(d.compression == self.settings.compression for d in manifest.layers)
         changed = None if keeps else ('filtered' if self.filters else 'recompressed to %s' % self.settings.compression)
         self._refuse_change(ref, changed)
+        kept = [resolved.digest] if keeps else []
         if keeps and self._unchanged(ref, resolved.digest):
-            return Outcome('would be unchanged' if self.settings.dry_run else 'unchanged',
-                           source_digest=resolved.digest, destination_digest=resolved.digest,
-                           destination=self.output.target(ref), layers=len(manifest.layers))
+            return self._referrers(ref, kept, Outcome(
+                'would be unchanged' if self.settings.dry_run else 'unchanged', source_digest=resolved.digest,
+                destination_digest=resolved.digest, destination=self.output.target(ref), layers=len(manifest.layers)))
         if self.settings.dry_run:
             blobs = self._manifest_blobs(ref, manifest)
-            return self._dry(ref, resolved.digest, [], blobs, self.output.missing_blobs(ref, blobs), changed=changed)
+            return self._referrers(ref, kept, self._dry(ref, resolved.digest, [], blobs,
+                                                        self.output.missing_blobs(ref, blobs), changed=changed))
         image = self.source.open(ref, resolved)
         written = self._write(image)
         self.ctx.stats.add(images=1, layers=len(image.layers))
-        return self._written_outcome(ref, resolved.digest, written, [image.platform], len(image.layers))
+        outcome = self._written_outcome(ref, resolved.digest, written, [image.platform], len(image.layers))
+        return self._referrers(ref, [resolved.digest] if outcome.changed is None else [], outcome)
 
     @staticmethod
     def _manifest_blobs(ref, manifest):
@@ -209,20 +216,25 @@ class Copier:
             target_digest, changed = built.digest, 'new index of %d platforms' % len(children)
             platforms = [str(d.platform) for d in children]
         self._refuse_change(ref, changed)
+        # What keeps its digest: every child copied, and the index itself unless a subset makes a new one.
+        kept = [d.digest for d in children] + ([resolved.digest] if not tag_child and changed is None else [])
         if self._unchanged(ref, target_digest):
-            return Outcome('would be unchanged' if self.settings.dry_run else 'unchanged',
-                           source_digest=source_digest, destination_digest=target_digest,
-                           destination=self.output.target(ref), platforms=platforms, changed=changed)
+            return self._referrers(ref, kept, Outcome(
+                'would be unchanged' if self.settings.dry_run else 'unchanged', source_digest=source_digest,
+                destination_digest=target_digest, destination=self.output.target(ref), platforms=platforms,
+                changed=changed))
         copy = self.source.copy_index(ref, resolved, children)
         if changed is not None:
             copy.index = built
         if self.settings.dry_run:
-            return self._dry(ref, source_digest, platforms, copy.blobs, self.output.missing_blobs(ref, copy.blobs),
-                             changed=changed, destination_digest=target_digest)
+            return self._referrers(ref, kept, self._dry(ref, source_digest, platforms, copy.blobs,
+                                                        self.output.missing_blobs(ref, copy.blobs), changed=changed,
+                                                        destination_digest=target_digest))
         written = self.output.write_index(copy, tag_child=tag_child)
         layers = sum(max(0, len(child.blobs) - 1) for child in copy.children)
         self.ctx.stats.add(images=1, layers=layers)
-        return self._written_outcome(ref, source_digest, written, platforms, layers, changed=changed)
+        return self._referrers(ref, kept, self._written_outcome(ref, source_digest, written, platforms, layers,
+                                                                changed=changed))
 
     def _rebuilt(self, ref, resolved, children):
         """Filters or recompression on an index: each platform's image rewritten, then a new index of them."""
@@ -239,6 +251,8 @@ class Copier:
         if dropped:
             LOG.info('%s: %d entries that are not images (attestations) are left out of the rewritten index',
                      ref, dropped)
+        if self.settings.referrers:
+            LOG.warning('%s: referrers are not copied: every digest of the rewritten index changes', ref)
         descriptors, counters, layers = [], [], 0
         for entry in images:
             image = self.source.open(ref, resolved, child=entry)
@@ -264,6 +278,18 @@ class Copier:
         return self._written_outcome(ref, resolved.digest, written, platforms, layers, changed=changed)
 
     # --- shared
+
+    def _referrers(self, ref, digests, outcome):
+        """`outcome` with what refers to `digests` (manifests that keep their digest) copied, with --referrers."""
+        if not self.settings.referrers:
+            return outcome
+        if not digests:
+            LOG.warning('%s: referrers are not copied: the manifest is rewritten (%s)', ref,
+                        outcome.changed or 'a new digest')
+            return outcome
+        outcome.referrers = referrers.copy(self.source, self.output, ref, digests, self.ctx.cancellation,
+                                           dry_run=self.settings.dry_run)
+        return outcome
 
     def _write(self, image):
         self.ctx.stats.track(image)     # the progress display's layer count and announced size for this image

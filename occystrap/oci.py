@@ -35,6 +35,8 @@ IMAGE_MANIFEST_TYPES = (MEDIA_OCI_MANIFEST, MEDIA_DOCKER_MANIFEST)
 ALL_MANIFEST_TYPES = (MEDIA_OCI_INDEX, MEDIA_DOCKER_LIST, MEDIA_OCI_MANIFEST, MEDIA_DOCKER_MANIFEST)
 
 ALGORITHMS = ('sha256', 'sha512')
+# What cosign tags beside an image: `sha256-<hex>.sig` (signatures), `.att` (attestations), `.sbom` (SBOMs).
+COSIGN_SUFFIXES = ('.sig', '.att', '.sbom')
 SHOWN_MAX = 80
 
 
@@ -334,7 +336,10 @@ class Descriptor:
 def _document(data, media_type, source, kind):
     document = load_json_object(data, source)
     declared = _optional_string(document, 'mediaType', source)
+    _optional_string(document, 'artifactType', source)
     _annotations(document, source)
+    if document.get('subject') is not None:
+        Descriptor.from_dict(document['subject'], '%s subject' % source)
     return document, media_type or declared or kind
 
 
@@ -354,6 +359,16 @@ class _Document:
     @property
     def annotations(self):
         return dict(self.document.get('annotations') or {})
+
+    @property
+    def subject(self):
+        """The descriptor of the manifest this one refers to (OCI 1.1 `subject`), or None; checked when parsed."""
+        value = self.document.get('subject')
+        return Descriptor.from_dict(value, '%s subject' % self.source) if value is not None else None
+
+    @property
+    def artifact_type(self):
+        return self.document.get('artifactType') or None
 
 
 class Manifest(_Document):
@@ -450,3 +465,44 @@ def is_index_document(media_type, document):
     if media_type in IMAGE_MANIFEST_TYPES:
         return False
     return isinstance(document, dict) and 'manifests' in document
+
+
+# --- referrers (OCI 1.1) and cosign's tags -------------------------------------------------------------------------
+
+def referrers_tag(digest):
+    """The tag of the referrers tag schema for `digest` (distribution spec 1.1): '<algorithm>-<encoded>', the
+    algorithm cut to 32 characters, the encoded part to 64; the digest is checked first."""
+    algorithm, _, encoded = parse_digest(digest, 'subject').partition(':')
+    return '%s-%s' % (algorithm[:32], encoded[:64])
+
+
+def cosign_tags(digest):
+    """cosign's tags for what refers to `digest`: '<algorithm>-<hex>.sig', '.att', '.sbom' (those the tag grammar
+    allows; a sha512 digest is too long for any of them)."""
+    algorithm, _, encoded = parse_digest(digest, 'subject').partition(':')
+    return [tag for tag in ('%s-%s%s' % (algorithm, encoded, suffix) for suffix in COSIGN_SUFFIXES) if valid_tag(tag)]
+
+
+def referrer_descriptor(document, media_type):
+    """The descriptor a referrers list holds for a manifest or index (an oci.Manifest or oci.Index): its media type,
+    digest and size, its artifactType (a manifest without one gives its config's media type) and its annotations."""
+    artifact_type = document.artifact_type
+    if artifact_type is None and isinstance(document, Manifest):
+        artifact_type = document.config.media_type
+    return Descriptor(media_type, document.digest, len(document.raw), annotations=document.annotations or None,
+                      artifact_type=artifact_type)
+
+
+def parse_referrers(data, media_type, source):
+    """A referrers list (the referrers API's answer or the tag schema's index): an oci.Index whose entries are
+    manifests or indexes, every descriptor checked; CorruptImageError naming `source` otherwise."""
+    document = load_json_object(data, source)
+    if media_type not in (None, '', MEDIA_OCI_INDEX) or document.get('mediaType') not in (None, MEDIA_OCI_INDEX) \
+            or not isinstance(document.get('manifests'), list):
+        raise CorruptImageError('%s is not an OCI image index' % source)
+    index = Index.parse(data, MEDIA_OCI_INDEX, source)
+    for number, descriptor in enumerate(index.manifests):
+        if descriptor.media_type not in ALL_MANIFEST_TYPES:
+            raise CorruptImageError('%s entry %d has a media type %s that is no manifest or index'
+                                    % (source, number, shown(descriptor.media_type)))
+    return index

@@ -481,6 +481,7 @@ class Outcome:
     uploaded: int = 0
     mounted: int = 0
     present: int = 0
+    referrers: int = 0                        # --referrers: manifests referring to it copied (or that would be)
     blobs_to_send: Optional[int] = None       # --dry-run: blobs the destination lacks
     bytes_to_send: Optional[int] = None
 
@@ -637,6 +638,12 @@ def run_process(source_uri, dest_uri, filters, ctx):
     if settings.preserve_digests and not holds:
         source.close()
         raise UsageError('--preserve-digests needs a destination that keeps manifest digests (registry://)')
+    if settings.referrers:
+        from occystrap import referrers
+        reason = referrers.supported(source, load(OUTPUTS, dest_uri.scheme))
+        if reason:
+            source.close()
+            raise UsageError(reason)
     if settings.dry_run and not holds:
         # Nothing is built at a destination that would create files: only the source is read.
         check_filters(filters)

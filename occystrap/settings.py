@@ -34,6 +34,7 @@ class Settings:
     recompress: bool = False          # --compression was given: layers in another compression are recompressed
     dry_run: bool = False
     preserve_digests: bool = False
+    referrers: bool = False           # --referrers: copy what refers to each manifest (signatures, SBOMs)
     temp_dir: Optional[str] = None
     layer_cache: Optional[str] = None
     output_format: str = 'text'

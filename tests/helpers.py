@@ -318,3 +318,52 @@ def multi_platform_layout(path, platforms=('amd64', 'arm64'), attestation=True):
                'annotations': {'org.opencontainers.image.ref.name': 'latest'}}
         json.dump({'schemaVersion': 2, 'manifests': [top]}, f)
     return path, index
+
+
+# --- artifacts pushed with plain HTTP requests (signatures and referrers the tests make, not our code) -------------
+
+OCI_MANIFEST = 'application/vnd.oci.image.manifest.v1+json'
+OCI_INDEX = 'application/vnd.oci.image.index.v1+json'
+EMPTY_TYPE = 'application/vnd.oci.empty.v1+json'
+
+
+def http_push_blob(client, name, data):
+    """Upload a blob with a POST and a monolithic PUT (an httpx.Client aimed at the registry); its digest."""
+    digest = sha256(data)
+    started = client.post('/v2/%s/blobs/uploads/' % name)
+    assert started.status_code == 202, started.text
+    location = started.headers['Location']
+    done = client.put(location + ('&' if '?' in location else '?') + 'digest=' + digest, content=data,
+                      headers={'Content-Type': 'application/octet-stream'})
+    assert done.status_code == 201, done.text
+    return digest
+
+
+def http_put_manifest(client, name, reference, raw, media_type=OCI_MANIFEST):
+    """PUT manifest bytes under a tag or digest; the answer (its status checked)."""
+    answer = client.put('/v2/%s/manifests/%s' % (name, reference), content=raw, headers={'Content-Type': media_type})
+    assert answer.status_code == 201, answer.text
+    return answer
+
+
+def http_push_artifact(client, name, payload, layer_type, subject=None, artifact_type=None, config=None,
+                       config_type=EMPTY_TYPE, annotations=None, reference=None):
+    """An OCI manifest of one layer (`payload`) pushed with plain HTTP: the empty config unless `config` is given,
+    an optional `subject` (a descriptor dict) and `artifactType`, under `reference` (default its digest).
+
+    Returns (digest, raw manifest bytes, the PUT's answer)."""
+    config = b'{}' if config is None else config
+    document = {'schemaVersion': 2, 'mediaType': OCI_MANIFEST}
+    if artifact_type:
+        document['artifactType'] = artifact_type
+    document['config'] = {'mediaType': config_type, 'digest': http_push_blob(client, name, config),
+                          'size': len(config)}
+    document['layers'] = [{'mediaType': layer_type, 'digest': http_push_blob(client, name, payload),
+                           'size': len(payload)}]
+    if subject is not None:
+        document['subject'] = subject
+    if annotations:
+        document['annotations'] = annotations
+    raw = json.dumps(document, separators=(',', ':')).encode()
+    answer = http_put_manifest(client, name, reference or sha256(raw), raw)
+    return sha256(raw), raw, answer

@@ -303,3 +303,66 @@ def test_model_reexports_the_one_definition():
     from occystrap import model
     assert model.MEDIA_OCI_MANIFEST is oci.MEDIA_OCI_MANIFEST
     assert model.layer_media_type is oci.layer_media_type
+
+
+# --- referrers and cosign's tags ---------------------------------------------------------------------------------
+
+def test_referrers_tag_and_cosign_tags():
+    assert oci.referrers_tag(DIGEST) == 'sha256-' + HEX
+    assert oci.referrers_tag('sha512:' + 'cd' * 64) == 'sha512-' + ('cd' * 64)[:64]
+    assert oci.cosign_tags(DIGEST) == ['sha256-%s%s' % (HEX, suffix) for suffix in ('.sig', '.att', '.sbom')]
+    assert oci.cosign_tags('sha512:' + 'cd' * 64) == []       # longer than a tag may be
+    with pytest.raises(oci.InvalidDigestError):
+        oci.referrers_tag('sha256:../' + HEX)
+
+
+def _artifact(**extra):
+    document = {'schemaVersion': 2, 'mediaType': oci.MEDIA_OCI_MANIFEST,
+                'config': {'mediaType': 'application/vnd.oci.empty.v1+json', 'digest': DIGEST, 'size': 2},
+                'layers': []}
+    document.update(extra)
+    return json.dumps(document).encode()
+
+
+def test_subject_and_artifact_type_are_checked_when_parsed():
+    subject = {'mediaType': oci.MEDIA_OCI_MANIFEST, 'digest': DIGEST, 'size': 7}
+    manifest = oci.Manifest.parse(_artifact(subject=subject, artifactType='application/x.sbom'))
+    assert manifest.subject.digest == DIGEST and manifest.artifact_type == 'application/x.sbom'
+    assert oci.Manifest.parse(_artifact()).subject is None
+    with pytest.raises(oci.InvalidDigestError, match='manifest subject has a malformed digest'):
+        oci.Manifest.parse(_artifact(subject={'digest': 'sha256:nope', 'size': 1}))
+    with pytest.raises(CorruptImageError, match='artifactType that is not a string'):
+        oci.Manifest.parse(_artifact(artifactType=5))
+
+
+def test_referrer_descriptor_follows_the_spec():
+    with_type = oci.Manifest.parse(_artifact(artifactType='application/x.sig', annotations={'a': 'b'}))
+    described = oci.referrer_descriptor(with_type, oci.MEDIA_OCI_MANIFEST)
+    assert (described.digest, described.size) == (with_type.digest, len(with_type.raw))
+    assert described.artifact_type == 'application/x.sig' and described.annotations == {'a': 'b'}
+    # Without artifactType, a manifest's config media type stands in; an index has none.
+    plain = oci.referrer_descriptor(oci.Manifest.parse(_artifact()), oci.MEDIA_OCI_MANIFEST)
+    assert plain.artifact_type == 'application/vnd.oci.empty.v1+json' and plain.annotations is None
+    index = oci.Index.parse(json.dumps({'schemaVersion': 2, 'mediaType': oci.MEDIA_OCI_INDEX,
+                                        'manifests': []}).encode())
+    assert oci.referrer_descriptor(index, oci.MEDIA_OCI_INDEX).artifact_type is None
+
+
+@pytest.mark.parametrize('media_type,body,fragment', [
+    (oci.MEDIA_OCI_MANIFEST, {'manifests': []}, 'is not an OCI image index'),
+    (None, {'mediaType': oci.MEDIA_DOCKER_LIST, 'manifests': []}, 'is not an OCI image index'),
+    (None, {'schemaVersion': 2}, 'is not an OCI image index'),
+    (None, {'manifests': [{'mediaType': 'text/plain', 'digest': DIGEST, 'size': 1}]}, 'no manifest or index'),
+    (None, {'manifests': [{'mediaType': oci.MEDIA_OCI_MANIFEST, 'digest': 'x', 'size': 1}]}, 'malformed digest'),
+    (None, [], 'not a JSON object'),
+])
+def test_parse_referrers_refuses_what_is_no_referrers_list(media_type, body, fragment):
+    with pytest.raises(CorruptImageError, match=fragment):
+        oci.parse_referrers(json.dumps(body).encode(), media_type, 'the referrers')
+
+
+def test_parse_referrers_reads_a_list():
+    entry = {'mediaType': oci.MEDIA_OCI_MANIFEST, 'digest': DIGEST, 'size': 3, 'artifactType': 'application/x.sig'}
+    listed = oci.parse_referrers(json.dumps({'schemaVersion': 2, 'mediaType': oci.MEDIA_OCI_INDEX,
+                                             'manifests': [entry]}).encode(), oci.MEDIA_OCI_INDEX, 'the referrers')
+    assert [(d.digest, d.artifact_type) for d in listed.manifests] == [(DIGEST, 'application/x.sig')]

@@ -14,6 +14,7 @@ every matching repository. Tags a registry lists are checked against the tag gra
 import fnmatch
 import functools
 import logging
+import threading
 
 from occystrap import model, oci
 from occystrap.errors import CorruptImageError, OccystrapError, RegistryError, UsageError
@@ -51,6 +52,9 @@ class RegistryInput(ImageInput):
                          options.get('variant') or settings.variant)
         self._rejected = {}     # ImageRef -> the error opening it gives (a catalog name that is not a valid name)
         self._listed = {}       # (name, tag) -> the digest its HEAD answered while a catalog glob was listed
+        self._lock = threading.Lock()
+        self._tags = {}             # repository -> its tags, listed once a run (--referrers looks for tags there)
+        self._no_referrers_api = set()      # repositories whose registry answered 404 to the referrers API
 
     @property
     def multi(self):
@@ -298,3 +302,77 @@ class RegistryInput(ImageInput):
         return model.ImageIndex(name=ref.name, tag=ref.tag, index=resolved.document, children=copies,
                                 source='registry://%s/%s' % (self.client.host,
                                                              describe_reference(ref.name, self._checked(ref))))
+
+    # --- what refers to a manifest (--referrers; occystrap/referrers.py walks them) ------------------------------
+
+    def _repository_tags(self, name):
+        """The tags of a repository, listed once a run (all Link pages) and kept: the referrers tag schema's tags and
+        cosign's are looked up there rather than asked for one by one."""
+        with self._lock:
+            if name in self._tags:
+                return self._tags[name]
+        tags = frozenset(t for t in self.client.list_tags(name) if isinstance(t, str) and oci.valid_tag(t))
+        with self._lock:
+            self._tags[name] = tags
+        return tags
+
+    def referrers(self, ref, digest, most):
+        """oci.Descriptors of what refers to `digest` in the repository of `ref`: the referrers API's list where the
+        registry answers it, else the index under the referrers tag schema's tag (`sha256-<hex>`), else none.
+
+        A 404 from the API means the registry has none (distribution spec 1.1), remembered for the repository; a
+        tag that holds no valid referrers index is treated as no referrers, as the spec says, with a warning.
+        """
+        self._checked(ref)
+        name = ref.name
+        with self._lock:
+            api = name not in self._no_referrers_api
+        if api:
+            listed = self.client.referrers(name, digest, most=most)
+            if listed is not None:
+                return listed
+            LOG.info('registry %s has no referrers API for %s; reading the referrers tag schema', self.client.host,
+                     name)
+            with self._lock:
+                self._no_referrers_api.add(name)
+        tag = oci.referrers_tag(digest)
+        if tag not in self._repository_tags(name):
+            return []
+        what = 'the referrers tag %s of %s on registry %s' % (tag, name, self.client.host)
+        try:
+            data, media_type, _ = self.client.get_manifest(name, tag)
+            index = oci.parse_referrers(data, media_type, what)
+        except CorruptImageError as e:
+            LOG.warning('%s holds no valid referrers index (%s); taken as no referrers', what, e)
+            return []
+        if len(index.manifests) > most:
+            raise RegistryError('%s lists more than %d referrers' % (what, most))
+        return index.manifests
+
+    def cosign_tags(self, ref, digest):
+        """[(tag, manifest digest)] of cosign's tags for `digest` (`sha256-<hex>.sig`, `.att`, `.sbom`) that the
+        repository of `ref` has."""
+        self._checked(ref)
+        present = self._repository_tags(ref.name)
+        found = []
+        for tag in oci.cosign_tags(digest):
+            if tag not in present:
+                continue
+            target = self.client.manifest_digest(ref.name, tag)
+            if target is None:      # no Docker-Content-Digest on the HEAD answer: the manifest itself tells
+                target = self.client.get_manifest(ref.name, tag)[2]
+            found.append((tag, target))
+        return found
+
+    def fetch_referrer(self, ref, digest):
+        """(model.ManifestCopy, oci.Manifest) of a manifest that refers to another, fetched by digest (so verified),
+        with the blobs it references, config first. A referrer that is an index is refused (CorruptImageError)."""
+        self._checked(ref)
+        data, media_type, _, document = self.client.fetch_manifest(ref.name, digest)
+        if isinstance(document, oci.Index):
+            raise CorruptImageError('referrer %s on registry %s is an index, which --referrers does not copy'
+                                    % (describe_reference(ref.name, digest), self.client.host))
+        blobs = [self._blob(ref.name, document.config, document.config.media_type or oci.MEDIA_OCI_CONFIG)]
+        blobs.extend(self._blob(ref.name, layer) for layer in document.layers)
+        descriptor = oci.Descriptor(media_type, digest, len(data))
+        return model.ManifestCopy(descriptor, data, media_type, blobs), document

@@ -245,6 +245,78 @@ class RegistryOutput(ImageOutput):
         self._finish(job, repository, tag, index.digest)
         return Written(index.digest, job.counters, None)
 
+    # --- what refers to a manifest (--referrers; occystrap/referrers.py decides what goes)
+
+    def has_manifest(self, ref, digest):
+        """True when the destination repository of `ref` holds the manifest `digest` (one HEAD)."""
+        repository, _ = self.destination(ref)
+        return self.client.manifest_digest(repository, digest) == digest
+
+    def tag_digest(self, ref, tag):
+        """The digest `tag` names in the destination repository of `ref`, or None (one HEAD)."""
+        repository, _ = self.destination(ref)
+        return self.client.manifest_digest(repository, tag)
+
+    def write_referrer(self, ref, copy, subject, descriptor):
+        """Copy a manifest that refers to `subject` (a model.ManifestCopy): its blobs, then the manifest by digest.
+
+        A registry with the referrers API answers OCI-Subject and lists it itself; otherwise the index under the
+        referrers tag schema's tag (`sha256-<hex>` of the subject) is kept current: read (none yet is an empty
+        one), `descriptor` (oci.referrer_descriptor) added unless it is listed already, written back.
+        """
+        repository, _ = self.destination(ref)
+        job = _Job(repository)
+        self._send_referrer_blobs(job, copy)
+        digest, answered = self.client.put_referrer(repository, copy.raw, copy.media_type)
+        job.count(manifests=1)
+        if answered is not None and answered != subject:
+            raise RegistryError('registry %s answered OCI-Subject %s for %s, whose subject is %s'
+                                % (self.host, answered, digest, subject))
+        if answered is None:
+            self._list_referrer(job, repository, subject, descriptor)
+        self._referrer_done(job, '%s/%s@%s' % (self.host, repository, digest), digest)
+
+    def write_tagged(self, ref, copy, tag):
+        """Copy a manifest (a model.ManifestCopy, cosign's signature, attestation or SBOM) under `tag`."""
+        repository, _ = self.destination(ref)
+        uris.validate_tag(tag, 'cannot push a referrer of %s under %s' % (ref, self.uri))
+        job = _Job(repository)
+        self._send_referrer_blobs(job, copy)
+        self._put(job, repository, tag, copy.raw, copy.media_type)
+        self._referrer_done(job, '%s/%s:%s' % (self.host, repository, tag), copy.digest)
+
+    def _send_referrer_blobs(self, job, copy):
+        def push(blob):
+            locations = [(blob.location.registry, blob.location.repository)] if blob.location else []
+            return self._send_blob(job, blob.digest, blob.size, blob.open_verified, locations)
+
+        self.ctx.map(push, copy.blobs, cost=lambda blob: blob.size or 0)
+
+    def _list_referrer(self, job, repository, subject, descriptor):
+        """Add `descriptor` to the referrers tag schema's index of `subject` (one writer at a time per subject)."""
+        tag = oci.referrers_tag(subject)
+        what = 'the referrers tag %s of %s on registry %s' % (tag, repository, self.host)
+        with self._key_lock(('referrers', repository, subject)):
+            try:
+                data, media_type, _ = self.client.get_manifest(repository, tag)
+            except RegistryError as e:
+                if e.status != 404:
+                    raise
+                listed = []
+            else:
+                # Anything else under that tag is not ours to replace: the spec says stop.
+                listed = list(oci.parse_referrers(data, media_type, what).manifests)
+            if any(d.digest == descriptor.digest for d in listed):
+                return
+            index = oci.Index.build(listed + [descriptor], oci.MEDIA_OCI_INDEX)
+            self._put(job, repository, tag, index.raw, index.media_type)
+
+    def _referrer_done(self, job, where, digest):
+        with self._lock:
+            self.counters.add(job.counters)
+            self.pushed.append((where, digest))
+        LOG.info('pushed referrer %s (%s): %s', where, digest, job.counters.describe())
+
     def missing_blobs(self, ref, blobs):
         """The blobs (model.Blob) the destination repository of `ref` lacks: HEAD requests only, for --dry-run."""
         repository, _ = self.destination(ref)

@@ -704,6 +704,19 @@ class RegistryClient:
 
     def put_manifest(self, name, reference, data, media_type):
         """Store a manifest under a tag (or its digest); returns the manifest's digest."""
+        return self._put_manifest(name, reference, data, media_type)[0]
+
+    def put_referrer(self, name, data, media_type):
+        """Store a manifest that has a `subject` by its digest; returns (digest, subject) where `subject` is the
+        registry's OCI-Subject answer (a checked digest), or None when it sent none: then it keeps no referrers
+        list of its own and the tag schema must be kept by the client (distribution spec 1.1)."""
+        digest, response = self._put_manifest(name, oci.digest_of(data), data, media_type)
+        header = (response.headers.get('OCI-Subject') or '').strip()
+        if not header:
+            return digest, None
+        return digest, oci.parse_digest(header, 'the OCI-Subject answer of registry %s' % self.host)
+
+    def _put_manifest(self, name, reference, data, media_type):
         what = describe_reference(name, reference)
         digest = oci.digest_of(data)
         response = self._send('PUT', self._url('/v2/%s/manifests/%s' % (name, reference)), self._push(name), what,
@@ -714,7 +727,49 @@ class RegistryClient:
         confirmed = response.headers.get('Docker-Content-Digest')
         if confirmed and confirmed.startswith('sha256:') and confirmed != digest:
             raise DigestMismatchError('pushed manifest %s' % what, digest, confirmed)
-        return digest
+        return digest, response
+
+    def referrers(self, name, digest, artifact_type=None, most=None):
+        """The descriptors of what refers to `digest` in repository `name` (GET /v2/NAME/referrers/DIGEST, Link
+        pages followed), or None when the registry answers 404: it has no referrers API, and the caller falls back
+        to the referrers tag schema (distribution spec 1.1).
+
+        Each page is read capped at LISTING_LIMIT and must be an OCI image index of manifest descriptors
+        (oci.parse_referrers). With `artifact_type` only referrers of that type are asked for, and filtered here
+        too unless the registry says it filtered (OCI-Filters-Applied: artifactType). More than `most` referrers
+        are an error (a hostile registry's endless pages).
+        """
+        oci.parse_digest(digest, 'subject of a referrers request')
+        what = 'the referrers of %s' % describe_reference(name, digest)
+        url = self._url('/v2/%s/referrers/%s' % (name, digest))
+        params = {'artifactType': artifact_type} if artifact_type else None
+        found, seen = [], set()
+        while url:
+            response = self._send('GET', url, self._pull(name), what, params=params, limit=LISTING_LIMIT,
+                                  headers={'Accept': oci.MEDIA_OCI_INDEX})
+            if response.status_code == 404 and not seen:
+                response.close()
+                return None
+            if response.status_code != 200:
+                raise self._error(response, what)
+            media_type = response.headers.get('Content-Type', '').split(';', 1)[0].strip()
+            index = oci.parse_referrers(response.content, media_type, '%s on registry %s' % (what, self.host))
+            entries = index.manifests
+            applied = [f.strip().lower() for f in response.headers.get('OCI-Filters-Applied', '').split(',')]
+            if artifact_type and 'artifacttype' not in applied:
+                entries = [d for d in entries if d.artifact_type == artifact_type]
+            found.extend(entries)
+            if most is not None and len(found) > most:
+                raise RegistryError('registry %s lists more than %d referrers for %s' % (self.host, most, what))
+            following = response.links.get('next', {}).get('url')
+            url = self._follow(response, following, what, 'paginated') if following else None
+            params = None
+            if url in seen:
+                raise RegistryError('registry %s paginates %s in a loop' % (self.host, what))
+            if len(seen) >= MAX_PAGES:
+                raise RegistryError('registry %s paginates %s beyond %d pages' % (self.host, what, MAX_PAGES))
+            seen.add(url)
+        return found
 
 
 class BlobReader(streams.ChunkReader):
