@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 
@@ -15,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TOOLS = ROOT / 'tools'
 sys.path.insert(0, str(ROOT))
 
-from tools import bench_env, bench_plan, bench_plot, peakrss  # noqa: E402
+from tools import bench_env, bench_flame, bench_plan, bench_plot, peakrss  # noqa: E402
 
 COLUMNS = ['tool', 'workflow', 'j', 'J', 'runs', 'mean_s', 'stddev_s', 'min_s', 'max_s', 'peak_rss_mb', 'mb_per_s']
 
@@ -198,11 +199,19 @@ def test_profile_command_wraps_our_cells_only():
                            tools_dir='/repo/tools')
     cells = list(plan.cells(['occystrap', 'baseline'], ['single-pull'], [4], [3], profile_out='/r/p.prof'))
     argv = shlex.split(cells[0]['profile_command'])
-    assert argv[:8] == ['/venv/bin/python', '/repo/tools/bench_profile.py', '-o', '/r/p.prof', '--summary',
-                        '/r/p.txt', '-m', 'occystrap']
-    assert argv[8:] == shlex.split(cells[0]['command'])[3:]
-    assert 'profile_command' not in cells[1]
+    # Without py-spy, the flame graph is drawn from the cProfile data.
+    assert argv[:10] == ['/venv/bin/python', '/repo/tools/bench_profile.py', '-o', '/r/p.prof', '--summary',
+                         '/r/p.txt', '--flamegraph', '/r/p.svg', '-m', 'occystrap']
+    assert argv[10:] == shlex.split(cells[0]['command'])[3:]
+    assert 'profile_command' not in cells[1] and 'flame_command' not in cells[0]
     assert shlex.split(cells[1]['command'])[0] == '/b/python'
+    # With py-spy, a run of its own samples every thread of the same command.
+    plan.py_spy = '/venv/bin/py-spy'
+    cell = next(plan.cells(['occystrap'], ['single-pull'], [4], [3], profile_out='/r/p.prof'))
+    assert '--flamegraph' not in shlex.split(cell['profile_command'])
+    spy = shlex.split(cell['flame_command'])
+    assert spy[:8] == ['/venv/bin/py-spy', 'record', '--threads', '--rate', '250', '-o', '/r/p.svg', '--']
+    assert spy[8:] == shlex.split(cell['command'])
 
 
 # --- bench_env --------------------------------------------------------------------------------------------------
@@ -277,23 +286,72 @@ def test_profile_covers_worker_threads(tmp_path):
     (tmp_path / 'threaded_job.py').write_text(textwrap.dedent('''
         import sys, threading
 
+        def square(i):
+            return i * i
+
         def busy_in_thread():
-            return sum(i * i for i in range(200000))
+            return sum(square(i) for i in range(200000))
 
         t = threading.Thread(target=busy_in_thread)
         t.start()
         t.join()
         sys.exit(int(sys.argv[1]))
     '''))
-    prof, summary = tmp_path / 'p.prof', tmp_path / 'p.txt'
+    prof, summary, svg = tmp_path / 'p.prof', tmp_path / 'p.txt', tmp_path / 'p.svg'
     result = subprocess.run([sys.executable, str(TOOLS / 'bench_profile.py'), '-o', str(prof), '--summary',
-                             str(summary), '-m', 'threaded_job', '7'], cwd=tmp_path, capture_output=True, text=True,
-                            env={'PYTHONPATH': str(tmp_path), 'PATH': '/usr/bin:/bin'})
+                             str(summary), '--flamegraph', str(svg), '-m', 'threaded_job', '7'], cwd=tmp_path,
+                            capture_output=True, text=True, env={'PYTHONPATH': str(tmp_path), 'PATH': '/usr/bin:/bin'})
     assert result.returncode == 7, result.stderr
     functions = {name for (_, _, name) in pstats.Stats(str(prof)).stats}
     assert 'busy_in_thread' in functions
     text = summary.read_text()
     assert '2 threads profiled' in text and 'by cumulative time' in text and 'busy_in_thread' in text
+    # The flame graph drawn from the same statistics: valid SVG, a frame per function of the call tree, the
+    # worker thread's frames stacked on its entry, and square() (called from the generator) above them.
+    frames = flame_frames(svg)
+    assert 'busy_in_thread' in frames and 'square' in frames and 'run' in frames
+    assert frames['square']['y'] < frames['busy_in_thread']['y'] < frames['run']['y']
+    assert frames['square']['width'] <= frames['busy_in_thread']['width'] <= frames['run']['width']
+
+
+def flame_frames(svg):
+    """{function name: {'y', 'width'}} of the widest frame of each function in a bench_flame SVG (parsed as XML)."""
+    ns = {'svg': 'http://www.w3.org/2000/svg'}
+    root = ElementTree.parse(svg).getroot()
+    assert root.tag == '{http://www.w3.org/2000/svg}svg'
+    frames = {}
+    for group in root.findall('svg:g', ns):
+        title = group.find('svg:title', ns).text
+        rect = group.find('svg:rect', ns)
+        name = title.split(' ', 1)[0].rstrip(':')
+        width = float(rect.get('width'))
+        if name not in frames or frames[name]['width'] < width:
+            frames[name] = {'y': float(rect.get('y')), 'width': width}
+    return frames
+
+
+def test_flame_graph_of_a_profile_in_process(tmp_path):
+    import cProfile
+
+    def leaf():
+        return sum(range(50000))
+
+    def middle():
+        return [leaf() for _ in range(20)]
+
+    profile = cProfile.Profile()
+    profile.enable()
+    middle()
+    profile.disable()
+    stats = pstats.Stats(profile)
+    total, roots = bench_flame.call_tree(stats, 0.0)
+    names = [root[0][2] for root in roots]
+    assert total > 0 and any(n == 'middle' for n in names)
+    count = bench_flame.render(stats, str(tmp_path / 'f.svg'), title='a <title> & more')
+    frames = flame_frames(tmp_path / 'f.svg')
+    assert count >= 2 and frames['leaf']['y'] < frames['middle']['y']
+    texts = [t.text for t in ElementTree.parse(tmp_path / 'f.svg').getroot().iter('{http://www.w3.org/2000/svg}text')]
+    assert texts[0] == 'a <title> & more'          # escaped in the file, whole again when parsed
 
 
 # --- bench_plot -------------------------------------------------------------------------------------------------

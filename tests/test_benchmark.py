@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 
@@ -94,6 +95,10 @@ def test_tsv_and_profile(bench_registry, bench_cache, tmp_path):
     assert float(fields['mean_s']) > 0 and fields['status'] == 'ok'
     assert (results / 'profile-single-pull.prof').stat().st_size > 0
     assert 'by cumulative time' in (results / 'profile-single-pull.txt').read_text()
+    # A flame graph beside the profile (py-spy's, from the bench extra, or drawn from the cProfile data).
+    svg = ElementTree.parse(results / 'profile-single-pull.svg').getroot()
+    assert svg.tag == '{http://www.w3.org/2000/svg}svg'
+    assert 'occystrap' in ElementTree.tostring(svg, encoding='unicode')
 
 
 def test_a_failing_cell_is_reported_and_the_rest_go_on(bench_registry, bench_cache, tmp_path):

@@ -86,7 +86,7 @@ class Plan:
     """Builds the cells of one benchmark run from the environment state and the seeded images."""
 
     def __init__(self, state, images, out, python, baseline_python=None, old_occystrap=None, old_has_image_jobs=False,
-                 tools_dir=None):
+                 tools_dir=None, py_spy=None):
         self.state = state
         self.images = images
         self.out = out
@@ -95,6 +95,7 @@ class Plan:
         self.old_occystrap = old_occystrap
         self.old_has_image_jobs = old_has_image_jobs
         self.tools_dir = tools_dir or '.'
+        self.py_spy = py_spy
 
     # --- what each workflow reads and writes
 
@@ -248,9 +249,16 @@ class Plan:
                             command = f'SSL_CERT_FILE={ca} REQUESTS_CA_BUNDLE={ca} {command}'
                         cell = self.cell(tool, workflow, j, J, command)
                         if tool == 'occystrap' and profile_out:
-                            summary = profile_out.rsplit('.', 1)[0] + '.txt'
+                            stem = profile_out.rsplit('.', 1)[0]
                             profiler = [argv[0], f'{self.tools_dir}/bench_profile.py', '-o', profile_out,
-                                        '--summary', summary]
+                                        '--summary', stem + '.txt']
+                            if self.py_spy:
+                                # A sampled flame graph of every thread, from a run of its own (py-spy attaches
+                                # from outside, so the cProfile run's overhead is not in it).
+                                spy = [self.py_spy, 'record', '--threads', '--rate', '250', '-o', stem + '.svg', '--']
+                                cell['flame_command'] = self.occystrap_command(spy + argv, workflow)
+                            else:
+                                profiler += ['--flamegraph', stem + '.svg']
                             cell['profile_command'] = self.occystrap_command(profiler + argv[1:], workflow)
                         yield cell
 
@@ -272,7 +280,9 @@ def main(argv=None):
     parser.add_argument('--workflows', default='all')
     parser.add_argument('--jobs', default=','.join(map(str, DEFAULT_JOBS)))
     parser.add_argument('--image-jobs', default=','.join(map(str, DEFAULT_IMAGE_JOBS)))
-    parser.add_argument('--profile-out', help='add a profile_command to occystrap cells: OUT.prof and OUT.txt')
+    parser.add_argument('--profile-out', help='add a profile_command to occystrap cells: OUT.prof, OUT.txt and the '
+                        'flame graph OUT.svg (from py-spy in a flame_command with --py-spy, else from cProfile)')
+    parser.add_argument('--py-spy', help='the py-spy executable, for sampled flame graphs')
     parser.add_argument('--tools-dir', default=sys.path[0], help='where bench_profile.py lives')
     args = parser.parse_args(argv)
     try:
@@ -289,7 +299,7 @@ def main(argv=None):
     with open(args.images) as f:
         images = json.load(f)
     plan = Plan(state, images, args.out, args.python, args.baseline_python, args.old_occystrap,
-                args.old_has_image_jobs, args.tools_dir)
+                args.old_has_image_jobs, args.tools_dir, args.py_spy)
     for cell in plan.cells(tools, workflows, jobs, image_jobs, args.profile_out):
         print(json.dumps(cell, sort_keys=True))
     return 0

@@ -21,7 +21,9 @@
 #   --baseline GIT_REF    also time that revision (tool baseline) and add baseline_mean_s and ratio columns
 #   --peers               also time skopeo and occystrap 0.4.17 from PyPI (tools skopeo, occystrap-0.4.17);
 #                         skopeo sync --src yaml of the same repositories for bulk-mirror and resync
-#   --profile WORKFLOW    also run that workflow once under cProfile (all threads): .prof and top-30 .txt
+#   --profile WORKFLOW    also run that workflow once under cProfile (all threads): .prof and top-30 .txt, and a
+#                         flame graph of every thread (.svg): py-spy's where installed (the bench extra has it),
+#                         else drawn from the cProfile data (tools/bench_flame.py, approximate)
 #   --results DIR         where results go (default bench-results/<UTC timestamp>/ in the repository)
 #
 # Every cell is run once under tools/peakrss.py first (peak RSS, and a check that it works: a failing cell is
@@ -270,8 +272,10 @@ if [ -n "$profile" ]; then
   pj=${jobs%%,*} pJ=${image_jobs%%,*}
   [[ ,$jobs, == *,4,* ]] && pj=4
   [[ ,$image_jobs, == *,3,* ]] && pJ=3
+  spy_args=()
+  [ -x "$venv/bin/py-spy" ] && spy_args=(--py-spy "$venv/bin/py-spy")
   "$py" "$tools/bench_plan.py" "${plan_args[@]}" --tools occystrap --workflows "$profile" --jobs "$pj" \
-    --image-jobs "$pJ" --profile-out "$results/profile-$profile.prof" >"$work/profile.jsonl" \
+    --image-jobs "$pJ" --profile-out "$results/profile-$profile.prof" "${spy_args[@]}" >"$work/profile.jsonl" \
     || die "--profile: cannot plan $profile"
   bash -c "$(jq -r .prepare "$work/profile.jsonl")"
   echo "benchmark: profiling $profile with -j $pj (-J $pJ for multi-image workflows)" >&2
@@ -281,6 +285,17 @@ if [ -n "$profile" ]; then
     echo "benchmark: FAILED: profiling $profile; see $results/logs/profile.log" >&2
     failed=$((failed + 1))
   fi
+  flame=$(jq -r '.flame_command // ""' "$work/profile.jsonl")
+  if [ -n "$flame" ]; then
+    bash -c "$(jq -r .prepare "$work/profile.jsonl")"
+    if ! bash -c "$flame" </dev/null >/dev/null 2>"$results/logs/py-spy.log"; then
+      # py-spy needs ptrace (root, or kernel.yama.ptrace_scope 0): fall back to the graph from the cProfile data.
+      echo "benchmark: py-spy failed (see $results/logs/py-spy.log); flame graph from the cProfile data" >&2
+      "$py" "$tools/bench_flame.py" "$results/profile-$profile.prof" -o "$results/profile-$profile.svg" \
+        --title "$profile (from cProfile)" 2>>"$results/logs/profile.log" || true
+    fi
+  fi
+  [ -f "$results/profile-$profile.svg" ] && echo "benchmark: flame graph: $results/profile-$profile.svg" >&2
 fi
 
 # --- what the registries saw, and the run's context -----------------------------------------------------------
