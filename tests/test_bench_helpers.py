@@ -380,3 +380,47 @@ def test_plot_refuses_results_without_successful_rows(tmp_path):
                                  'mean_s': None}]))
     assert bench_plot.main([str(path), '-o', str(tmp_path / 'x.png')]) == 1
     assert not (tmp_path / 'x.png').exists()
+
+
+def test_remote_cells_use_occystraps_own_trust_and_no_delay_proxy():
+    state = dict(STATE, push={'host': '127.0.0.1:6000', 'direct': '127.0.0.1:5002', 'storage': '/tmp/push store'})
+    remote = {'sources': ['registry://reg.example/team/app:v1'], 'ca_cert': '/ca.pem', 'rate_limit': 5,
+              'quay': {'api': 'https://quay.example/api/v1', 'org': 'team', 'registry': None}, 'stats_dir': '/r/st'}
+    plan = bench_plan.Plan(state, IMAGES, '/tmp/out', '/venv/bin/python', remote=remote)
+    assert bench_plan.parse_workflows('all') == list(bench_plan.WORKFLOWS)      # never part of all
+    cells = list(plan.cells(['occystrap', 'skopeo'], bench_plan.REMOTE_WORKFLOWS, [1, 4], [3]))
+    assert [(c['workflow'], c['j'], c['J']) for c in cells] == [
+        ('remote-pull', 1, None), ('remote-pull', 4, None), ('remote-tar', 1, None), ('remote-tar', 4, None),
+        ('remote-push', 1, None), ('remote-push', 4, None), ('remote-quay-info', 1, 3), ('remote-quay-info', 4, 3)]
+    push = cells[4]
+    words = sh_words(push['command'])
+    assert words[:6] == ['/venv/bin/python', '-m', 'occystrap', '--ca-cert', '/ca.pem', '-j']
+    assert '--insecure' not in words and '--rate-limit' not in words
+    assert words[8].startswith('/r/st/remote-push-0-j1-JNone/run-') and words[8] != sh_words(push['command'])[8]
+    # The push goes straight to the local push registry, not through the delay proxy in front of it.
+    assert words[9:] == ['process', 'registry://reg.example/team/app:v1',
+                         'registry://127.0.0.1:5002/remote/team/app:v1?insecure=true']
+    assert push['image'] == 'registry://reg.example/team/app:v1' and push['bytes'] is None
+    assert 'push store/docker' in push['prepare'] and '/r/st/remote-push-0-j1-JNone' in push['prepare']
+    info = sh_words(cells[6]['command'])
+    assert info[5:11] == ['-j', '1', '-J', '3', '--rate-limit', '5']
+    assert info[-2:] == ['info', 'quay://team?api=https://quay.example/api/v1'] and cells[6]['image'] == 'team'
+
+
+def sh_words(command):
+    """The words `sh -c` would run for `command`: what the shell expands is expanded."""
+    return subprocess.run(['sh', '-c', 'set -- ' + command + '; printf "%s\\n" "$@"'], capture_output=True,
+                          text=True, check=True).stdout.splitlines()
+
+
+def test_rows_of_remote_and_once_cells_get_their_columns():
+    cell = dict(make_cell(workflow='remote-quay-info', J=3, nbytes=None), image='team', throttled=1.5)
+    row = jq('row(null; {"peak_rss_kb": 2048, "wall_s": 0.5}; null)', stdin=json.dumps(cell))[0]
+    assert row['runs'] == 0 and row['throttled'] == 1.5 and row['image'] == 'team'   # not timed, not "once"
+    once = dict(make_cell(workflow='curve-mirror', j=None, J=6), repos=400, once=True)
+    curve = jq('row(null; {"peak_rss_kb": 2048, "wall_s": 0.5}; null)', stdin=json.dumps(once))[0]
+    assert (curve['runs'], curve['mean_s'], curve['repos'], curve['peak_rss_mb']) == (1, 0.5, 400, 2.0)
+    lines = jq('ordered | tsv', stdin=json.dumps([row, curve]), raw=True)
+    assert lines[0].split('\t') == ['tool', 'workflow', 'image', 'j', 'J', 'repos'] + COLUMNS[4:] + [
+        'throttled', 'status']
+    assert lines[2].split('\t')[2] == '-' and lines[2].split('\t')[5] == '400'

@@ -26,6 +26,17 @@
 #                         else drawn from the cProfile data (tools/bench_flame.py, approximate)
 #   --results DIR         where results go (default bench-results/<UTC timestamp>/ in the repository)
 #
+# On real services, seeding nothing into them (workflows remote-pull, remote-tar, remote-push, remote-quay-info;
+# without --workflows, the ones these options make possible, and nothing is seeded):
+#   --source registry://HOST/NAME:TAG   an existing image (repeatable): pulled to dir:// and tar:// and pushed to
+#                         the local push registry, with occystrap's own credential and TLS sources (docker config,
+#                         credential helpers, certs.d) and --ca-cert; --latency and --bandwidth do not apply
+#   --ca-cert FILE        CA bundle for the remote-* workflows' TLS registries (occystrap's --ca-cert)
+#   --quay-api URL        a Quay API (https://HOST/api/v1): info over --quay-org ORG (remote-quay-info)
+#   --quay-org ORG        the organisation; --quay-registry HOST where its images are, if not the API's default
+#   --rate-limit R        occystrap's --rate-limit for remote-quay-info; its 429 answers are counted per run
+#                         (column throttled, from each run's --stats-file)
+#
 # Every cell is run once under tools/peakrss.py first (peak RSS, and a check that it works: a failing cell is
 # reported loudly, gets status "failed", and the rest go on; the exit status is then 1), then timed with
 # hyperfine, the output directory (and for pushes the push registry's storage) emptied before every run.
@@ -55,6 +66,7 @@ die() {
 
 registry='' json=0 quick=0 workflows='' jobs='' image_jobs='' runs='' warmup='' latency=0 bandwidth=0
 mirror_repos='' tls=0 http1=0 http2=0 baseline='' peers=0 profile='' results=''
+sources=() ca_cert='' quay_api='' quay_org='' quay_registry='' rate_limit=''
 while [ $# -gt 0 ]; do
   case $1 in
     --registry) registry=${2:?--registry needs HOST:PORT}; shift ;;
@@ -75,6 +87,12 @@ while [ $# -gt 0 ]; do
     --peers) peers=1 ;;
     --profile) profile=${2:?--profile needs a workflow}; shift ;;
     --results) results=${2:?--results needs a directory}; shift ;;
+    --source) sources+=("${2:?--source needs registry://HOST/NAME:TAG}"); shift ;;
+    --ca-cert) ca_cert=${2:?--ca-cert needs a file}; shift ;;
+    --quay-api) quay_api=${2:?--quay-api needs a URL}; shift ;;
+    --quay-org) quay_org=${2:?--quay-org needs an organisation}; shift ;;
+    --quay-registry) quay_registry=${2:?--quay-registry needs HOST[:PORT]}; shift ;;
+    --rate-limit) rate_limit=${2:?--rate-limit needs requests per second}; shift ;;
     -h|--help) usage; exit 0 ;;
     *) usage >&2; die "unknown option $1" ;;
   esac
@@ -91,7 +109,29 @@ else
   scale=1 prefix='' org=benchorg
   : "${jobs:=1,4,8,16}" "${image_jobs:=1,3,6}" "${runs:=3}" "${warmup:=1}" "${mirror_repos:=100}"
 fi
-: "${workflows:=all}"
+remote_default=''
+[ "${#sources[@]}" -gt 0 ] && remote_default=remote-pull,remote-tar,remote-push
+[ -n "$quay_api" ] && remote_default=${remote_default:+$remote_default,}remote-quay-info
+: "${workflows:=${remote_default:-all}}"
+if [ -n "$quay_api" ] && [ -z "$quay_org" ]; then
+  die '--quay-api needs --quay-org ORG'
+fi
+for source in "${sources[@]}"; do
+  [[ $source == registry://*/* ]] || die "--source wants registry://HOST/NAME:TAG, got $source"
+done
+if [[ ,$workflows, =~ ,remote-(pull|tar|push), ]] && [ "${#sources[@]}" -eq 0 ]; then
+  die 'the remote-pull, remote-tar and remote-push workflows need --source registry://HOST/NAME:TAG'
+fi
+if [[ ,$workflows, == *,remote-quay-info,* ]] && [ -z "$quay_api" ]; then
+  die 'the remote-quay-info workflow needs --quay-api URL and --quay-org ORG'
+fi
+if [ -n "$ca_cert" ]; then
+  [ -f "$ca_cert" ] || die "--ca-cert: no file $ca_cert"
+  ca_cert=$(cd "$(dirname "$ca_cert")" && pwd)/$(basename "$ca_cert")
+fi
+[ -z "$rate_limit" ] || [[ $rate_limit =~ $number ]] || die "--rate-limit wants requests per second, got $rate_limit"
+# Only remote workflows: nothing to seed.
+local_workflows=$(tr ',' '\n' <<<"$workflows" | grep -v '^remote-' || true)
 [[ $runs =~ ^[1-9][0-9]*$ ]] || die "--runs wants a positive integer, got $runs"
 [[ $warmup =~ ^[0-9]+$ ]] || die "--warmup wants an integer, got $warmup"
 [[ $mirror_repos =~ ^[1-9][0-9]*$ ]] || die "--mirror-repos wants a positive integer, got $mirror_repos"
@@ -157,14 +197,28 @@ done
 echo "benchmark: source registry $(jq -r .source.host "$work/state.json")," \
   "push registry $(jq -r .push.host "$work/state.json"), Quay API $(jq -r .quay.api "$work/state.json")" >&2
 
-"$py" "$tools/bench_env.py" seed --state "$work/state.json" --cache "$cache" --scale "$scale" --prefix "$prefix" \
-  --org "$org" --mirror-repos "$mirror_repos" --out "$results/images.json"
+if [ -n "$local_workflows" ]; then
+  "$py" "$tools/bench_env.py" seed --state "$work/state.json" --cache "$cache" --scale "$scale" --prefix "$prefix" \
+    --org "$org" --mirror-repos "$mirror_repos" --out "$results/images.json"
+else
+  echo '{}' >"$results/images.json"
+fi
 
 # --- tools to compare ------------------------------------------------------------------------------------------
 tool_list=occystrap
 plan_args=(--state "$work/state.json" --images "$results/images.json" --out "$work/out" --python "$py"
            --tools-dir "$tools" --jobs "$jobs" --image-jobs "$image_jobs")
 [ "$http1" -eq 1 ] && tool_list+=,occystrap-http1
+if [ "${#sources[@]}" -gt 0 ] || [ -n "$quay_api" ]; then
+  jq -n --arg ca "$ca_cert" --arg api "$quay_api" --arg org "$quay_org" --arg registry "$quay_registry" \
+    --arg rate "$rate_limit" --arg stats "$results/stats" '$ARGS.positional as $sources
+    | {sources: $sources, ca_cert: (if $ca == "" then null else $ca end),
+       quay: (if $api == "" then null else {api: $api, org: $org,
+                                            registry: (if $registry == "" then null else $registry end)} end),
+       rate_limit: (if $rate == "" then null else ($rate | tonumber) end), stats_dir: $stats}' \
+    --args "${sources[@]}" >"$results/remote.json"
+  plan_args+=(--remote "$results/remote.json")
+fi
 [ "$http2" -eq 1 ] && tool_list+=,occystrap-http2
 
 make_venv() {  # make_venv DIR PIP-ARGS...: a venv with those packages, built once (stamp file)
@@ -259,6 +313,19 @@ while IFS= read -r cell <&3; do
     cp "$work/hyperfine.json" "$results/logs/$slug.hyperfine.json"
   fi
   [ "$error" = null ] || failed=$((failed + 1))
+  stats_dir=$(jq -r '.stats_dir // ""' <<<"$cell")
+  if [ -n "$stats_dir" ]; then
+    # Every run's --stats-file: 429 answers per run, and the bytes the workflow moved (remote images' sizes are
+    # not known beforehand).
+    run_stats=("$stats_dir"/run-*.json)
+    counts='{"throttled": null, "bytes": null}'
+    if [ -f "${run_stats[0]}" ]; then
+      counts=$(jq -s -c '{throttled: ((map(.throttled) | add) / length * 10 | round / 10),
+                          bytes: (map(.downloaded) | max)}' "${run_stats[@]}")
+    fi
+    cell=$(jq -c --argjson c "$counts" '. + {throttled: $c.throttled}
+      + (if .workflow == "remote-quay-info" then {} else {bytes: $c.bytes} end)' <<<"$cell")
+  fi
   jq -c -L "$tools" --argjson h "$hyperfine_json" --argjson rss "$rss_json" --argjson error "$error" \
     'include "bench"; row($h; $rss; $error)' <<<"$cell" >>"$rows"
   rm -f "$work/hyperfine.json"
@@ -313,7 +380,7 @@ fi
 jq -n --arg date "$stamp" --arg rev "$(git -C "$root" rev-parse HEAD 2>/dev/null || echo unknown)" \
   --arg dirty "$(git -C "$root" status --porcelain --untracked-files=no 2>/dev/null | wc -l)" \
   --arg workflows "$workflows" --arg jobs "$jobs" --arg image_jobs "$image_jobs" --arg tools "$tool_list" \
-  --argjson mirror_repos "$mirror_repos" \
+  --argjson mirror_repos "$mirror_repos" --argjson remote "$(cat "$results/remote.json" 2>/dev/null || echo null)" \
   --argjson runs "$runs" --argjson warmup "$warmup" --argjson quick "$quick" --arg baseline "$baseline" \
   --arg nproc "$(nproc)" --arg load "$(cut -d' ' -f1-3 /proc/loadavg)" --arg kernel "$(uname -r)" \
   --arg hyperfine "$(hyperfine --version)" --arg skopeo "$(skopeo --version)" \
@@ -326,7 +393,7 @@ jq -n --arg date "$stamp" --arg rev "$(git -C "$root" rev-parse HEAD 2>/dev/null
     load_average_at_end: $load, kernel: $kernel, hyperfine: $hyperfine, skopeo: $skopeo, python: $python,
     tls: $state[0].tls, latency_ms: $state[0].latency_ms, bandwidth_mbit: $state[0].bandwidth_mbit,
     source_registry: $state[0].source.direct, source_registry_started: $state[0].source.started,
-    requests_by_protocol: {source: $source_protocols, push: $push_protocols}}' >"$results/meta.json"
+    requests_by_protocol: {source: $source_protocols, push: $push_protocols}, remote: $remote}' >"$results/meta.json"
 
 if ! "$py" "$tools/bench_plot.py" "$results/results.json" -o "$results/chart.png" 2>>"$results/logs/plot.log"; then
   echo "benchmark: warning: no chart (see $results/logs/plot.log)" >&2
