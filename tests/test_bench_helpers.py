@@ -365,13 +365,77 @@ def test_plot_writes_a_png(tmp_path, hyperfine_export):
     for path, latency in ((first, 0), (second, 40)):
         path.parent.mkdir()
         path.write_text(json.dumps(rows))
-        (path.parent / 'meta.json').write_text(json.dumps({'latency_ms': latency, 'bandwidth_mbit': 200}))
+        (path.parent / 'meta.json').write_text(json.dumps({
+            'latency_ms': latency, 'bandwidth_mbit': 200, 'date': '20261201T150405Z', 'revision': 'abcdef0123456789',
+            'uncommitted_files': 0, 'machine': f'2 CPUs (Test CPU {latency}), 24 GiB, Linux 6.18'}))
     out = tmp_path / 'chart.png'
     drawn = bench_plot.plot([str(first), str(second)], str(out))
     assert drawn == ['single-pull', 'multi-dir']       # app-pull only failed
     assert out.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
     assert out.stat().st_size > 10000
     assert bench_plot.file_label(str(second)) == '40 ms, 200 Mbit/s'
+    # The chart names the runs it was drawn from: date, revision and machine of each, in the PNG's metadata as in
+    # its title.
+    from PIL import Image
+    with Image.open(out) as png:
+        description = png.text['Description']
+    assert description.splitlines() == [
+        'occystrap benchmark: 0 ms, 200 Mbit/s vs 40 ms, 200 Mbit/s',
+        '0 ms, 200 Mbit/s: 2026-12-01 15:04 UTC, rev abcdef0, 2 CPUs (Test CPU 0), 24 GiB, Linux 6.18',
+        '40 ms, 200 Mbit/s: 2026-12-01 15:04 UTC, rev abcdef0, 2 CPUs (Test CPU 40), 24 GiB, Linux 6.18']
+
+
+def test_plot_draws_mirroring_workflows_over_image_jobs_with_skopeo_as_a_level(tmp_path, hyperfine_export):
+    rows = [make_row(hyperfine_export, workflow='bulk-mirror', j=None, J=J) for J in (3, 6, 12)]
+    rows.append(make_row(hyperfine_export, tool='skopeo', workflow='bulk-mirror', j=None, J=None))
+    path = tmp_path / 'results.json'
+    path.write_text(json.dumps(rows))
+    lines = bench_plot.series(rows, 'J')
+    assert [p[0] for p in lines[('occystrap', None)]] == [3, 6, 12] and lines[('skopeo', None)][0][0] is None
+    assert bench_plot.plot([str(path)], str(tmp_path / 'c.png')) == ['bulk-mirror']
+    assert bench_plot.provenance(str(path)) == tmp_path.name      # no meta.json: the directory's name
+
+
+def test_memory_curve_chart(tmp_path):
+    rows = [{'tool': 'occystrap', 'workflow': workflow, 'j': None, 'J': J, 'repos': repos, 'runs': 1,
+             'mean_s': 0.1 * J, 'peak_rss_mb': 30 + J, 'status': 'ok'}
+            for workflow in ('curve-mirror', 'curve-quay-info') for repos in (10, 40) for J in (1, 3, 6)]
+    rows.append({'tool': 'occystrap', 'workflow': 'single-pull', 'j': 4, 'J': None, 'mean_s': 1.0, 'status': 'ok'})
+    path = tmp_path / 'results.json'
+    path.write_text(json.dumps(rows))
+    (tmp_path / 'meta.json').write_text(json.dumps({'date': '20261202T010203Z', 'revision': '1234567890',
+                                                    'uncommitted_files': 2, 'machine': '2 CPUs'}))
+    out = tmp_path / 'memory-curve.png'
+    assert bench_plot.main([str(path), '--memory-curve', '-o', str(out)]) == 0
+    from PIL import Image
+    with Image.open(out) as png:
+        assert png.text['Description'].splitlines()[1] == '2026-12-02 01:02 UTC, rev 1234567 (+2 uncommitted), 2 CPUs'
+    assert bench_plot.plot_memory_curve(str(path), str(out)) == [
+        ('curve-mirror', 10), ('curve-mirror', 40), ('curve-quay-info', 10), ('curve-quay-info', 40)]
+    # The time chart leaves the curve out.
+    assert bench_plot.plot([str(path)], str(tmp_path / 'chart.png')) == ['single-pull']
+
+
+def test_memory_curve_cells_run_once_per_fleet_and_image_jobs():
+    images = dict(IMAGES, curve={'100': {'glob': 'memcurve-100/*', 'org': 'memcurve-100', 'bytes': 5_000_000},
+                                 '400': {'glob': 'memcurve-400/*', 'org': 'memcurve-400', 'bytes': 20_000_000}})
+    plan = bench_plan.Plan(STATE, images, '/tmp/out', '/venv/bin/python')
+    assert bench_plan.parse_workflows('all') == list(bench_plan.WORKFLOWS)
+    cells = list(plan.cells(['occystrap', 'skopeo'], bench_plan.CURVE_WORKFLOWS, [4], [3], curve_repos=[100, 400],
+                            curve_image_jobs=[1, 32]))
+    assert [(c['workflow'], c['repos'], c['J'], c['j'], c['once']) for c in cells] == [
+        (w, n, J, None, True) for w in ('curve-mirror', 'curve-quay-info') for n in (100, 400) for J in (1, 32)]
+    mirror = sh_words(cells[3]['command'])
+    assert mirror[:8] == ['/venv/bin/python', '-m', 'occystrap', '--insecure', '-J', '32', 'process',
+                          'registry://127.0.0.1:5001/memcurve-400/*:latest']
+    assert mirror[8].startswith('registry://127.0.0.1:5002/bulk-') and cells[3]['bytes'] == 20_000_000
+    assert 'push store/docker' in cells[3]['prepare']
+    info = shlex.split(cells[4]['command'])
+    assert info[-2:] == ['info', 'quay://memcurve-100:latest?api=http://127.0.0.1:5003/api/v1&registry=127.0.0.1:5001']
+    assert cells[4]['bytes'] is None
+    curve = {i['key']: i for i in bench_env.curve_images([100, 400])}
+    assert curve['curve-400'] == {'key': 'curve-400', 'model': 'fleet', 'repo': 'memcurve-400', 'count': 400,
+                                  'scale': bench_env.MIRROR_IMAGES[4]}
 
 
 def test_plot_refuses_results_without_successful_rows(tmp_path):

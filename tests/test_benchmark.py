@@ -191,3 +191,21 @@ def test_remote_source_and_quay_api_seed_nothing(tls_registry, bench_cache, tmp_
     assert json.loads((results / 'images.json').read_text()) == {}
     meta = json.loads((results / 'meta.json').read_text())
     assert meta['remote']['sources'] == [source] and meta['remote']['rate_limit'] == 50
+
+
+def test_quick_memory_curve(bench_registry, bench_cache, tmp_path):
+    results = tmp_path / 'results'
+    result = run_benchmark(bench_registry, bench_cache, results, '--json', '--memory-curve', '--curve-repos', '3,5',
+                           '--curve-image-jobs', '2')
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads(result.stdout)
+    assert [(r['workflow'], r['repos'], r['J'], r['runs'], r['status']) for r in rows] == [
+        ('curve-mirror', 3, 2, 1, 'ok'), ('curve-mirror', 5, 2, 1, 'ok'), ('curve-quay-info', 3, 2, 1, 'ok'),
+        ('curve-quay-info', 5, 2, 1, 'ok')]
+    assert all(r['mean_s'] > 0 and r['peak_rss_mb'] > 0 for r in rows)
+    assert (results / 'memory-curve.png').read_bytes()[:4] == b'\x89PNG' and not (results / 'chart.png').exists()
+    # Only the curve's fleets were seeded, each under memcurve-N/, which is also the stand-in's organisation.
+    images = json.loads((results / 'images.json').read_text())
+    assert set(images) == {'curve', 'tag'} and images['curve']['5']['org'] == 'memcurve-5'
+    catalog = bench_registry.client().get('/v2/_catalog', params={'n': 1000}).json()['repositories']
+    assert sum(name.startswith('memcurve-5/') for name in catalog) == 5

@@ -30,7 +30,17 @@ On real services, seeding nothing into them (``--remote FILE``, the JSON benchma
 ``remote-quay-info``  info quay://ORG?api=URL[&registry=HOST] with --rate-limit when given
 ====================  ========================================================================================
 
-Their cells carry ``image`` (the source, or the organisation) and ``stats_dir``: every run writes its
+The memory curve (``--memory-curve``; never part of ``all`` either): peak RSS over -J and the number of images,
+each cell run once under tools/peakrss.py (``once``), its wall time the row's time:
+
+===================  =========================================================================================
+``curve-mirror``     registry://SRC/memcurve-N/*:latest -> registry://PUSH/bulk-<nanoseconds>, as bulk-mirror
+``curve-quay-info``  info quay://memcurve-N:latest?api=STANDIN&registry=SRC, as bulk-quay-info
+===================  =========================================================================================
+
+for every N of ``--curve-repos`` (cells carry ``repos``) and -J of ``--curve-image-jobs``.
+
+Remote cells carry ``image`` (the source, or the organisation) and ``stats_dir``: every run writes its
 ``--stats-file`` counters there (a file per run), from which benchmark.sh takes the 429 answers per run
 (``throttled``) and the bytes moved (these images' sizes are not known beforehand).
 
@@ -66,6 +76,9 @@ RESYNC_PREFIX = 'resync'
 # A destination prefix no earlier run used: the shell expands it when the command runs (GNU date, nanoseconds).
 FRESH_PREFIX = '"bulk-$(date +%s%N)"'
 FILL_IMAGE_JOBS = 6
+CURVE_WORKFLOWS = ('curve-mirror', 'curve-quay-info')
+DEFAULT_CURVE_REPOS = (100, 400)
+DEFAULT_CURVE_IMAGE_JOBS = (1, 3, 6, 12, 24, 32)
 REMOTE_WORKFLOWS = ('remote-pull', 'remote-tar', 'remote-push', 'remote-quay-info')
 TOOLS = ('occystrap', 'occystrap-http1', 'occystrap-http2', 'baseline', 'occystrap-0.4.17', 'skopeo')
 DEFAULT_JOBS = (1, 4, 8, 16)
@@ -87,7 +100,7 @@ def parse_workflows(text):
     """'single-pull,multi-dir' -> a list in WORKFLOWS order; 'all' is every local workflow. ValueError when unknown."""
     if text == 'all':
         return list(WORKFLOWS)
-    known = WORKFLOWS + REMOTE_WORKFLOWS
+    known = WORKFLOWS + CURVE_WORKFLOWS + REMOTE_WORKFLOWS
     names = [n.strip() for n in text.split(',') if n.strip()]
     unknown = [n for n in names if n not in known]
     if unknown or not names:
@@ -244,6 +257,24 @@ class Plan:
             return argv + ['--dest-no-creds'] + dest_flags + [source, f'docker://{self.push_ref(workflow)}']
         raise ValueError(f'skopeo has no {workflow} workflow')
 
+    # --- the memory curve
+
+    def curve_cell(self, workflow, repos, J):
+        fleet = self.images['curve'][str(repos)]
+        argv = [self.python, '-m', 'occystrap'] + self.transport_flags() + ['-J', str(J)]
+        prepare = f'rm -rf {shlex.quote(self.out)} && mkdir -p {shlex.quote(self.out)}'
+        if workflow == 'curve-mirror':
+            source = f'registry://{self.src}/{fleet["glob"]}:{self.images.get("tag", "latest")}'
+            command = _shell(argv + ['process', source]) + ' ' + self.mirror_destination(fresh=True)
+            prepare += f' && rm -rf {shlex.quote(self.state["push"]["storage"] + "/docker")}'
+            nbytes = fleet['bytes']
+        else:
+            uri = f'quay://{fleet["org"]}:{self.images.get("tag", "latest")}?api={self.state["quay"]["api"]}' \
+                  f'&registry={self.src}'
+            command, nbytes = _shell(argv + ['info', uri]), None
+        return {'tool': 'occystrap', 'workflow': workflow, 'j': None, 'J': J, 'repos': repos, 'once': True,
+                'bytes': nbytes, 'command': command, 'prepare': prepare}
+
     # --- on real services
 
     def remote_targets(self, workflow):
@@ -294,10 +325,17 @@ class Plan:
 
     # --- the grid
 
-    def cells(self, tools, workflows, jobs, image_jobs, profile_out=None):
+    def cells(self, tools, workflows, jobs, image_jobs, profile_out=None, curve_repos=DEFAULT_CURVE_REPOS,
+              curve_image_jobs=DEFAULT_CURVE_IMAGE_JOBS):
         """Every cell, in run order: tool by tool, workflow by workflow, -J then -j ascending."""
         for tool in tools:
             for workflow in workflows:
+                if workflow in CURVE_WORKFLOWS:
+                    if tool == 'occystrap':
+                        for repos in curve_repos:
+                            for J in curve_image_jobs:
+                                yield self.curve_cell(workflow, repos, J)
+                    continue
                 if workflow in REMOTE_WORKFLOWS:
                     if tool == 'occystrap':     # only this checkout: the other tools' credentials differ
                         yield from self.remote_cells(workflow, jobs, image_jobs)
@@ -350,6 +388,8 @@ def main(argv=None):
     parser.add_argument('--workflows', default='all')
     parser.add_argument('--jobs', default=','.join(map(str, DEFAULT_JOBS)))
     parser.add_argument('--image-jobs', default=','.join(map(str, DEFAULT_IMAGE_JOBS)))
+    parser.add_argument('--curve-repos', default=','.join(map(str, DEFAULT_CURVE_REPOS)))
+    parser.add_argument('--curve-image-jobs', default=','.join(map(str, DEFAULT_CURVE_IMAGE_JOBS)))
     parser.add_argument('--profile-out', help='add a profile_command to occystrap cells: OUT.prof, OUT.txt and the '
                         'flame graph OUT.svg (from py-spy in a flame_command with --py-spy, else from cProfile)')
     parser.add_argument('--py-spy', help='the py-spy executable, for sampled flame graphs')
@@ -360,6 +400,7 @@ def main(argv=None):
     try:
         workflows = parse_workflows(args.workflows)
         jobs, image_jobs = parse_int_list(args.jobs), parse_int_list(args.image_jobs)
+        curve_repos, curve_image_jobs = parse_int_list(args.curve_repos), parse_int_list(args.curve_image_jobs)
     except ValueError as exc:
         parser.error(str(exc))
     tools = [t for t in args.tools.split(',') if t]
@@ -376,7 +417,7 @@ def main(argv=None):
             remote = json.load(f)
     plan = Plan(state, images, args.out, args.python, args.baseline_python, args.old_occystrap,
                 args.old_has_image_jobs, args.tools_dir, args.py_spy, remote)
-    for cell in plan.cells(tools, workflows, jobs, image_jobs, args.profile_out):
+    for cell in plan.cells(tools, workflows, jobs, image_jobs, args.profile_out, curve_repos, curve_image_jobs):
         print(json.dumps(cell, sort_keys=True))
     return 0
 
