@@ -247,6 +247,9 @@ def _size(ctx, param, value):
              '(default: no limit).')
 @option('--shard', metavar='I/N', envvar=_env('SHARD'), callback=_shard,
         help='Keep only shard I (0 to N-1) of N of a multi-image source, by repository (docs/scale.md).')
+@option('--stats-file', type=click.Path(dir_okay=False), envvar=_env('STATS_FILE'),
+        help='Write the run\'s counters (requests, retries, 429 answers, images, bytes) to this JSON file at the end, '
+             'for any command.')
 @option('--quiet', '-q', is_flag=True, envvar=_env('QUIET'),
         help='No progress display and no summary line; errors and warnings still print.')
 @option('--progress', 'show_progress', is_flag=True, envvar=_env('PROGRESS'),
@@ -257,7 +260,7 @@ def _size(ctx, param, value):
 def cli(ctx, parallel, image_parallel, rate_limit, retries, username, password, password_stdin, src_creds, dest_creds,
         authfile, insecure, ca_cert, http2, compression, os_, architecture, variant, platforms, dry_run,
         preserve_digests, referrers, temp_dir, layer_cache,
-        output_format, allow_devices, max_extract_bytes, shard, quiet, show_progress, verbose, debug):
+        output_format, allow_devices, max_extract_bytes, shard, stats_file, quiet, show_progress, verbose, debug):
     """Move and reshape container images without a container engine.
 
     Global options may also follow the command (occystrap info --insecure SOURCE).
@@ -293,7 +296,7 @@ def cli(ctx, parallel, image_parallel, rate_limit, retries, username, password, 
                        platforms=platforms, recompress=recompress, dry_run=dry_run, preserve_digests=preserve_digests,
                        referrers=referrers, temp_dir=temp_dir, layer_cache=layer_cache, output_format=output_format,
                        verbose=verbose, debug=debug, allow_devices=allow_devices,
-                       max_extract_bytes=max_extract_bytes, shard=shard, quiet=quiet,
+                       max_extract_bytes=max_extract_bytes, shard=shard, stats_file=stats_file, quiet=quiet,
                        progress=show_progress or (not quiet and sys.stdout.isatty() and sys.stderr.isatty()))
 
 
@@ -343,7 +346,20 @@ def _running(settings):
         ctx.cancel(getattr(e, 'signum', None))
         raise
     finally:
-        ctx.close()
+        try:
+            if settings.stats_file:
+                _write_stats(settings.stats_file, ctx.counters())
+        finally:
+            ctx.close()
+
+
+def _write_stats(path, counters):
+    """--stats-file: the run's counters as one JSON object, written whether the run succeeded or not."""
+    try:
+        with open(path, 'w') as f:
+            f.write(json.dumps(dict({'schema': JSON_SCHEMA}, **counters), indent=2) + '\n')
+    except OSError as e:
+        LOG.warning('cannot write --stats-file %s: %s', path, e.strerror or e)
 
 
 def _summary(settings, stats, results=None):
@@ -354,7 +370,7 @@ def _summary(settings, stats, results=None):
     if settings.output_format == 'json':
         payload = {'schema': JSON_SCHEMA, 'images': stats.images, 'layers': stats.layers, 'bytes': stats.bytes,
                    'downloaded': stats.downloaded, 'uploaded': stats.uploaded, 'seconds': round(stats.seconds, 3),
-                   'failed': len(failed)}
+                   'failed': len(failed), 'throttled': stats.throttled}
         if stats.push is not None:
             payload['push'] = stats.push.as_dict()
         if settings.shard is not None:

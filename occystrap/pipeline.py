@@ -128,6 +128,7 @@ class Stats:
         self.push = None        # a registry output's PushCounters, for the JSON summary
         self.source_images = None   # with --shard: how many images the source named before the shard took its own
         self.planned = None     # how many images this run will work on, once the source has named them
+        self.throttled = 0      # 429 (Too Many Requests) answers received, retried or not
         self.started = time.monotonic()
         self._images = []       # every ImageProgress of the run, in the order they started
 
@@ -142,6 +143,11 @@ class Stats:
             if image is not None:
                 image.written += nbytes
                 image.layers_done += layers_done
+
+    def count_throttled(self):
+        """A server answered 429: the run is going faster than it will take (see --rate-limit)."""
+        with self._lock:
+            self.throttled += 1
 
     def start_image(self, name):
         """A new ImageProgress for an image the run starts on."""
@@ -234,7 +240,8 @@ class RunContext:
         with self._lock:
             if self._http is None:
                 from occystrap.registry.http import HttpClient
-                self._http = HttpClient(self.settings, cancellation=self.cancellation)
+                self._http = HttpClient(self.settings, cancellation=self.cancellation,
+                                        on_throttled=self.stats.count_throttled)
             return self._http
 
     @property
@@ -322,6 +329,14 @@ class RunContext:
             return fn(item)
         finally:
             _current.image = None
+
+    def counters(self):
+        """The run's counters as a dict: what --stats-file writes and the -O json summary starts from."""
+        stats, http = self.stats, self._http
+        return {'images': stats.images, 'layers': stats.layers, 'bytes': stats.bytes, 'downloaded': stats.downloaded,
+                'uploaded': stats.uploaded, 'seconds': round(stats.seconds, 3),
+                'requests': http.requests if http is not None else 0,
+                'retried': http.retried if http is not None else 0, 'throttled': stats.throttled}
 
     def close(self):
         if self._http is not None:

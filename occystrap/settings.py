@@ -45,3 +45,4 @@ class Settings:
     allow_devices: bool = False
     shard: Optional[object] = None      # a sharding.Shard with --shard I/N: keep only that share of the images
     max_extract_bytes: Optional[int] = None   # bytes extraction may write in one run (--max-extract-bytes)
+    stats_file: Optional[str] = None    # --stats-file: the run's counters as JSON, written at the end

@@ -5,10 +5,12 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 
-from tests.services import Registry, free_port
+from tests.services import Registry, build_oci_layout, free_port, seed_image
+from tools.quay_standin import QuayStandin
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / 'tools' / 'benchmark.sh'
@@ -94,6 +96,10 @@ def test_tsv_and_profile(bench_registry, bench_cache, tmp_path):
     assert float(fields['mean_s']) > 0 and fields['status'] == 'ok'
     assert (results / 'profile-single-pull.prof').stat().st_size > 0
     assert 'by cumulative time' in (results / 'profile-single-pull.txt').read_text()
+    # A flame graph beside the profile (py-spy's, from the bench extra, or drawn from the cProfile data).
+    svg = ElementTree.parse(results / 'profile-single-pull.svg').getroot()
+    assert svg.tag == '{http://www.w3.org/2000/svg}svg'
+    assert 'occystrap' in ElementTree.tostring(svg, encoding='unicode')
 
 
 def test_a_failing_cell_is_reported_and_the_rest_go_on(bench_registry, bench_cache, tmp_path):
@@ -142,3 +148,64 @@ def test_quick_mirroring_workflows(bench_registry, bench_cache, tmp_path):
     assert sum(name.startswith('quick/mirror-10/') for name in catalog) == 10
     meta = json.loads((results / 'meta.json').read_text())
     assert meta['mirror_repos'] == 10
+
+
+def test_remote_source_and_quay_api_seed_nothing(tls_registry, bench_cache, tmp_path, monkeypatch):
+    # An image that already exists in a TLS registry of the test bed, reached with --ca-cert as occystrap itself
+    # would; a Quay API (the stand-in, over the same registry) that answers every 4th request 429.
+    org = 'benchremote%d' % free_port()
+    for name in ('a', 'b'):
+        # Incompressible, so that the bytes moved per second show in the row's one decimal.
+        layout = build_oci_layout(tmp_path / name, layers=[{f'{name}.bin': os.urandom(400_000)}])
+        seed_image(tls_registry, f'{org}/{name}', 'latest', layout.path)
+    monkeypatch.setenv('SSL_CERT_FILE', str(tls_registry.ca_path))      # the stand-in reads the registry with urllib
+    standin = QuayStandin(registry_url=tls_registry.url, throttle_every=4).start()
+    results = tmp_path / 'results'
+    try:
+        result = subprocess.run(
+            [str(SCRIPT), '--quick', '--results', str(results), '--json', '--jobs', '2', '--image-jobs', '2',
+             '--source', f'registry://{tls_registry.host}/{org}/a:latest', '--ca-cert', str(tls_registry.ca_path),
+             '--quay-api', f'{standin.url}/api/v1', '--quay-org', org, '--quay-registry', tls_registry.host,
+             '--rate-limit', '50', '--workflows', 'remote-pull,remote-push,remote-quay-info'],
+            capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=240,
+            env=bench_environment(bench_cache, {'HOME': str(tmp_path / 'home'),
+                                                'OCCYSTRAP_CERTS_D': str(tmp_path / 'certs.d')}))
+    finally:
+        standin.stop()
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads(result.stdout)
+    source = f'registry://{tls_registry.host}/{org}/a:latest'
+    assert [(r['workflow'], r['image'], r['j'], r['J'], r['status']) for r in rows] == [
+        ('remote-pull', source, 2, None, 'ok'), ('remote-push', source, 2, None, 'ok'),
+        ('remote-quay-info', org, 2, 2, 'ok')]
+    for row in rows:
+        assert row['mean_s'] > 0 and row['peak_rss_mb'] > 0
+    assert rows[0]['mb_per_s'] > 0 and rows[0]['throttled'] == 0 and rows[2]['mb_per_s'] is None
+    # The 429s the stand-in sent are the ones the runs counted (every run's --stats-file), and the row has them
+    # per run: one run under peakrss.py and one timed.
+    counted = [json.loads(p.read_text())['throttled'] for p in (results / 'stats').glob('remote-quay-info-*/*.json')]
+    assert len(counted) == 2 and sum(counted) == standin.throttled_count > 0
+    assert rows[2]['throttled'] == round(sum(counted) / 2, 1)
+    assert 'throttled' in (results / 'results.tsv').read_text().splitlines()[0].split('\t')
+    # Nothing was seeded: no image of the benchmark's own in the results, and the TLS registry holds only ours.
+    assert json.loads((results / 'images.json').read_text()) == {}
+    meta = json.loads((results / 'meta.json').read_text())
+    assert meta['remote']['sources'] == [source] and meta['remote']['rate_limit'] == 50
+
+
+def test_quick_memory_curve(bench_registry, bench_cache, tmp_path):
+    results = tmp_path / 'results'
+    result = run_benchmark(bench_registry, bench_cache, results, '--json', '--memory-curve', '--curve-repos', '3,5',
+                           '--curve-image-jobs', '2')
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads(result.stdout)
+    assert [(r['workflow'], r['repos'], r['J'], r['runs'], r['status']) for r in rows] == [
+        ('curve-mirror', 3, 2, 1, 'ok'), ('curve-mirror', 5, 2, 1, 'ok'), ('curve-quay-info', 3, 2, 1, 'ok'),
+        ('curve-quay-info', 5, 2, 1, 'ok')]
+    assert all(r['mean_s'] > 0 and r['peak_rss_mb'] > 0 for r in rows)
+    assert (results / 'memory-curve.png').read_bytes()[:4] == b'\x89PNG' and not (results / 'chart.png').exists()
+    # Only the curve's fleets were seeded, each under memcurve-N/, which is also the stand-in's organisation.
+    images = json.loads((results / 'images.json').read_text())
+    assert set(images) == {'curve', 'tag'} and images['curve']['5']['org'] == 'memcurve-5'
+    catalog = bench_registry.client().get('/v2/_catalog', params={'n': 1000}).json()['repositories']
+    assert sum(name.startswith('memcurve-5/') for name in catalog) == 5

@@ -1,6 +1,7 @@
 """Pulling and pushing through a fault-injecting proxy: dropped connections resume, 429s wait, corruption is caught."""
 
 import gzip
+import json
 import os
 import random
 import subprocess
@@ -177,3 +178,24 @@ def test_refused_chunks_resume_from_the_upload_status(registry, repo_name):
         statuses = [method for method, path, _, _ in proxy.requests if '/blobs/uploads/' in path]
         assert statuses.count('GET') == 2 and statuses.count('PATCH') == 3 + 2
     assert _stored(registry, repo_name, sha256(blob)) == blob
+
+
+def test_429_answers_are_counted_in_the_summary_and_the_stats_file(registry, seeded, tmp_path):
+    # Two 429s on the manifest, both retried: the run succeeds, and says how often it was throttled.
+    env = {k: v for k, v in os.environ.items() if not k.startswith('OCCYSTRAP_')}
+    for command in ('process', 'info'):
+        rules = [respond_status('/manifests/', 429, count=2, retry_after='0')]
+        stats = tmp_path / f'{command}.json'
+        with FaultProxy(registry.url, rules) as proxy:
+            source = 'registry://%s/%s:v1' % (proxy.url.split('://')[1], seeded)
+            args = [source, 'dir://%s' % (tmp_path / 'out')] if command == 'process' else [source]
+            result = subprocess.run([sys.executable, '-m', 'occystrap', '--insecure', '-O', 'json', '--stats-file',
+                                     str(stats), command, *args], capture_output=True, text=True, env=env,
+                                    stdin=subprocess.DEVNULL, timeout=120)
+            assert result.returncode == 0, result.stderr
+            assert proxy.hits['status:/manifests/'] == 2
+        counters = json.loads(stats.read_text())
+        assert counters['schema'] == 1 and counters['throttled'] == 2 and counters['retried'] >= 2
+        assert counters['requests'] >= 3
+        if command == 'process':
+            assert json.loads(result.stdout)['throttled'] == 2 and counters['images'] == 1

@@ -213,3 +213,14 @@ def test_cli_serves_static_data_and_stops_on_sigterm(tmp_path, client):
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_throttle_every_answers_every_nth_request_429(standin_factory, client):
+    standin = standin_factory(data={'org': {'a': {}}}, throttle_every=3)
+    url = f'{standin.url}/api/v1/repository/org/a'
+
+    statuses = [client.get(url) for _ in range(7)]
+
+    assert [r.status_code for r in statuses] == [200, 200, 429, 200, 200, 429, 200]
+    assert statuses[2].headers['Retry-After'] == '0'
+    assert standin.throttled_count == 2 and standin.request_count == 7

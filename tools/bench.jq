@@ -1,8 +1,10 @@
 # Result shaping for tools/benchmark.sh: hyperfine exports -> rows -> JSON array or TSV.
 # Use as a jq library: jq -L tools 'include "bench"; ...'.
 #
-# A row: tool workflow j J runs mean_s stddev_s min_s max_s peak_rss_mb mb_per_s [baseline_mean_s ratio] status
-# (+ "error" in JSON when the cell failed). Times are seconds, peak_rss_mb is MiB, mb_per_s is 10^6 bytes of
+# A row: tool workflow [image] j J [repos] runs mean_s stddev_s min_s max_s peak_rss_mb mb_per_s [throttled]
+# [baseline_mean_s ratio] status (+ "error" in JSON when the cell failed). image (the remote-* workflows' source),
+# repos (the memory curve's repository count) and throttled (429 answers per run, remote-* workflows) are
+# columns only when some row has them. Times are seconds, peak_rss_mb is MiB, mb_per_s is 10^6 bytes of
 # compressed image moved per second of mean time. Unknown or not applicable values are null ("-" in TSV).
 
 def round_to($places): if . == null then null else (. * pow(10; $places) | round) / pow(10; $places) end;
@@ -11,22 +13,29 @@ def base_columns:
   ["tool", "workflow", "j", "J", "runs", "mean_s", "stddev_s", "min_s", "max_s", "peak_rss_mb", "mb_per_s"];
 
 # Input: a cell from tools/bench_plan.py. $hyperfine: hyperfine's --export-json document or null; $rss: the
-# tools/peakrss.py result or null; $error: null, or why the cell failed.
+# tools/peakrss.py result or null; $error: null, or why the cell failed. A cell marked "once" (the memory curve)
+# is not timed by hyperfine: its one run under peakrss.py is its time.
 def row($hyperfine; $rss; $error):
-  ($hyperfine.results[0] // null) as $r
-  | {tool, workflow, j, J,
-     runs: (if $r == null then 0 else ($r.times | length) end),
+  (if $hyperfine == null and .once == true and $error == null and $rss != null
+   then {mean: $rss.wall_s, stddev: null, min: $rss.wall_s, max: $rss.wall_s, times: [$rss.wall_s]}
+   else ($hyperfine.results[0] // null) end) as $r
+  | {tool, workflow}
+  + (if has("image") then {image} else {} end)
+  + {j, J}
+  + (if has("repos") then {repos} else {} end)
+  + {runs: (if $r == null then 0 else ($r.times | length) end),
      mean_s: ($r.mean | round_to(4)),
      stddev_s: ($r.stddev | round_to(4)),
      min_s: ($r.min | round_to(4)),
      max_s: ($r.max | round_to(4)),
      peak_rss_mb: (if ($rss.peak_rss_kb // 0) > 0 then $rss.peak_rss_kb / 1024 | round_to(1) else null end),
      mb_per_s: (if .bytes != null and ($r.mean // 0) > 0 then .bytes / 1000000 / $r.mean | round_to(1)
-                else null end),
-     status: (if $error == null then "ok" else "failed" end)}
+                else null end)}
+  + (if has("throttled") then {throttled} else {} end)
+  + {status: (if $error == null then "ok" else "failed" end)}
   + (if $error == null then {} else {error: $error} end);
 
-def cell_key: "\(.workflow)|\(.j)|\(.J)";
+def cell_key: "\(.workflow)|\(.image)|\(.j)|\(.J)|\(.repos)";
 
 # Input: an array of rows. When baseline rows exist, every occystrap row gets the baseline's mean for the same
 # workflow, j and J, and ratio = ours / baseline (below 1: we are faster).
@@ -42,7 +51,13 @@ def with_baseline:
 
 # The columns of an array of rows, in order.
 def columns:
-  base_columns + (if any(.[]; has("baseline_mean_s")) then ["baseline_mean_s", "ratio"] else [] end) + ["status"];
+  . as $rows
+  | def some($k): any($rows[]; has($k));
+  ["tool", "workflow"] + (if some("image") then ["image"] else [] end) + ["j", "J"]
+  + (if some("repos") then ["repos"] else [] end)
+  + (base_columns - ["tool", "workflow", "j", "J"])
+  + (if some("throttled") then ["throttled"] else [] end)
+  + (if some("baseline_mean_s") then ["baseline_mean_s", "ratio"] else [] end) + ["status"];
 
 # Input: an array of rows; output: the same rows with keys in column order (error last, when present).
 def ordered:

@@ -13,12 +13,17 @@ Used by tools/benchmark.sh; two subcommands:
     survive between runs. Writes the addresses to the state file (JSON, written when everything answers), then
     waits for SIGTERM or SIGINT and stops everything it started. Registries it starts die with it.
 
-``seed --state FILE --cache DIR [--scale F] [--prefix P] [--org ORG] [--mirror-repos N] --out FILE``
+``seed --state FILE --cache DIR [--scale F] [--prefix P] [--org ORG] [--mirror-repos N] [--curve-repos LIST]
+[--curve-only] --out FILE``
     Generates the benchmark images with tools/imagegen.py (cached per scale under CACHE/images) and copies each
     into the source registry with skopeo when the registry does not already hold exactly that manifest. Writes
     the images file (JSON) that tools/bench_plan.py reads: names and compressed sizes. The mirroring fleet (N
     small repositories, default 100, under PREFIX/mirror-N/) also gets a skopeo sync YAML naming exactly those
     repositories, beside the images file (skopeo-sync.yaml), for the skopeo cells of bulk-mirror and resync.
+    --curve-repos 100,400 also seeds the memory curve's fleets: N small repositories under memcurve-N/ (no prefix:
+    the namespace is the Quay stand-in's organisation too), the mirroring fleet's images at any scale;
+    --curve-only seeds nothing else. skopeo seeds about ten of these small images a second here (8 at once),
+    so 400 take about 40 s, once per cache: later runs find them by a HEAD each.
 
 Registries, TLS material, ports and skopeo come from the test bed (tools/testbed), which the test suite uses too.
 The pure helpers (registry_config, expected_images, image_bytes, parse_hostport, ...) are unit tested.
@@ -76,6 +81,13 @@ def parse_hostport(value):
 def scale_tag(scale):
     """A directory-safe name for a generator scale: 1 -> 'scale-1', 0.02 -> 'scale-0.02'."""
     return 'scale-' + ('%g' % scale)
+
+
+def curve_images(counts):
+    """The memory curve's fleets: for every N, N mirroring-fleet images under memcurve-N/ (no prefix)."""
+    _, model, _, _, factor = MIRROR_IMAGES
+    return [{'key': f'curve-{n}', 'model': model, 'repo': f'memcurve-{n}', 'count': n, 'scale': factor}
+            for n in counts]
 
 
 def expected_images(scale, prefix='', org='benchorg', fleet_count=None, mirror_count=None):
@@ -261,7 +273,10 @@ def cmd_seed(args):
     url = state['source']['url']
     ca, cert_dir = state['ca'], state['cert_dir']
     result, jobs = {}, []
-    for spec in expected_images(args.scale, args.prefix, args.org, mirror_count=args.mirror_repos):
+    specs = []
+    if not args.curve_only:
+        specs = expected_images(args.scale, args.prefix, args.org, mirror_count=args.mirror_repos)
+    for spec in specs + curve_images(args.curve_repos):
         layouts = generate(args.cache, spec['model'], spec['scale'], spec['count'])
         repos = {}
         for image_name, layout in sorted(layouts.items()):
@@ -281,6 +296,10 @@ def cmd_seed(args):
             entry['name'] = spec['repo']
         elif spec['key'] == 'fleet':
             entry['glob'] = f'{spec["repo"]}/*'
+        elif spec['key'].startswith('curve-'):
+            entry.update(glob=f'{spec["repo"]}/*', org=spec['repo'], count=spec['count'])
+            result.setdefault('curve', {})[str(spec['count'])] = entry
+            continue
         elif spec['key'] == 'mirror':
             entry['glob'] = f'{spec["repo"]}/*'
             entry['skopeo_yaml'] = str(Path(args.out).resolve().parent / 'skopeo-sync.yaml')
@@ -326,8 +345,17 @@ def main(argv=None):
     seed.add_argument('--org', default='benchorg', help='Quay organisation name')
     seed.add_argument('--mirror-repos', type=int, default=MIRROR_IMAGES[3],
                       help='repositories in the mirroring fleet (default %(default)s)')
+    seed.add_argument('--curve-repos', default='', help='comma-separated repository counts of the memory curve')
+    seed.add_argument('--curve-only', action='store_true', help='seed only the memory curve\'s fleets')
     seed.add_argument('--out', required=True, help='JSON file describing the seeded images')
     args = parser.parse_args(argv)
+    if args.command == 'seed':
+        try:
+            args.curve_repos = [int(n) for n in args.curve_repos.split(',') if n.strip()]
+        except ValueError:
+            parser.error(f'--curve-repos wants a comma-separated list of counts, got {args.curve_repos!r}')
+        if any(n < 1 for n in args.curve_repos):
+            parser.error('--curve-repos counts must be at least 1')
     if args.command == 'seed' and args.mirror_repos < 1:
         parser.error('--mirror-repos must be at least 1')
     if args.command == 'up':

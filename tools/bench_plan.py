@@ -19,6 +19,31 @@ Workflows (images as tools/bench_env.py seeds them; SRC is the source registry, 
                     -J 6): nothing is left to copy, what is timed is finding that out
 ==================  ==========================================================================================
 
+On real services, seeding nothing into them (``--remote FILE``, the JSON benchmark.sh writes from --source,
+--quay-api and their options; never part of ``all``):
+
+====================  ========================================================================================
+``remote-pull``       each --source registry://HOST/NAME:TAG -> dir://OUT, with occystrap's own credential and
+                      TLS sources (docker config, helpers) plus --ca-cert; no --insecure, no delay proxy
+``remote-tar``        the same -> tar://OUT/image.tar
+``remote-push``       the same -> the local push registry (directly, never through the delay proxy)
+``remote-quay-info``  info quay://ORG?api=URL[&registry=HOST] with --rate-limit when given
+====================  ========================================================================================
+
+The memory curve (``--memory-curve``; never part of ``all`` either): peak RSS over -J and the number of images,
+each cell run once under tools/peakrss.py (``once``), its wall time the row's time:
+
+===================  =========================================================================================
+``curve-mirror``     registry://SRC/memcurve-N/*:latest -> registry://PUSH/bulk-<nanoseconds>, as bulk-mirror
+``curve-quay-info``  info quay://memcurve-N:latest?api=STANDIN&registry=SRC, as bulk-quay-info
+===================  =========================================================================================
+
+for every N of ``--curve-repos`` (cells carry ``repos``) and -J of ``--curve-image-jobs``.
+
+Remote cells carry ``image`` (the source, or the organisation) and ``stats_dir``: every run writes its
+``--stats-file`` counters there (a file per run), from which benchmark.sh takes the 429 answers per run
+(``throttled``) and the bytes moved (these images' sizes are not known beforehand).
+
 Tools: ``occystrap`` (this checkout), ``occystrap-http1`` / ``occystrap-http2`` (the same with --no-http2 /
 --http2), ``baseline`` (another revision, same CLI), ``occystrap-0.4.17`` (the previous implementation, a black
 box with the same CLI shape) and ``skopeo`` (``skopeo copy`` to dir:, docker-archive: and docker:// for the
@@ -51,6 +76,10 @@ RESYNC_PREFIX = 'resync'
 # A destination prefix no earlier run used: the shell expands it when the command runs (GNU date, nanoseconds).
 FRESH_PREFIX = '"bulk-$(date +%s%N)"'
 FILL_IMAGE_JOBS = 6
+CURVE_WORKFLOWS = ('curve-mirror', 'curve-quay-info')
+DEFAULT_CURVE_REPOS = (100, 400)
+DEFAULT_CURVE_IMAGE_JOBS = (1, 3, 6, 12, 24, 32)
+REMOTE_WORKFLOWS = ('remote-pull', 'remote-tar', 'remote-push', 'remote-quay-info')
 TOOLS = ('occystrap', 'occystrap-http1', 'occystrap-http2', 'baseline', 'occystrap-0.4.17', 'skopeo')
 DEFAULT_JOBS = (1, 4, 8, 16)
 DEFAULT_IMAGE_JOBS = (1, 3, 6)
@@ -68,14 +97,15 @@ def parse_int_list(text):
 
 
 def parse_workflows(text):
-    """'single-pull,multi-dir' -> a list in WORKFLOWS order; 'all' is every workflow. ValueError when unknown."""
+    """'single-pull,multi-dir' -> a list in WORKFLOWS order; 'all' is every local workflow. ValueError when unknown."""
     if text == 'all':
         return list(WORKFLOWS)
+    known = WORKFLOWS + CURVE_WORKFLOWS + REMOTE_WORKFLOWS
     names = [n.strip() for n in text.split(',') if n.strip()]
-    unknown = [n for n in names if n not in WORKFLOWS]
+    unknown = [n for n in names if n not in known]
     if unknown or not names:
-        raise ValueError(f'unknown workflow {", ".join(unknown) or text!r}; choose from {", ".join(WORKFLOWS)}')
-    return [w for w in WORKFLOWS if w in names]
+        raise ValueError(f'unknown workflow {", ".join(unknown) or text!r}; choose from {", ".join(known)}')
+    return [w for w in known if w in names]
 
 
 def _shell(argv):
@@ -86,7 +116,7 @@ class Plan:
     """Builds the cells of one benchmark run from the environment state and the seeded images."""
 
     def __init__(self, state, images, out, python, baseline_python=None, old_occystrap=None, old_has_image_jobs=False,
-                 tools_dir=None):
+                 tools_dir=None, py_spy=None, remote=None):
         self.state = state
         self.images = images
         self.out = out
@@ -95,6 +125,8 @@ class Plan:
         self.old_occystrap = old_occystrap
         self.old_has_image_jobs = old_has_image_jobs
         self.tools_dir = tools_dir or '.'
+        self.py_spy = py_spy
+        self.remote = remote or {}
 
     # --- what each workflow reads and writes
 
@@ -225,12 +257,89 @@ class Plan:
             return argv + ['--dest-no-creds'] + dest_flags + [source, f'docker://{self.push_ref(workflow)}']
         raise ValueError(f'skopeo has no {workflow} workflow')
 
+    # --- the memory curve
+
+    def curve_cell(self, workflow, repos, J):
+        fleet = self.images['curve'][str(repos)]
+        argv = [self.python, '-m', 'occystrap'] + self.transport_flags() + ['-J', str(J)]
+        prepare = f'rm -rf {shlex.quote(self.out)} && mkdir -p {shlex.quote(self.out)}'
+        if workflow == 'curve-mirror':
+            source = f'registry://{self.src}/{fleet["glob"]}:{self.images.get("tag", "latest")}'
+            command = _shell(argv + ['process', source]) + ' ' + self.mirror_destination(fresh=True)
+            prepare += f' && rm -rf {shlex.quote(self.state["push"]["storage"] + "/docker")}'
+            nbytes = fleet['bytes']
+        else:
+            uri = f'quay://{fleet["org"]}:{self.images.get("tag", "latest")}?api={self.state["quay"]["api"]}' \
+                  f'&registry={self.src}'
+            command, nbytes = _shell(argv + ['info', uri]), None
+        return {'tool': 'occystrap', 'workflow': workflow, 'j': None, 'J': J, 'repos': repos, 'once': True,
+                'bytes': nbytes, 'command': command, 'prepare': prepare}
+
+    # --- on real services
+
+    def remote_targets(self, workflow):
+        """What a remote workflow runs over: the --source references, or the one Quay organisation."""
+        if workflow == 'remote-quay-info':
+            quay = self.remote.get('quay')
+            return [quay['org']] if quay else []
+        return list(self.remote.get('sources', []))
+
+    def remote_cell(self, workflow, target, j, J, index):
+        """A cell of a remote workflow; its command writes --stats-file into the cell's stats_dir, a file per run."""
+        argv = [self.python, '-m', 'occystrap']
+        if self.remote.get('ca_cert'):
+            argv += ['--ca-cert', self.remote['ca_cert']]
+        argv += ['-j', str(j)] + (['-J', str(J)] if J is not None else [])
+        if workflow == 'remote-quay-info':
+            if self.remote.get('rate_limit'):
+                argv += ['--rate-limit', str(self.remote['rate_limit'])]
+            quay = self.remote['quay']
+            uri = f'quay://{target}?api={quay["api"]}' + (f'&registry={quay["registry"]}' if quay.get('registry')
+                                                          else '')
+            args = ['info', uri]
+        else:
+            source = target if target.startswith('registry://') else f'registry://{target}'
+            if workflow == 'remote-pull':
+                args = ['process', source, f'dir://{self.out}/image']
+            elif workflow == 'remote-tar':
+                args = ['process', source, f'tar://{self.out}/image.tar']
+            else:
+                name = source.split('://', 1)[1].split('/', 1)[1]
+                # The push registry is ours: plain HTTP, or TLS with the benchmark's own CA.
+                option = 'tls-verify=false' if self.state.get('tls') else 'insecure=true'
+                args = ['process', source, f'registry://{self.state["push"]["direct"]}/remote/{name}?{option}']
+        stats_dir = f'{self.remote["stats_dir"]}/{workflow}-{index}-j{j}-J{J}'
+        command = (_shell(argv) + ' --stats-file ' + shlex.quote(stats_dir + '/') + '"run-$(date +%s%N).json" '
+                   + _shell(args))
+        prepare = f'rm -rf {shlex.quote(self.out)} && mkdir -p {shlex.quote(self.out)} {shlex.quote(stats_dir)}'
+        if workflow == 'remote-push':
+            prepare += f' && rm -rf {shlex.quote(self.state["push"]["storage"] + "/docker")}'
+        return {'tool': 'occystrap', 'workflow': workflow, 'image': target, 'j': j, 'J': J, 'bytes': None,
+                'command': command, 'prepare': prepare, 'stats_dir': stats_dir}
+
+    def remote_cells(self, workflow, jobs, image_jobs):
+        for index, target in enumerate(self.remote_targets(workflow)):
+            for J in (image_jobs if workflow == 'remote-quay-info' else [None]):
+                for j in jobs:
+                    yield self.remote_cell(workflow, target, j, J, index)
+
     # --- the grid
 
-    def cells(self, tools, workflows, jobs, image_jobs, profile_out=None):
+    def cells(self, tools, workflows, jobs, image_jobs, profile_out=None, curve_repos=DEFAULT_CURVE_REPOS,
+              curve_image_jobs=DEFAULT_CURVE_IMAGE_JOBS):
         """Every cell, in run order: tool by tool, workflow by workflow, -J then -j ascending."""
         for tool in tools:
             for workflow in workflows:
+                if workflow in CURVE_WORKFLOWS:
+                    if tool == 'occystrap':
+                        for repos in curve_repos:
+                            for J in curve_image_jobs:
+                                yield self.curve_cell(workflow, repos, J)
+                    continue
+                if workflow in REMOTE_WORKFLOWS:
+                    if tool == 'occystrap':     # only this checkout: the other tools' credentials differ
+                        yield from self.remote_cells(workflow, jobs, image_jobs)
+                    continue
                 if tool == 'skopeo':
                     if workflow in SKOPEO_WORKFLOWS:
                         yield self.cell(tool, workflow, None, None, self.skopeo_command(workflow))
@@ -248,9 +357,16 @@ class Plan:
                             command = f'SSL_CERT_FILE={ca} REQUESTS_CA_BUNDLE={ca} {command}'
                         cell = self.cell(tool, workflow, j, J, command)
                         if tool == 'occystrap' and profile_out:
-                            summary = profile_out.rsplit('.', 1)[0] + '.txt'
+                            stem = profile_out.rsplit('.', 1)[0]
                             profiler = [argv[0], f'{self.tools_dir}/bench_profile.py', '-o', profile_out,
-                                        '--summary', summary]
+                                        '--summary', stem + '.txt']
+                            if self.py_spy:
+                                # A sampled flame graph of every thread, from a run of its own (py-spy attaches
+                                # from outside, so the cProfile run's overhead is not in it).
+                                spy = [self.py_spy, 'record', '--threads', '--rate', '250', '-o', stem + '.svg', '--']
+                                cell['flame_command'] = self.occystrap_command(spy + argv, workflow)
+                            else:
+                                profiler += ['--flamegraph', stem + '.svg']
                             cell['profile_command'] = self.occystrap_command(profiler + argv[1:], workflow)
                         yield cell
 
@@ -272,12 +388,19 @@ def main(argv=None):
     parser.add_argument('--workflows', default='all')
     parser.add_argument('--jobs', default=','.join(map(str, DEFAULT_JOBS)))
     parser.add_argument('--image-jobs', default=','.join(map(str, DEFAULT_IMAGE_JOBS)))
-    parser.add_argument('--profile-out', help='add a profile_command to occystrap cells: OUT.prof and OUT.txt')
+    parser.add_argument('--curve-repos', default=','.join(map(str, DEFAULT_CURVE_REPOS)))
+    parser.add_argument('--curve-image-jobs', default=','.join(map(str, DEFAULT_CURVE_IMAGE_JOBS)))
+    parser.add_argument('--profile-out', help='add a profile_command to occystrap cells: OUT.prof, OUT.txt and the '
+                        'flame graph OUT.svg (from py-spy in a flame_command with --py-spy, else from cProfile)')
+    parser.add_argument('--py-spy', help='the py-spy executable, for sampled flame graphs')
+    parser.add_argument('--remote', help='JSON file: sources, ca_cert, quay {api, org, registry}, rate_limit, '
+                        'stats_dir, for the remote-* workflows')
     parser.add_argument('--tools-dir', default=sys.path[0], help='where bench_profile.py lives')
     args = parser.parse_args(argv)
     try:
         workflows = parse_workflows(args.workflows)
         jobs, image_jobs = parse_int_list(args.jobs), parse_int_list(args.image_jobs)
+        curve_repos, curve_image_jobs = parse_int_list(args.curve_repos), parse_int_list(args.curve_image_jobs)
     except ValueError as exc:
         parser.error(str(exc))
     tools = [t for t in args.tools.split(',') if t]
@@ -288,9 +411,13 @@ def main(argv=None):
         state = json.load(f)
     with open(args.images) as f:
         images = json.load(f)
+    remote = None
+    if args.remote:
+        with open(args.remote) as f:
+            remote = json.load(f)
     plan = Plan(state, images, args.out, args.python, args.baseline_python, args.old_occystrap,
-                args.old_has_image_jobs, args.tools_dir)
-    for cell in plan.cells(tools, workflows, jobs, image_jobs, args.profile_out):
+                args.old_has_image_jobs, args.tools_dir, args.py_spy, remote)
+    for cell in plan.cells(tools, workflows, jobs, image_jobs, args.profile_out, curve_repos, curve_image_jobs):
         print(json.dumps(cell, sort_keys=True))
     return 0
 

@@ -4,7 +4,8 @@
 threads, so its profile would show little but waiting. This runs the module with one cProfile.Profile in the main
 thread and one in every thread started meanwhile (each profiler covers the thread that enabled it), and writes the
 merged statistics to OUT.prof (pstats format, for ``python -m pstats`` or snakeviz). With ``--summary FILE`` it
-also writes a text top-N (default 30) by cumulative and by own time.
+also writes a text top-N (default 30) by cumulative and by own time; with ``--flamegraph FILE.svg`` an SVG flame
+graph of every thread drawn from those statistics (tools/bench_flame.py, an approximation: see there).
 
 The module's exit status (SystemExit) is kept. Works on Python 3.11, whose cProfile hooks each thread separately;
 on 3.12+ only one profiler may be active at a time, so only the main thread is profiled there.
@@ -57,7 +58,7 @@ def _raise_instead(code):
     raise _HardExit(code)
 
 
-def profile_module(module, argv, out, summary_path=None, top=30):
+def profile_module(module, argv, out, summary_path=None, top=30, flamegraph=None):
     """Run module as __main__ with sys.argv = [module] + argv under the profilers; return its exit status.
 
     A module that leaves with os._exit (occystrap's command does, skipping interpreter teardown) gets SystemExit
@@ -84,6 +85,12 @@ def profile_module(module, argv, out, summary_path=None, top=30):
             with open(summary_path, 'w') as f:
                 f.write(f'{len(_profiles) + 1} threads profiled\n')
                 f.write(summary(stats, top))
+        if flamegraph:
+            try:
+                from tools import bench_flame
+            except ImportError:  # run as a script from tools/
+                import bench_flame
+            bench_flame.render(stats, flamegraph, f'{module} {" ".join(argv)}'[:150])
     return status
 
 
@@ -96,12 +103,14 @@ def main(argv=None):
     else:
         split = argv.index('-m')
     parser = argparse.ArgumentParser(description='Profile every thread of a Python module run.',
-                                     usage='%(prog)s -o OUT [--summary FILE] [--top N] -m MODULE [ARGS...]')
+                                     usage='%(prog)s -o OUT [--summary FILE] [--top N] [--flamegraph SVG] '
+                                           '-m MODULE [ARGS...]')
     parser.add_argument('-o', '--out', required=True, help='pstats output file')
     parser.add_argument('--summary', help='also write a text top-N here')
     parser.add_argument('--top', type=int, default=30)
+    parser.add_argument('--flamegraph', help='also write an SVG flame graph (from the cProfile data) here')
     args = parser.parse_args(argv[:split])
-    return profile_module(argv[split + 1], argv[split + 2:], args.out, args.summary, args.top)
+    return profile_module(argv[split + 1], argv[split + 2:], args.out, args.summary, args.top, args.flamegraph)
 
 
 if __name__ == '__main__':

@@ -26,7 +26,9 @@ the manifests) or from a static JSON file (``--data FILE``)::
 ``--token T`` makes every request without ``Authorization: Bearer T`` fail with 401. ``--delay-ms N``
 holds each request N ms before answering; requests are served by threads, so concurrent requests overlap
 as they do against the real service. ``--rate-limit R`` answers 429 with ``Retry-After`` when a client
-address makes more than R requests in a second, as quay.io does.
+address makes more than R requests in a second, as quay.io does. ``--throttle-every N`` answers every Nth
+request 429 with ``Retry-After: 0`` whatever the rate (a deterministic count of throttled answers for tests of
+clients that count them; ``throttled_count`` says how many were sent).
 
 Usage::
 
@@ -182,6 +184,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         parsed = urllib.parse.urlsplit(self.path)
         query = {k: v[-1] for k, v in urllib.parse.parse_qs(parsed.query).items()}
         retry_after = standin._rate_limited(self.client_address[0])
+        if retry_after is None:
+            status, body = _error(429, 'rate_limited', 'Too many requests')
+            return self._send(status, body, {'Retry-After': '0'})
         if retry_after:
             status, body = _error(429, 'rate_limited', 'Too many requests')
             return self._send(status, body, {'Retry-After': str(retry_after)})
@@ -212,7 +217,7 @@ class QuayStandin(BackgroundHTTPServer):
     """
 
     def __init__(self, registry_url=None, delay_ms=0, token=None, page_size=100, data=None, rate_limit=None,
-                 port=0):
+                 port=0, throttle_every=None):
         if (registry_url is None) == (data is None):
             raise ValueError('give exactly one of registry_url and data')
         self.backend = RegistryBackend(registry_url) if registry_url else StaticBackend(data)
@@ -220,8 +225,10 @@ class QuayStandin(BackgroundHTTPServer):
         self.token = token
         self.page_size = page_size
         self.rate_limit = rate_limit
+        self.throttle_every = throttle_every
         super().__init__(port)
         self.request_count = 0
+        self.throttled_count = 0
         self._lock = threading.Lock()
         self._recent = collections.defaultdict(collections.deque)
 
@@ -233,7 +240,13 @@ class QuayStandin(BackgroundHTTPServer):
             self.request_count += 1
 
     def _rate_limited(self, client):
-        """Seconds to wait if this client exceeded rate_limit requests in the last second, else 0."""
+        """Seconds to wait if this client exceeded rate_limit requests in the last second, else 0; None when this
+        is a request throttle_every picks."""
+        if self.throttle_every:
+            with self._lock:
+                if self.request_count % self.throttle_every == 0:
+                    self.throttled_count += 1
+                    return None
         if not self.rate_limit:
             return 0
         now = time.monotonic()
@@ -242,6 +255,7 @@ class QuayStandin(BackgroundHTTPServer):
             while recent and recent[0] <= now - 1.0:
                 recent.popleft()
             if len(recent) >= self.rate_limit:
+                self.throttled_count += 1
                 return 1
             recent.append(now)
         return 0
@@ -338,13 +352,16 @@ def main(argv=None):
     parser.add_argument('--delay-ms', type=float, default=0, help='added delay per request')
     parser.add_argument('--page-size', type=int, default=100, help='repositories per page (default 100)')
     parser.add_argument('--rate-limit', type=float, default=None, help='requests per second per client, then 429')
+    parser.add_argument('--throttle-every', type=int, default=None, metavar='N',
+                        help='answer every Nth request 429 with Retry-After: 0')
     args = parser.parse_args(argv)
     data = None
     if args.data:
         with open(args.data) as f:
             data = json.load(f)
     standin = QuayStandin(registry_url=args.registry, data=data, delay_ms=args.delay_ms, token=args.token,
-                          page_size=args.page_size, rate_limit=args.rate_limit, port=args.port).start()
+                          page_size=args.page_size, rate_limit=args.rate_limit, port=args.port,
+                          throttle_every=args.throttle_every).start()
     print(f'listening {standin.url}', flush=True)
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

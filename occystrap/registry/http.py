@@ -431,9 +431,9 @@ class ProxyRouter(httpx.BaseTransport):
 class HttpClient:
     """Wraps one httpx.Client for the whole run; see the module docstring."""
 
-    def __init__(self, settings, environ=None, cancellation=None):
+    def __init__(self, settings, environ=None, cancellation=None, on_throttled=None):
         """`environ` (default os.environ) supplies the proxy variables (registry/proxy.py); `cancellation` is the
-        run's stop switch (occystrap.cancel)."""
+        run's stop switch (occystrap.cancel); `on_throttled()` is called for every 429 answer (the run's count)."""
         from occystrap.registry.proxy import ProxyConfig
         self.settings = settings
         # The run's stop switch (occystrap.cancel): retry waits end when the run is cancelled.
@@ -476,6 +476,8 @@ class HttpClient:
         self.last_http_version = None
         self.requests = 0             # answers received (retries included), for tests and --verbose
         self.retried = 0
+        self.throttled = 0            # 429 answers received, retried or not
+        self._on_throttled = on_throttled
 
     def _routed(self, scheme, make):
         """The transport for URLs of `scheme`: make(None), or make(proxy) where the environment sets one.
@@ -596,6 +598,11 @@ class HttpClient:
                     self.retried += 1
                 continue
             self._record(method, url, response, bulk)
+            if response.status_code == 429:
+                with self._lock:
+                    self.throttled += 1
+                if self._on_throttled is not None:
+                    self._on_throttled()
             if retry and attempt < self.retry.retries and self.retry.retryable_status(response.status_code):
                 retry_after = response.headers.get('Retry-After')
                 response.close()
