@@ -172,6 +172,27 @@ def test_a_filter_rewrites_each_platform_into_a_new_index(seeded, tmp_path):
     skopeo_copy('oci:%s:v1' % out, 'oci:%s:x' % (tmp_path / 'check'), '--all', '--preserve-digests')
 
 
+def test_a_round_trip_through_a_layout_keeps_the_index_digest(seeded, registry, repo_name, tmp_path):
+    source, index, document, layout = seeded
+    out = tmp_path / 'out'
+    occystrap('process', source, 'ocidir://%s' % out)
+    back = occystrap('-O', 'json', 'process', 'ocidir://%s?ref=v1' % out,
+                     'registry://%s/%s/back:v2?insecure=true' % (registry.host, repo_name))
+    assert summary(back)['destination_digest'] == sha256(index) and summary(back)['manifests'] == 4
+    served = skopeo_inspect('docker://%s/%s/back:v2' % (registry.host, repo_name), raw=True, parse=False)
+    assert served == index
+    for child in document['manifests']:
+        child_ref = 'docker://%s/%s/back@%s' % (registry.host, repo_name, child['digest'])
+        assert sha256(skopeo_inspect(child_ref, raw=True, parse=False)) == child['digest']
+    # And layout to layout: the same index under another name.
+    occystrap('process', 'ocidir://%s?ref=v1' % out, 'ocidir://%s?ref=copy' % (tmp_path / 'again'))
+    assert entry_for(tmp_path / 'again', 'copy')['digest'] == sha256(index)
+    assert tree_digests(tmp_path / 'again' / 'blobs') == tree_digests(out / 'blobs')
+    # One platform of the layout's index still goes to a destination that holds one image.
+    occystrap('--platform', 'linux/arm64', 'process', 'ocidir://%s?ref=v1' % out, 'tar://%s' % (tmp_path / 'a.tar'))
+    assert skopeo_inspect('docker-archive:%s' % (tmp_path / 'a.tar'), config=True)['architecture'] == 'arm64'
+
+
 def test_a_docker_manifest_list_is_made_oci_and_says_so(registry, repo_name, tmp_path):
     """skopeo 1.9 does not find an index.json entry of a Docker type, so a Docker manifest list is stored as an OCI
     index of OCI manifests (as skopeo's own copy to oci: stores it); the blobs are unchanged, the digest changes and
@@ -245,3 +266,17 @@ def test_a_source_index_whose_child_lies_writes_no_name(registry, tmp_path):
                            check=False)
     assert_one_line(result, 'digest')
     assert snapshot(out) == before
+
+
+def test_a_layout_index_whose_child_lies_pushes_no_manifest(seeded, registry, repo_name, tmp_path):
+    source, index, document, layout = seeded
+    out = tmp_path / 'out'
+    occystrap('process', source, 'ocidir://%s' % out)
+    child = out / 'blobs' / 'sha256' / document['manifests'][1]['digest'].split(':', 1)[1]
+    data = child.read_bytes()
+    child.chmod(0o644)
+    child.write_bytes(data.replace(b'"schemaVersion":2', b'"schemaVersion":3'))
+    target = 'registry://%s/%s/liar:v1?insecure=true' % (registry.host, repo_name)
+    logged = len(registry.access_log())
+    assert_one_line(occystrap('process', 'ocidir://%s?ref=v1' % out, target, check=False), 'does not match')
+    assert not [e for e in registry.access_log()[logged:] if '/liar/manifests/' in e.path and e.method == 'PUT']
