@@ -395,6 +395,12 @@ class ImageOutput(abc.ABC):
 
     holds_indexes = False
 
+    @classmethod
+    def holds_indexes_for(cls, uri):
+        """Whether an output of this class for `uri` holds indexes, known before it is built (--dry-run builds no
+        file output that cannot): tar:// does with format=oci only."""
+        return cls.holds_indexes
+
     def __init__(self, uri, ctx, multi_image=False, filters=()):
         self.uri = uri
         self.ctx = ctx
@@ -638,10 +644,11 @@ def run_process(source_uri, dest_uri, filters, ctx):
     from occystrap.mirror import Copier
     settings = ctx.settings
     source = build_input(source_uri, ctx)
-    holds = getattr(load(OUTPUTS, dest_uri.scheme), 'holds_indexes', False)
+    holds = load(OUTPUTS, dest_uri.scheme).holds_indexes_for(dest_uri)
     if settings.preserve_digests and not holds:
         source.close()
-        raise UsageError('--preserve-digests needs a destination that keeps manifest digests (registry://, ocidir://)')
+        raise UsageError('--preserve-digests needs a destination that keeps manifest digests (registry://, ocidir://, '
+                         'tar://?format=oci)')
     if settings.dry_run and not holds:
         # Nothing is built at a destination that would create files: only the source is read.
         check_filters(filters)

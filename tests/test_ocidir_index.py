@@ -172,6 +172,24 @@ def test_a_filter_rewrites_each_platform_into_a_new_index(seeded, tmp_path):
     skopeo_copy('oci:%s:v1' % out, 'oci:%s:x' % (tmp_path / 'check'), '--all', '--preserve-digests')
 
 
+def test_an_oci_archive_holds_the_index_with_its_digest(seeded, tmp_path):
+    source, index, document, layout = seeded
+    archive = tmp_path / 'multi.tar'
+    entry = summary(occystrap('-O', 'json', 'process', source, 'tar://%s?format=oci' % archive))
+    assert entry['destination_digest'] == entry['source_digest'] == sha256(index)
+    raw = skopeo_inspect('oci-archive:%s:v1' % archive, raw=True, parse=False)
+    assert raw == index
+    skopeo_copy('oci-archive:%s:v1' % archive, 'oci:%s:out' % (tmp_path / 'unpacked'), '--all',
+                '--preserve-digests')
+    assert entry_for(tmp_path / 'unpacked', 'out')['digest'] == sha256(index)
+    listed = subprocess.run(['tar', '-tf', str(archive)], capture_output=True, text=True, check=True).stdout.split()
+    stored = [n for n in listed if n.startswith('blobs/sha256/') and n != 'blobs/sha256/']
+    assert len(stored) == len(set(stored)) == len(os.listdir(layout / 'blobs' / 'sha256'))
+    # The docker-archive format holds one image: a platform is still picked there.
+    one = occystrap('process', source, 'tar://%s' % (tmp_path / 'docker.tar'))
+    assert 'linux/amd64' in one.stderr
+
+
 def test_a_round_trip_through_a_layout_keeps_the_index_digest(seeded, registry, repo_name, tmp_path):
     source, index, document, layout = seeded
     out = tmp_path / 'out'
