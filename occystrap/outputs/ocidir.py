@@ -14,6 +14,11 @@ PATH/index.json             one entry per image, named by its org.opencontainers
   registry -> ocidir copy of an OCI image keeps the manifest digest); otherwise a new OCI manifest. A Docker
   schema 2 manifest is converted as skopeo converts it (skopeo, umoci and podman read only OCI manifests from a
   layout): blobs unchanged, a new manifest digest, and a warning that says so.
+- A manifest list or OCI index is stored whole for mirror.Copier (`holds_indexes`: `write_index`, `write_child`,
+  `put_index`, `existing_digest` read from index.json): every blob, every child, the index named by its ref, so the
+  layout's digest for the ref is the source's. An OCI index is kept byte for byte whatever its children are; a
+  Docker manifest list (and a Docker manifest under the ref) is made OCI (`stored_form`), since skopeo 1.9 finds no
+  index.json entry of a Docker type; the copier learns that digest before writing and says so.
 - Each image is named `?ref=NAME`, by default its source tag (an image known only by digest gets no name). An
   entry already there with the same ref is replaced (skopeo instead keeps it without its name; either way the
   name moves to the new image). Two images of one run that would take the same ref are an error for the second.
