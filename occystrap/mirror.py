@@ -55,8 +55,10 @@ class Copier:
             platforms = (str(self._default_platform()),)
         self.every = platforms is None or platforms == ('all',)
         self.wanted = [] if self.every else [oci.Platform.parse(p) for p in platforms]
-        # Anything that rewrites layers or configs changes digests: filters, or --compression given.
-        self.rewrites = bool(filters) or self.settings.recompress
+        # Anything that rewrites layers or configs changes digests: filters, or --compression given to an output
+        # that recompresses (an OCI layout stores layers as they came).
+        self.recompresses = getattr(output, 'recompresses', True)
+        self.rewrites = bool(filters) or (self.settings.recompress and self.recompresses)
         self._asked = {}          # str(ref) -> the digest the destination answered for it, while it is copied
 
     # --- entry
@@ -175,14 +177,20 @@ class Copier:
             self.ctx.stats.add(images=1, layers=len(image.layers))
             return len(image.layers)     # one image to a file destination: the summary says 'ok', as it always has
         # The existing push keeps the manifest's bytes only when every layer is already in the asked compression.
-        keeps = not self.filters and all(d.compression == self.settings.compression for d in manifest.layers)
+        keeps = not self.filters and (not self.recompresses
+                                      or all(d.compression == self.settings.compression for d in manifest.layers))
         changed = None if keeps else ('filtered' if self.filters else 'recompressed to %s' % self.settings.compression)
+        target = resolved.digest
+        if keeps and not self._output_keeps(manifest.media_type):
+            # Stored in another form (a Docker manifest in an OCI layout is made OCI): a known, other digest.
+            target, changed = self.output.stored_manifest(manifest).digest, 'converted to OCI'
         self._refuse_change(ref, changed)
-        kept = [resolved.digest] if keeps else []
-        if keeps and self._unchanged(ref, resolved.digest):
+        kept = [resolved.digest] if keeps and target == resolved.digest else []
+        if keeps and self._unchanged(ref, target):
             return self._referrers(ref, kept, Outcome(
                 'would be unchanged' if self.settings.dry_run else 'unchanged', source_digest=resolved.digest,
-                destination_digest=resolved.digest, destination=self.output.target(ref), layers=len(manifest.layers)))
+                destination_digest=target, destination=self.output.target(ref), layers=len(manifest.layers),
+                changed=changed))
         if self.settings.dry_run:
             blobs = self._manifest_blobs(ref, manifest)
             return self._referrers(ref, kept, self._dry(ref, resolved.digest, [], blobs,
@@ -190,7 +198,8 @@ class Copier:
         image = self.source.open(ref, resolved)
         written = self._write(image)
         self.ctx.stats.add(images=1, layers=len(image.layers))
-        outcome = self._written_outcome(ref, resolved.digest, written, [image.platform], len(image.layers))
+        outcome = self._written_outcome(ref, resolved.digest, written, [image.platform], len(image.layers),
+                                        changed=changed if target != resolved.digest else None)
         return self._referrers(ref, [resolved.digest] if outcome.changed is None else [], outcome)
 
     @staticmethod
@@ -215,6 +224,14 @@ class Copier:
             built = oci.Index.build(children, resolved.document.media_type, resolved.document.annotations)
             target_digest, changed = built.digest, 'new index of %d platforms' % len(children)
             platforms = [str(d.platform) for d in children]
+        copy = None
+        if not self._output_keeps(children[0].media_type if tag_child else resolved.document.media_type):
+            # The output stores it in another form (a Docker list or manifest in an OCI layout is made OCI): its
+            # digest there is known once the children are fetched (small requests; no blob is read).
+            copy = self._copy_index(ref, resolved, children, built if changed is not None else None)
+            stored, _ = self.output.stored_form(copy, tag_child)
+            target_digest = stored.children[0].digest if tag_child else stored.digest
+            changed = '%s, converted to OCI' % changed if changed else 'converted to OCI'
         self._refuse_change(ref, changed)
         # What keeps its digest: every child copied, and the index itself unless a subset makes a new one.
         kept = [d.digest for d in children] + ([resolved.digest] if not tag_child and changed is None else [])
@@ -223,9 +240,8 @@ class Copier:
                 'would be unchanged' if self.settings.dry_run else 'unchanged', source_digest=source_digest,
                 destination_digest=target_digest, destination=self.output.target(ref), platforms=platforms,
                 changed=changed))
-        copy = self.source.copy_index(ref, resolved, children)
-        if changed is not None:
-            copy.index = built
+        if copy is None:
+            copy = self._copy_index(ref, resolved, children, built if changed is not None else None)
         if self.settings.dry_run:
             return self._referrers(ref, kept, self._dry(ref, source_digest, platforms, copy.blobs,
                                                         self.output.missing_blobs(ref, copy.blobs), changed=changed,
@@ -235,6 +251,17 @@ class Copier:
         self.ctx.stats.add(images=1, layers=layers)
         return self._referrers(ref, kept, self._written_outcome(ref, source_digest, written, platforms, layers,
                                                                 changed=changed))
+
+    def _copy_index(self, ref, resolved, children, built):
+        copy = self.source.copy_index(ref, resolved, children)
+        if built is not None:
+            copy.index = built
+        return copy
+
+    def _output_keeps(self, media_type):
+        """False when the output stores manifests of `media_type` in another form (see outputs/ocidir.py)."""
+        keeps = getattr(self.output, 'keeps_manifest', None)
+        return keeps is None or keeps(media_type)
 
     def _rebuilt(self, ref, resolved, children):
         """Filters or recompression on an index: each platform's image rewritten, then a new index of them."""

@@ -398,6 +398,10 @@ class ImageOutput(abc.ABC):
     tag_child=False)` (blobs, children by digest, the index last, byte for byte), `write_child(image)` (an image
     stored by digest only), `put_index(ref, oci.Index, counters)` and `missing_blobs(ref, blobs)` (--dry-run).
     Each write returns a Written. Outputs holding one image are given one platform's image through write().
+    Optionally: `recompresses = False` (layers are stored as they came, --compression does not apply), and
+    `keeps_manifest(media_type)` with `stored_form(ImageIndex, tag_child)` and `stored_manifest(oci.Manifest)` for
+    an output that stores some manifests in another form (OCIDirOutput: Docker types made OCI), so the copier
+    knows the digest it will write before writing.
 
     The run's facts come in as parameters: `multi_image` says the source can name many images (so the destination
     name is a prefix each image's own name goes under), `filters` is the filter chain as strings (for caches keyed
@@ -405,6 +409,12 @@ class ImageOutput(abc.ABC):
     """
 
     holds_indexes = False
+
+    @classmethod
+    def holds_indexes_for(cls, uri):
+        """Whether an output of this class for `uri` holds indexes, known before it is built (--dry-run builds no
+        file output that cannot): tar:// does with format=oci only."""
+        return cls.holds_indexes
 
     def __init__(self, uri, ctx, multi_image=False, filters=()):
         self.uri = uri
@@ -449,7 +459,8 @@ class Filter(ImageOutput):
     def __getattr__(self, name):
         # The index side of an output (existing_digest, target, write_index, put_index, missing_blobs) carries no
         # image for a filter to change: the copier only uses write_index when there are no filters.
-        if name in ('existing_digest', 'target', 'write_index', 'put_index', 'missing_blobs'):
+        if name in ('existing_digest', 'target', 'write_index', 'put_index', 'missing_blobs', 'recompresses',
+                    'keeps_manifest', 'stored_form', 'stored_manifest'):
             return getattr(self.inner, name)
         raise AttributeError(name)
 
@@ -649,10 +660,11 @@ def run_process(source_uri, dest_uri, filters, ctx):
     from occystrap.mirror import Copier
     settings = ctx.settings
     source = build_input(source_uri, ctx)
-    holds = getattr(load(OUTPUTS, dest_uri.scheme), 'holds_indexes', False)
+    holds = load(OUTPUTS, dest_uri.scheme).holds_indexes_for(dest_uri)
     if settings.preserve_digests and not holds:
         source.close()
-        raise UsageError('--preserve-digests needs a destination that keeps manifest digests (registry://)')
+        raise UsageError('--preserve-digests needs a destination that keeps manifest digests (registry://, ocidir://, '
+                         'tar://?format=oci)')
     if settings.referrers:
         from occystrap import referrers
         reason = referrers.supported(source, load(OUTPUTS, dest_uri.scheme))

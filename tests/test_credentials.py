@@ -317,3 +317,50 @@ def test_an_identity_token_cannot_answer_a_basic_challenge(private, tmp_path):
     line = one_error_line(result)
     assert result.returncode == 1 and 'is an identity token' in line
     assert 'SomeRefreshToken' not in result.stderr
+
+
+# --- docker's legacy ~/.dockercfg -------------------------------------------------------------------------------
+
+def test_legacy_dockercfg_is_read_after_config_json(private, tmp_path):
+    """~/.dockercfg is what docker wrote before config.json: server -> {auth, email}, no `auths` around it."""
+    reg, image = private
+    home = tmp_path / 'home'
+    legacy = write_json(home / '.dockercfg', {'https://%s' % reg.host: {
+        'auth': b64('%s:%s' % (reg.username, reg.password)), 'email': 'someone@example.invalid'}})
+    result = info(reg, 'team/app', clean_env(home))
+    assert result.returncode == 0, result.stderr
+    assert image.manifest_digest in result.stdout
+    # It comes after ~/.docker/config.json: an entry there wins (here a wrong one, refused by the registry).
+    wrong = b64('%s:FromConfigJson' % reg.username)
+    write_json(home / '.docker' / 'config.json', {'auths': {reg.host: {'auth': wrong}}})
+    refused = info(reg, 'team/app', clean_env(home))
+    assert refused.returncode == 1 and 'refused the credentials' in one_error_line(refused)
+    assert 'FromConfigJson' not in refused.stderr
+    # A config.json without an entry for the host leaves it to ~/.dockercfg; DOCKER_CONFIG does not move it.
+    write_json(home / '.docker' / 'config.json', {'auths': {'elsewhere.example': {'auth': b64('u:p')}}})
+    assert info(reg, 'team/app', clean_env(home)).returncode == 0
+    assert info(reg, 'team/app', clean_env(home, DOCKER_CONFIG=tmp_path / 'nowhere')).returncode == 0
+    # Without an entry for the host, the error's "tried" list names it (never what it holds).
+    write_json(legacy, {'elsewhere.example': {'auth': b64('u:NeverShowThis')}})
+    missing = info(reg, 'team/app', clean_env(home))
+    line = one_error_line(missing)
+    assert missing.returncode == 1 and 'requires credentials' in line and str(legacy) in line
+    assert 'NeverShowThis' not in missing.stderr
+    legacy.unlink()
+    assert '%s (absent)' % legacy in one_error_line(info(reg, 'team/app', clean_env(home)))
+
+
+@pytest.mark.parametrize('content, fragment', [
+    ('{"https://HOST": ', '.dockercfg is not JSON'),
+    ('["HOST"]', '.dockercfg is not a JSON object'),
+    ('{"HOST": "not an entry", "other": {"auth": "%%%not base64"}, "auths": {"HOST": {"auth": "x"}}}',
+     'requires credentials'),
+])
+def test_a_malformed_legacy_dockercfg_is_one_line(private, tmp_path, content, fragment):
+    reg, _ = private
+    home = tmp_path / 'home'
+    home.mkdir()
+    (home / '.dockercfg').write_text(content.replace('HOST', reg.host))
+    result = info(reg, 'team/app', clean_env(home))
+    assert result.returncode == 1
+    assert fragment in one_error_line(result)

@@ -25,7 +25,7 @@ from typing import Optional
 
 from occystrap import oci, streams
 from occystrap.errors import CorruptImageError, OccystrapError
-from occystrap.model import Blob, Image, Layer
+from occystrap.model import Blob, Image, ImageIndex, Layer, ManifestCopy, SourceManifest
 from occystrap.pipeline import ImageRef
 
 REF_NAME = 'org.opencontainers.image.ref.name'
@@ -203,11 +203,13 @@ class Layout:
                       % (self.store.noun, name, descriptor.digest, actual))
         return data
 
-    def resolve(self, entries, ref, platform):
+    def resolve(self, entries, ref, platform, start=None):
         """(descriptor, oci.Manifest) of the image `entries` (one name's) stand for, indexes followed to
-        `platform`."""
+        `platform`; from the descriptor `start` (a child of an index) instead when given."""
         descriptors = [entry.descriptor for entry in entries]
-        descriptor = self.pick_platform(descriptors, ref, platform) if len(descriptors) > 1 else descriptors[0]
+        descriptor = start
+        if descriptor is None:
+            descriptor = self.pick_platform(descriptors, ref, platform) if len(descriptors) > 1 else descriptors[0]
         for _ in range(MAX_INDEX_DEPTH):
             raw = self.blob(descriptor, MAX_MANIFEST_BYTES)
             source = self.store.source(oci.blob_path(descriptor.digest))
@@ -241,30 +243,79 @@ class Layout:
         _, manifest = self.resolve(entries, ref, platform)
         return self.blob(manifest.config, MAX_JSON_BYTES)
 
-    def image(self, entries, ref, platform, source):
-        """The Image one name's entries stand for: metadata verified now, layers lazy and verified when read."""
+    def image(self, entries, ref, platform, source, start=None):
+        """The Image one name's entries stand for (or the child `start` of its index): metadata verified now,
+        layers lazy and verified when read."""
         if entries[0].error is not None:
             raise entries[0].error
-        descriptor, manifest = self.resolve(entries, ref, platform)
+        descriptor, manifest = self.resolve(entries, ref, platform, start)
         store = self.store
         config_bytes = self.blob(manifest.config, MAX_JSON_BYTES)
         config_name = oci.blob_path(manifest.config.digest)
         manifest_name = oci.blob_path(descriptor.digest)
-        blobs = []
-        for layer in manifest.layers:
-            name = oci.blob_path(layer.digest)
-            size = store.size(name)
-            if size is None:
-                self.fail('has no %s %s (a layer named by %s)' % (store.noun, name, manifest_name))
-            if layer.size is not None and layer.size != size:
-                self.fail('%s %s is %d bytes but %s says %d' % (store.noun, name, size, manifest_name, layer.size))
-            media_type = layer.media_type
-            if media_type is None:
-                media_type = oci.layer_media_type(streams.sniff_compression(store.head(name)))
-            blobs.append(Blob(digest=layer.digest, media_type=media_type, size=size, opener=store.opener(name)))
+        blobs = [self._layer_blob(layer, manifest_name) for layer in manifest.layers]
         where = '%s (an image config)' % store.source(config_name)
         return assemble_image(ref, config_bytes, config_name, where, len(blobs), lambda number, _: blobs[number],
                               self.fail, manifest_name, source=source, manifest_digest=descriptor.digest,
                               manifest_media_type=manifest.media_type, manifest_bytes=manifest.raw,
                               config_media_type=manifest.config.media_type or oci.MEDIA_OCI_CONFIG,
                               annotations=manifest.annotations)
+
+    def _layer_blob(self, layer, manifest_name):
+        """The Blob of a layer (or any blob) a manifest names: present, of the size its descriptor says."""
+        store = self.store
+        name = oci.blob_path(layer.digest)
+        size = store.size(name)
+        if size is None:
+            self.fail('has no %s %s (a blob named by %s)' % (store.noun, name, manifest_name))
+        if layer.size is not None and layer.size != size:
+            self.fail('%s %s is %d bytes but %s says %d' % (store.noun, name, size, manifest_name, layer.size))
+        media_type = layer.media_type
+        if media_type is None:
+            media_type = oci.layer_media_type(streams.sniff_compression(store.head(name)))
+        return Blob(digest=layer.digest, media_type=media_type, size=size, opener=store.opener(name))
+
+    # --- whole indexes, for mirror.Copier (the registry input's resolve / copy_index / copy_child) ---------------
+
+    def source_manifest(self, entries, ref, platform):
+        """A model.SourceManifest of what one name stands for: the index or manifest its one index.json entry
+        points at, exact bytes. For a name with several entries (one per platform), or an index that holds indexes
+        (copied whole by no one: a registry refuses them too), the manifest of `platform`, followed as open() does."""
+        if entries[0].error is not None:
+            raise entries[0].error
+        if len(entries) == 1:
+            descriptor = entries[0].descriptor
+            data = self.blob(descriptor, MAX_MANIFEST_BYTES)
+            source = self.store.source(oci.blob_path(descriptor.digest))
+            document = oci.load_json_object(data, source)
+            media_type = descriptor.media_type or document.get('mediaType')
+            if not oci.is_index_document(media_type, document):
+                parsed = oci.Manifest.parse(data, media_type, source)
+                return SourceManifest(data, parsed.media_type, descriptor.digest, parsed)
+            parsed = oci.Index.parse(data, media_type, source)
+            if parsed.manifests and not any(d.media_type in oci.MANIFEST_LIST_TYPES for d in parsed.manifests):
+                return SourceManifest(data, parsed.media_type, descriptor.digest, parsed)
+        descriptor, manifest = self.resolve(entries, ref, platform)
+        return SourceManifest(manifest.raw, manifest.media_type, descriptor.digest, manifest)
+
+    def copy_child(self, descriptor):
+        """One child of an index as a model.ManifestCopy: its exact bytes (digest and size checked) and its blobs,
+        config first, each present and of its size. An index inside an index is refused (as from a registry)."""
+        data = self.blob(descriptor, MAX_MANIFEST_BYTES)
+        name = oci.blob_path(descriptor.digest)
+        source = self.store.source(name)
+        document = oci.load_json_object(data, source)
+        media_type = descriptor.media_type or document.get('mediaType')
+        if oci.is_index_document(media_type, document):
+            self.fail('%s %s is an index inside an index, which is not copied whole' % (self.store.noun, name))
+        manifest = oci.Manifest.parse(data, media_type, source)
+        config = manifest.config
+        blobs = [dataclasses.replace(self._layer_blob(config, name), media_type=config.media_type
+                                     or oci.MEDIA_OCI_CONFIG)]
+        blobs.extend(self._layer_blob(layer, name) for layer in manifest.layers)
+        return ManifestCopy(descriptor, data, manifest.media_type, blobs)
+
+    def copy_index(self, ref, resolved, children, source):
+        """The index `resolved` holds as a model.ImageIndex with `children` (descriptors of it) and their blobs."""
+        copies = [self.copy_child(descriptor) for descriptor in children]
+        return ImageIndex(name=ref.name, tag=ref.tag, index=resolved.document, children=copies, source=source)

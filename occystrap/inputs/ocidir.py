@@ -171,8 +171,24 @@ class OCIDirInput(ImageInput):
             raise OccystrapError('OCI layout %s has no image %s (it has: %s)' % (self.path, ref, names))
         return entries
 
-    def open(self, ref):
-        return self.layout.image(self._entries(ref), ref, settings_platform(self.ctx.settings), str(self.uri))
+    def open(self, ref, resolved=None, child=None):
+        """The Image a name stands for: the platform of the settings, or `child` (a descriptor of the index
+        `resolved` holds) when given."""
+        return self.layout.image(self._entries(ref), ref, settings_platform(self.ctx.settings), str(self.uri),
+                                 start=child)
+
+    # --- whole indexes (mirror.Copier): an index in a layout is copied as it is, its digest kept ----------------
+
+    def resolve(self, ref):
+        """What the name stands for, read once: a model.SourceManifest (an index or an image manifest)."""
+        return self.layout.source_manifest(self._entries(ref), ref, settings_platform(self.ctx.settings))
+
+    def copy_child(self, ref, descriptor):
+        return self.layout.copy_child(descriptor)
+
+    def copy_index(self, ref, resolved, children=None):
+        children = list(resolved.document.manifests if children is None else children)
+        return self.layout.copy_index(ref, resolved, children, str(self.uri))
 
     # --- the small commands (tags, digest, manifest, config) ---------------------------------------------------
 

@@ -14,6 +14,11 @@ PATH/index.json             one entry per image, named by its org.opencontainers
   registry -> ocidir copy of an OCI image keeps the manifest digest); otherwise a new OCI manifest. A Docker
   schema 2 manifest is converted as skopeo converts it (skopeo, umoci and podman read only OCI manifests from a
   layout): blobs unchanged, a new manifest digest, and a warning that says so.
+- A manifest list or OCI index is stored whole for mirror.Copier (`holds_indexes`: `write_index`, `write_child`,
+  `put_index`, `existing_digest` read from index.json): every blob, every child, the index named by its ref, so the
+  layout's digest for the ref is the source's. An OCI index is kept byte for byte whatever its children are; a
+  Docker manifest list (and a Docker manifest under the ref) is made OCI (`stored_form`), since skopeo 1.9 finds no
+  index.json entry of a Docker type; the copier learns that digest before writing and says so.
 - Each image is named `?ref=NAME`, by default its source tag (an image known only by digest gets no name). An
   entry already there with the same ref is replaced (skopeo instead keeps it without its name; either way the
   name moves to the new image). Two images of one run that would take the same ref are an error for the second.
@@ -44,7 +49,7 @@ from occystrap import oci, streams
 from occystrap.errors import CorruptImageError, OccystrapError, UsageError
 from occystrap.inputs.layout import REF_NAME
 from occystrap.inputs.ocidir import ref_option
-from occystrap.pipeline import POLL_SECONDS, ImageOutput, layer_cost
+from occystrap.pipeline import POLL_SECONDS, ImageOutput, Written, layer_cost
 
 LAYOUT_MARKER = b'{"imageLayoutVersion":"1.0.0"}'
 MAX_INDEX_BYTES = 64 * 1024 * 1024
@@ -143,21 +148,99 @@ class RefNames:
         self._taken = {}
 
     def claim(self, image):
-        """The ref name `image` is written under (None: unnamed), reserved for it."""
+        """The ref name `image` (an Image, an ImageIndex or an ImageRef) is written under (None: unnamed), reserved
+        for it."""
         ref = self.fixed or image.tag
         if ref is None:
             return None
+        reference = _reference(image)
         with self._lock:
-            holder = self._taken.setdefault(ref, image.reference)
-        if holder != image.reference:
+            holder = self._taken.setdefault(ref, reference)
+        if holder != reference:
             raise OccystrapError('%s: ref %s of %s is taken by %s in this run (%s names images by their tags)'
-                                 % (image.reference, oci.shown(ref), self.where, holder, self.where))
+                                 % (reference, oci.shown(ref), self.where, holder, self.where))
         return ref
+
+    def name(self, image):
+        """The ref name `image` would be written under, without reserving it."""
+        return self.fixed or getattr(image, 'tag', None)
 
     def release(self, ref, image):
         with self._lock:
-            if ref is not None and self._taken.get(ref) == image.reference:
+            if ref is not None and self._taken.get(ref) == _reference(image):
                 del self._taken[ref]
+
+
+def _reference(image):
+    return getattr(image, 'reference', None) or str(image)
+
+
+# --- manifests a layout stores in another form: Docker schema 2 made OCI, as skopeo makes them ------------------
+
+def keeps_manifest(media_type):
+    """False for the Docker schema 2 manifests and manifest lists a layout stores converted to OCI: skopeo 1.9 does
+    not find an index.json entry of a Docker type ('no descriptor found for reference'). An OCI index is kept as it
+    is whatever its children are (skopeo reads Docker children of an OCI index, and keeps them with
+    --preserve-digests)."""
+    return media_type not in (oci.MEDIA_DOCKER_MANIFEST, oci.MEDIA_DOCKER_LIST)
+
+
+def oci_manifest(manifest):
+    """The OCI manifest a layout stores for a Docker schema 2 `manifest` (an oci.Manifest): config and layers the
+    same blobs, OCI media types; the same bytes image_manifest() builds for the image, so both paths agree."""
+    config = oci.Descriptor(oci.MEDIA_OCI_CONFIG, manifest.config.digest, manifest.config.size)
+    layers = [_oci_layer(oci.Descriptor(d.media_type, d.digest, d.size)) for d in manifest.layers]
+    return oci.Manifest.build(config, layers, oci.MEDIA_OCI_MANIFEST, annotations=manifest.annotations or None)
+
+
+def _oci_child(child):
+    """A model.ManifestCopy as a layout stores it: an OCI manifest for a Docker schema 2 one, else itself."""
+    if keeps_manifest(child.media_type):
+        return child
+    manifest = oci.Manifest.parse(child.raw, child.media_type, source='manifest %s' % child.digest)
+    made = oci_manifest(manifest)
+    descriptor = dataclasses.replace(child.descriptor, media_type=made.media_type, digest=made.digest,
+                                     size=len(made.raw))
+    return dataclasses.replace(child, descriptor=descriptor, raw=made.raw, media_type=made.media_type)
+
+
+def stored_form(copy, tag_child=False):
+    """(the model.ImageIndex a layout stores for `copy`, a warning or None): a Docker manifest list becomes an OCI
+    index of its children, a Docker child an OCI manifest (blobs unchanged, new digests, which the warning names);
+    anything else is stored as it is."""
+    if tag_child:
+        (child,) = copy.children
+        made = _oci_child(child)
+        if made is child:
+            return copy, None
+        return dataclasses.replace(copy, children=[made]), (
+            '%s: stored with OCI manifest %s, not the source\'s Docker manifest %s (OCI layouts hold OCI manifests; '
+            'the layers and config are unchanged)' % (copy.reference, made.digest, child.digest))
+    if keeps_manifest(copy.index.media_type):
+        return copy, None
+    children = [_oci_child(child) for child in copy.children]
+    descriptors = [child.descriptor for child in children]
+    index = oci.Index.build(descriptors, oci.MEDIA_OCI_INDEX, copy.index.annotations or None)
+    return dataclasses.replace(copy, index=index, children=children), (
+        '%s: stored as OCI index %s, not the source\'s Docker manifest list %s (OCI layouts hold OCI indexes; its '
+        'Docker manifests are made OCI too, the layers and configs are unchanged)'
+        % (copy.reference, index.digest, copy.digest))
+
+
+@dataclasses.dataclass
+class LayoutCounters:
+    """What writing one image or index into a layout did, named as a push's counts are (for the summary):
+    `uploaded` blobs written, `present` blobs the layout already held, `manifests` manifests and indexes."""
+
+    uploaded: int = 0
+    uploaded_bytes: int = 0
+    mounted: int = 0
+    present: int = 0
+    manifests: int = 0
+
+    def add(self, other):
+        for field in dataclasses.fields(self):
+            setattr(self, field.name, getattr(self, field.name) + getattr(other, field.name))
 
 
 def check_ref_for_run(uri, multi_image):
@@ -295,15 +378,18 @@ class OCIDirOutput(ImageOutput):
     def _publish_bytes(self, final, data):
         self._publish(final, lambda out: out.write(data))
 
-    def _store(self, digest, size, produce):
+    def _store(self, digest, size, produce, counters=None):
         """Make blobs/<alg>/<hex> hold the blob `digest`, written by `produce(final path)` unless it is there (a
-        regular file of `size` bytes, any size when None) or another thread is writing it. Returns its size."""
+        regular file of `size` bytes, any size when None) or another thread is writing it. Returns its size;
+        `counters` (a LayoutCounters) counts it as written or present."""
         final = os.path.join(self.path, oci.blob_path(digest))
         with self._lock:
             future = self._inflight.get(digest)
             if future is None:
                 present = _present_size(final, size)
                 if present is not None:
+                    if counters is not None:
+                        counters.present += 1
                     return present
                 future = self._inflight[digest] = concurrent.futures.Future()
                 mine = True
@@ -312,13 +398,22 @@ class OCIDirOutput(ImageOutput):
         if not mine:
             while True:     # in short steps, so that a cancelled run is noticed (AGENTS.md)
                 try:
-                    return future.result(timeout=POLL_SECONDS)
+                    stored = future.result(timeout=POLL_SECONDS)
                 except concurrent.futures.TimeoutError:
                     self.ctx.cancellation.check()
+                    continue
+                if counters is not None:
+                    with self._lock:
+                        counters.present += 1
+                return stored
         try:
             os.makedirs(os.path.dirname(final), exist_ok=True)
             written = produce(final)
             self.ctx.stats.add(nbytes=written)
+            if counters is not None:
+                with self._lock:
+                    counters.uploaded += 1
+                    counters.uploaded_bytes += written
             future.set_result(written)
             return written
         except BaseException as e:
@@ -330,24 +425,23 @@ class OCIDirOutput(ImageOutput):
             with self._lock:
                 self._inflight.pop(digest, None)
 
-    def _store_bytes(self, digest, data):
+    def _store_bytes(self, digest, data, counters=None):
         def produce(final):
             self._publish_bytes(final, data)
             return len(data)
-        return self._store(digest, len(data), produce)
+        return self._store(digest, len(data), produce, counters)
 
-    def _store_layer(self, layer):
+    def _store_blob(self, blob, counters=None):
+        """Store a model.Blob as it is, verified against its digest (and size) while it is copied."""
+        def copy(out):
+            with blob.open_verified() as reader:
+                return streams.copy_verified(reader, out)
+
+        return self._store(blob.digest, blob.size, lambda final: self._publish(final, copy), counters)
+
+    def _store_layer(self, layer, counters=None):
         if layer.origin is not None:
-            origin = layer.origin
-
-            def copy(out):
-                with origin.open_verified() as reader:
-                    return streams.copy_verified(reader, out)
-
-            def produce(final):
-                return self._publish(final, copy)
-
-            size = self._store(origin.digest, origin.size, produce)
+            size = self._store_blob(layer.origin, counters)
             return dataclasses.replace(layer_descriptor(layer), size=size)
 
         def produce_uncompressed(final):
@@ -355,7 +449,7 @@ class OCIDirOutput(ImageOutput):
             self._link_or_copy(path, final)
             return os.path.getsize(final)
 
-        size = self._store(layer.diffid, None, produce_uncompressed)
+        size = self._store(layer.diffid, None, produce_uncompressed, counters)
         return oci.Descriptor(oci.MEDIA_OCI_LAYER_TAR, layer.diffid, size)
 
     def _link_or_copy(self, path, final):
@@ -390,22 +484,132 @@ class OCIDirOutput(ImageOutput):
             raise
 
     def write(self, image):
+        """Store one image and name it in index.json; returns a pipeline.Written (digest, counters, descriptor)."""
         ref = self.refs.claim(image)
         try:
-            self._prepare()
-            layers = self.ctx.map(self._store_layer, image.layers, cost=layer_cost)
-            self._store_bytes(image.config_digest, image.config_bytes)
-            raw, media_type = image_manifest(image, layers)
-            digest = oci.digest_of(raw)
-            self._store_bytes(digest, raw)
-            change = digest_change(image, digest)
-            if change:
-                self.ctx.warn(change)
+            written = self._write_image(image)
         except BaseException:
             self.refs.release(ref, image)
             raise
+        self._name(written.descriptor, ref)
+        return written
+
+    def write_child(self, image):
+        """Store one image of an index by digest only (no index.json entry); returns a pipeline.Written whose
+        descriptor names the image's platform."""
+        written = self._write_image(image)
+        platform = image.platform if _platform_text(image.platform) else None
+        if platform:
+            written.descriptor = dataclasses.replace(written.descriptor, platform=oci.Platform.parse(platform))
+        return written
+
+    def _write_image(self, image):
+        counters = LayoutCounters()
+        self._prepare()
+        layers = self.ctx.map(lambda layer: self._store_layer(layer, counters), image.layers, cost=layer_cost)
+        self._store_bytes(image.config_digest, image.config_bytes, counters)
+        raw, media_type = image_manifest(image, layers)
+        digest = oci.digest_of(raw)
+        self._store_bytes(digest, raw)
+        counters.manifests += 1
+        change = digest_change(image, digest)
+        if change:
+            self.ctx.warn(change)
+        return Written(digest, counters, oci.Descriptor(media_type, digest, len(raw)))
+
+    def _name(self, descriptor, ref):
+        """index.json (at finalize) names the manifest or index `descriptor` as `ref` (None: unnamed)."""
+        entry = index_entry(oci.Descriptor(descriptor.media_type, descriptor.digest, descriptor.size), ref)
         with self._lock:
-            self._entries.append(index_entry(oci.Descriptor(media_type, digest, len(raw)), ref))
+            self._entries.append(entry)
+
+    # --- whole indexes (mirror.Copier: holds_indexes) -----------------------------------------------------------
+
+    holds_indexes = True      # write_index / write_child / put_index: a whole OCI index keeps its digest here
+    recompresses = False      # layers are stored as they came: --compression does not apply to layouts
+
+    keeps_manifest = staticmethod(keeps_manifest)
+
+    def stored_form(self, copy, tag_child=False):
+        """The model.ImageIndex this layout stores for `copy` (Docker types made OCI), and a warning or None."""
+        return stored_form(copy, tag_child)
+
+    def stored_manifest(self, manifest):
+        """The oci.Manifest this layout stores for an image manifest (a Docker one made OCI)."""
+        return manifest if keeps_manifest(manifest.media_type) else oci_manifest(manifest)
+
+    def existing_digest(self, ref):
+        """The digest index.json names `ref`'s ref name by now (its blob present, of its size), or None: read from
+        the layout, no lock needed (index.json is only ever replaced whole)."""
+        name = self.refs.name(ref)
+        if name is None or not os.path.isfile(os.path.join(self.path, 'index.json')):
+            return None
+        found = None
+        for entry in self._read_index().get('manifests') or []:
+            if ref_of(entry) == name:
+                found = entry
+        if found is None:
+            return None
+        descriptor = oci.Descriptor.from_dict(found, 'the index.json entry of %s' % oci.shown(name))
+        if _present_size(os.path.join(self.path, oci.blob_path(descriptor.digest)), descriptor.size) is None:
+            return None
+        return descriptor.digest
+
+    def target(self, ref):
+        """'PATH:REF' (or PATH for an image left unnamed), for the summary."""
+        name = self.refs.name(ref)
+        return '%s:%s' % (self.path, name) if name else self.path
+
+    def missing_blobs(self, ref, blobs):
+        """The blobs (model.Blob or Descriptors) the layout lacks, for --dry-run: nothing is written."""
+        return [blob for blob in blobs
+                if _present_size(os.path.join(self.path, oci.blob_path(blob.digest)), blob.size) is None]
+
+    def write_index(self, copy, tag_child=False):
+        """Store a model.ImageIndex: every blob once (-j at a time, verified), every child manifest, then the index,
+        named in index.json at finalize. With `tag_child` the index has one child and that child's manifest is
+        named instead (a single platform keeps its own digest). Docker types are made OCI (stored_form; the mirror
+        has said so). Returns a pipeline.Written whose digest is what the ref names."""
+        copy, change = stored_form(copy, tag_child)
+        ref = self.refs.claim(copy)
+        counters = LayoutCounters()
+        try:
+            self._prepare()
+            self.ctx.map(lambda blob: self._store_blob(blob, counters), copy.blobs, cost=lambda blob: blob.size or 0)
+            for child in copy.children:
+                self._store_bytes(child.digest, child.raw)
+                counters.manifests += 1
+            if tag_child:
+                (child,) = copy.children
+                descriptor = oci.Descriptor(child.media_type, child.digest, len(child.raw))
+            else:
+                index = copy.index
+                self._store_bytes(index.digest, index.raw)
+                counters.manifests += 1
+                descriptor = oci.Descriptor(index.media_type, index.digest, len(index.raw))
+        except BaseException:
+            self.refs.release(ref, copy)
+            raise
+        if change:
+            self.ctx.warn(change)
+        self._name(descriptor, ref)
+        return Written(descriptor.digest, counters, descriptor)
+
+    def put_index(self, ref, index, counters=None):
+        """Store a new oci.Index (its children already stored by write_child) and name it `ref`'s ref name."""
+        name = self.refs.claim(ref)
+        total = LayoutCounters(manifests=1)
+        if counters is not None:
+            total.add(counters)
+        try:
+            self._prepare()
+            self._store_bytes(index.digest, index.raw)
+        except BaseException:
+            self.refs.release(name, ref)
+            raise
+        descriptor = oci.Descriptor(index.media_type, index.digest, len(index.raw))
+        self._name(descriptor, name)
+        return Written(index.digest, total, descriptor)
 
     # --- the end of the run -------------------------------------------------------------------------------------
 
@@ -452,6 +656,12 @@ class OCIDirOutput(ImageOutput):
                             else:
                                 os.unlink(full)
         self._fresh = self._created = False
+
+
+def _platform_text(text):
+    """True when an image's 'os/arch[/variant]' names a real platform (both parts present)."""
+    parts = (text or '').split('/')
+    return 2 <= len(parts) <= 3 and all(parts)
 
 
 def _present_size(path, size):

@@ -58,9 +58,10 @@ from occystrap import oci, streams, uris
 from occystrap.errors import CorruptImageError, OccystrapError, UsageError
 from occystrap.inputs.layout import split_reference
 from occystrap.oci import MEDIA_OCI_CONFIG, MEDIA_OCI_LAYER_TAR, MEDIA_OCI_MANIFEST, blob_path
-from occystrap.outputs.ocidir import (LAYOUT_MARKER, RefNames, check_ref_for_run, digest_change, image_manifest,
-                                      index_entry, layer_descriptor, merge_entries, new_index_document)
-from occystrap.pipeline import ImageOutput, layer_cost
+from occystrap.outputs.ocidir import (LAYOUT_MARKER, LayoutCounters, RefNames, check_ref_for_run, digest_change,
+                                      image_manifest, index_entry, keeps_manifest, layer_descriptor, merge_entries,
+                                      new_index_document, oci_manifest, stored_form)
+from occystrap.pipeline import ImageOutput, Written, layer_cost
 
 FIXED_MTIME = 0
 FORMATS = ('docker', 'oci')
@@ -230,6 +231,10 @@ def _umask():
 class TarballOutput(ImageOutput):
     """Images into one tarball file (`tar:///path.tar`)."""
 
+    @classmethod
+    def holds_indexes_for(cls, uri):
+        return uri.options.get('format') == 'oci'
+
     def __init__(self, uri, ctx, **run):
         super().__init__(uri, ctx, **run)
         self.kind, target = destination_kind(uri.path)
@@ -243,8 +248,8 @@ class TarballOutput(ImageOutput):
         else:
             self.path = os.path.abspath(uri.path)
             # The real file replaced by the rename (the symlink the user named stays); temporary files beside it.
-            self.target = os.path.abspath(target)
-            self.directory = os.path.dirname(self.target)
+            self.real_path = os.path.abspath(target)
+            self.directory = os.path.dirname(self.real_path)
             if not os.path.isdir(self.directory):
                 raise OccystrapError('cannot write %s: directory %s does not exist' % (uri.path, self.directory))
         # Big temporary layer files go beside the destination, where the user expects the space to be used.
@@ -258,6 +263,9 @@ class TarballOutput(ImageOutput):
                              '(oci-archive)' % (oci.shown(self.format), uri))
         self.ref = check_ref_for_run(uri, self.multi_image)
         self.refs = RefNames(self.ref, str(uri))
+        # An oci-archive holds whole indexes as ocidir:// does (the copier's index side below); a docker-archive
+        # holds images, one platform each.
+        self.holds_indexes = self.format == 'oci'
         self._mode = 0o666 & ~_umask()
         self._lock = threading.Lock()
         self._file = None
@@ -283,7 +291,7 @@ class TarballOutput(ImageOutput):
                     fd = os.open(self.path, os.O_WRONLY | os.O_CLOEXEC)
                     self._file = io.BufferedWriter(_Sink(fd, self.path), buffer_size=streams.CHUNK)
                 else:
-                    fd, self._partial = tempfile.mkstemp(prefix=os.path.basename(self.target) + '.partial-',
+                    fd, self._partial = tempfile.mkstemp(prefix=os.path.basename(self.real_path) + '.partial-',
                                                          dir=self.directory)
                     os.fchmod(fd, self._mode)
                     self._file = os.fdopen(fd, 'wb')
@@ -558,9 +566,12 @@ class TarballOutput(ImageOutput):
 
     # --- format=oci: an OCI image layout, blobs as they came (skopeo's oci-archive) ---------------------------
 
-    def _write_oci(self, image):
-        ref = self.refs.claim(image)
+    def _write_oci(self, image, named=True):
+        """Append one image (named in index.json unless `named` is False: an image of an index); returns a
+        pipeline.Written."""
+        ref = self.refs.claim(image) if named else None
         fetched = {}                    # blob digest -> a verified temporary file of its bytes
+        written = []
         needed, seen = [], set()
         with self._lock:
             stored = set(self._blobs)
@@ -598,7 +609,7 @@ class TarballOutput(ImageOutput):
             if first is not None:
                 self._blobs[first.origin.digest] = self._add_file(blob_path(first.origin.digest),
                                                                   fetched[first.origin.digest])
-            self._append_oci(image, needed, fetched, ref)
+            written.append(self._append_oci(image, needed, fetched, ref, named))
 
         def fetch_all():
             self.ctx.map(prepare, needed, cost=cost)
@@ -614,8 +625,10 @@ class TarballOutput(ImageOutput):
                     os.unlink(path)
             for layer in needed:
                 layer.release()
+        descriptor = written[0]
+        return Written(descriptor.digest, LayoutCounters(uploaded=len(needed) + 1, manifests=1), descriptor)
 
-    def _append_oci(self, image, needed, fetched, ref):
+    def _append_oci(self, image, needed, fetched, ref, named=True):
         for layer in needed:
             key = layer_descriptor_key(layer)
             if key not in self._blobs:
@@ -630,8 +643,113 @@ class TarballOutput(ImageOutput):
         change = digest_change(image, digest)
         if change:
             self.ctx.warn(change)
-        entry = index_entry(oci.Descriptor(media_type, digest, len(raw)), ref)
-        self._descriptors = merge_entries(self._descriptors, [entry])
+        descriptor = oci.Descriptor(media_type, digest, len(raw))
+        if named:
+            self._descriptors = merge_entries(self._descriptors, [index_entry(descriptor, ref)])
+        return descriptor
+
+    # --- format=oci: whole indexes (mirror.Copier), as ocidir:// holds them -----------------------------------
+
+    recompresses = False      # blobs are stored as they came
+    keeps_manifest = staticmethod(keeps_manifest)
+
+    def stored_form(self, copy, tag_child=False):
+        return stored_form(copy, tag_child)
+
+    def stored_manifest(self, manifest):
+        return manifest if keeps_manifest(manifest.media_type) else oci_manifest(manifest)
+
+    def existing_digest(self, ref):
+        """None: the tarball is written whole by every run, so nothing in it is ever left unchanged."""
+        return None
+
+    def target(self, ref):
+        name = self.refs.name(ref)
+        return '%s:%s' % (self.path, name) if name else self.path
+
+    def missing_blobs(self, ref, blobs):
+        with self._lock:
+            return [blob for blob in blobs if blob.digest not in self._blobs]
+
+    def write_child(self, image):
+        """An image of an index, stored without a name (its index names it); the descriptor has its platform."""
+        if image.tag:
+            what = 'cannot write %r into %s' % (image.reference, self.uri)
+            uris.validate_repository(image.name, what, host=True)
+            uris.validate_tag(image.tag, what)
+        written = self._write_oci(image, named=False)
+        parts = (image.platform or '').split('/')
+        if 2 <= len(parts) <= 3 and all(parts):
+            written.descriptor = dataclasses.replace(written.descriptor, platform=oci.Platform.parse(image.platform))
+        return written
+
+    def write_index(self, copy, tag_child=False):
+        """A model.ImageIndex into the archive: every blob once (fetched and verified -j at a time), every child
+        manifest, the index, named by its ref (or, with `tag_child`, the one child named instead). Docker types
+        are made OCI as ocidir:// makes them (stored_form). Returns a pipeline.Written."""
+        copy, change = stored_form(copy, tag_child)
+        ref = self.refs.claim(copy)
+        with self._lock:
+            stored = set(self._blobs)
+        needed = [blob for blob in copy.blobs if blob.digest not in stored]
+        fetched = {}
+        result = []
+
+        def fetch(blob):
+            with streams.temporary_file(self.ctx.workdir, 'blob-', '.blob') as (out, tmp), \
+                    blob.open_verified() as reader:
+                streams.copy_verified(reader, out)
+            fetched[blob.digest] = tmp
+
+        def append():
+            for blob in needed:
+                if blob.digest not in self._blobs:
+                    self._blobs[blob.digest] = self._add_file(blob_path(blob.digest), fetched[blob.digest])
+            for child in copy.children:
+                self._add_blob_bytes(child.digest, child.raw)
+            if tag_child:
+                (child,) = copy.children
+                descriptor = oci.Descriptor(child.media_type, child.digest, len(child.raw))
+            else:
+                self._add_blob_bytes(copy.index.digest, copy.index.raw)
+                descriptor = oci.Descriptor(copy.index.media_type, copy.index.digest, len(copy.index.raw))
+            self._descriptors = merge_entries(self._descriptors, [index_entry(descriptor, ref)])
+            result.append(descriptor)
+
+        try:
+            self._write_image(False, lambda: self.ctx.map(fetch, needed, cost=lambda blob: blob.size or 0), None,
+                              append)
+        except BaseException:
+            self.refs.release(ref, copy)
+            raise
+        finally:
+            for path in fetched.values():
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+        if change:
+            self.ctx.warn(change)
+        counters = LayoutCounters(uploaded=len(needed), present=len(copy.blobs) - len(needed),
+                                  manifests=len(copy.children) + (0 if tag_child else 1))
+        return Written(result[0].digest, counters, result[0])
+
+    def put_index(self, ref, index, counters=None):
+        """A new oci.Index (its children already written by write_child), named `ref`'s ref name."""
+        name = self.refs.claim(ref)
+        descriptor = oci.Descriptor(index.media_type, index.digest, len(index.raw))
+
+        def append():
+            self._add_blob_bytes(index.digest, index.raw)
+            self._descriptors = merge_entries(self._descriptors, [index_entry(descriptor, name)])
+
+        try:
+            self._write_image(False, lambda: None, None, append)
+        except BaseException:
+            self.refs.release(name, ref)
+            raise
+        total = LayoutCounters(manifests=1)
+        if counters is not None:
+            total.add(counters)
+        return Written(index.digest, total, descriptor)
 
     def finalize(self):
         with self._lock:
@@ -651,7 +769,7 @@ class TarballOutput(ImageOutput):
                 self._tar.close()
                 self._file.close()
                 if self._partial is not None:
-                    os.rename(self._partial, self.target)
+                    os.rename(self._partial, self.real_path)
             except OSError as e:
                 raise OccystrapError('cannot write %s: %s' % (self.path, e.strerror or e))
             self._tar = self._file = self._partial = None

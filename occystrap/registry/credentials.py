@@ -6,10 +6,12 @@ For one side of a run (the source or the destination) and one registry host:
 2. `--src-creds` / `--dest-creds` (USER[:PASS], the password may come from `--password-stdin`);
 3. `--username` / `--password` (every registry of the run);
 4. credential files, first entry found wins: `--authfile` or `$REGISTRY_AUTH_FILE` (else
-   `$XDG_RUNTIME_DIR/containers/auth.json`), `$XDG_CONFIG_HOME/containers/auth.json` (`~/.config/...`), and
-   `$DOCKER_CONFIG/config.json` (else `~/.docker/config.json`). In each file: `credHelpers` for the host, then the
-   `auths` entries matching the host (containers' `host/namespace` keys most specific first, docker's `https://host/v1/`
-   spellings too), then `credsStore`.
+   `$XDG_RUNTIME_DIR/containers/auth.json`), `$XDG_CONFIG_HOME/containers/auth.json` (`~/.config/...`),
+   `$DOCKER_CONFIG/config.json` (else `~/.docker/config.json`), and docker's legacy `~/.dockercfg`. In each file:
+   `credHelpers` for the host, then the `auths` entries matching the host (containers' `host/namespace` keys most
+   specific first, docker's `https://host/v1/` spellings too), then `credsStore`. `~/.dockercfg` is the format
+   docker used before config.json: the whole object is what `auths` is now (server -> {auth, email}), as
+   containers/image still reads it.
 
 Files are read when a client is made; a credential helper (`docker-credential-NAME get`) runs only when a registry
 first asks for credentials, once per run and key. Nothing read here is ever logged or put in an error: only where it
@@ -108,24 +110,31 @@ def helper_server_url(host):
     return DOCKER_HUB_SERVER if normalize_key(host) == 'docker.io' else host
 
 
+LEGACY_DOCKERCFG = '.dockercfg'
+
+
 def default_files(authfile=None, environ=None):
-    """The credential files to read, in order, as (label, path). `authfile` is --authfile."""
+    """The credential files to read, in order, as (label, path, legacy). `authfile` is --authfile. The last,
+    `~/.dockercfg` (HOME's, whatever DOCKER_CONFIG says, as docker and containers/image look for it), is `legacy`:
+    its object is server -> entry, what `auths` holds in the others (no helpers, no store)."""
     environ = os.environ if environ is None else environ
     home = environ.get('HOME') or os.path.expanduser('~')
     files = []
     if authfile:
-        files.append(('--authfile %s' % authfile, authfile))
+        files.append(('--authfile %s' % authfile, authfile, False))
     elif environ.get('REGISTRY_AUTH_FILE'):
-        files.append(('REGISTRY_AUTH_FILE %s' % environ['REGISTRY_AUTH_FILE'], environ['REGISTRY_AUTH_FILE']))
+        files.append(('REGISTRY_AUTH_FILE %s' % environ['REGISTRY_AUTH_FILE'], environ['REGISTRY_AUTH_FILE'], False))
     elif environ.get('XDG_RUNTIME_DIR'):
         path = os.path.join(environ['XDG_RUNTIME_DIR'], 'containers', 'auth.json')
-        files.append((path, path))
+        files.append((path, path, False))
     config_home = environ.get('XDG_CONFIG_HOME') or os.path.join(home, '.config')
     path = os.path.join(config_home, 'containers', 'auth.json')
-    files.append((path, path))
+    files.append((path, path, False))
     docker_dir = environ.get('DOCKER_CONFIG') or os.path.join(home, '.docker')
     path = os.path.join(docker_dir, 'config.json')
-    files.append((path, path))
+    files.append((path, path, False))
+    path = os.path.join(home, LEGACY_DOCKERCFG)
+    files.append((path, path, True))
     return files
 
 
@@ -248,12 +257,14 @@ class CredentialLookup:
 
     def _read_files(self, repository, authfile):
         keys = lookup_keys(self.host, repository)
-        for label, path in default_files(authfile, self.environ):
+        for label, path, legacy in default_files(authfile, self.environ):
             document = read_file(path)
             if document is None:
                 self.tried.append('%s (absent)' % label)
                 continue
             self.tried.append(label)
+            if legacy:
+                document = {'auths': document}       # {server: {auth, email}}: what `auths` holds today
             helpers = document.get('credHelpers')
             if isinstance(helpers, dict):
                 for key, name in helpers.items():
