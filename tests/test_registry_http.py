@@ -236,7 +236,13 @@ def test_blob_transfers_use_http1_while_metadata_uses_http2(tls_registry):
     assert client.get_blob_bytes('h2/uploads', digests[0]) == blobs[0]
     assert client.ping()
     http.close()
-    served = tls_registry.access_log()[before:]
+    # The registry logs a request once its handler has returned, which can be after our client has its answer.
+    deadline = time.monotonic() + 10
+    while True:
+        served = tls_registry.access_log()[before:]
+        if any(e.method == 'GET' and '/blobs/' in e.path for e in served) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     blob_requests = [e for e in served if '/blobs/' in e.path and e.method in ('GET', 'PUT', 'PATCH')]
     metadata = [e for e in served if e.path == '/v2/']
     assert len([e for e in blob_requests if e.method in ('PUT', 'PATCH')]) >= 4
