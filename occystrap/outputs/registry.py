@@ -31,6 +31,7 @@ identical push neither compresses nor uploads them. Counts of uploaded, mounted 
 logged at INFO (--verbose).
 """
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -43,6 +44,9 @@ from occystrap.pipeline import ImageOutput, current_image, layer_cost
 from occystrap.progress import human_bytes
 
 LOG = logging.getLogger(__name__)
+
+# Repositories remembered per blob as places to mount it from (any one will do; a few in case one refuses).
+HOLDERS = 4
 
 
 @dataclasses.dataclass
@@ -103,10 +107,10 @@ class RegistryOutput(ImageOutput):
                                      repository=uri.name, tls_verify=uri.flag('tls-verify', True))
         self.cache = LayerCache(settings.layer_cache, warn=ctx.warn)
         self.counters = ctx.stats.push = PushCounters()
-        self.pushed = []                  # (destination reference, manifest digest), in completion order
         self._lock = threading.Lock()
         self._key_locks = {}
-        self._present = {}                # blob digest -> (size, set of repositories holding it), this run
+        # blob digest -> (size, up to HOLDERS repositories holding it), this run: what a mount can come from.
+        self._present = {}
         self._mount_refused = set()       # (from, to) repository pairs the registry would not mount between
         self._new_repositories = set()    # repositories the registry did not know when this run first asked
 
@@ -314,7 +318,6 @@ class RegistryOutput(ImageOutput):
     def _referrer_done(self, job, where, digest):
         with self._lock:
             self.counters.add(job.counters)
-            self.pushed.append((where, digest))
         LOG.info('pushed referrer %s (%s): %s', where, digest, job.counters.describe())
 
     def missing_blobs(self, ref, blobs):
@@ -337,7 +340,7 @@ class RegistryOutput(ImageOutput):
     def _finish(self, job, repository, tag, digest):
         with self._lock:
             self.counters.add(job.counters)
-            self.pushed.append(('%s/%s%s' % (self.host, repository, ':' + tag if tag else '@' + digest), digest))
+            self._new_repositories.discard(repository)    # it exists now
         LOG.info('pushed %s/%s%s (%s): %s', self.host, repository, ':' + tag if tag else '', digest,
                  job.counters.describe())
 
@@ -452,8 +455,7 @@ class RegistryOutput(ImageOutput):
         """The blob's size when it is in the job's repository already or could be mounted there, else None."""
         repository = job.repository
         with self._lock:
-            known_size, holders = self._present.get(digest, (None, set()))
-            holders = set(holders)
+            known_size, holders = self._present.get(digest, (None, ()))
             new = repository in self._new_repositories
         if repository in holders:
             job.count(present=1)
@@ -497,18 +499,31 @@ class RegistryOutput(ImageOutput):
         return found
 
     def _note_present(self, digest, size, repository):
+        """Remember that `repository` holds the blob. A few holders are enough to mount from, and keep what a run
+        remembers per blob small however many repositories it goes to."""
         with self._lock:
-            known_size, holders = self._present.setdefault(digest, (size, set()))
-            holders.add(repository)
-            if known_size is None and size is not None:
-                self._present[digest] = (size, holders)
+            known_size, holders = self._present.get(digest, (None, ()))
+            if repository not in holders and len(holders) < HOLDERS:
+                holders = holders + (repository,)
+            self._present[digest] = (known_size if known_size is not None else size, holders)
 
+    @contextlib.contextmanager
     def _key_lock(self, key):
+        """Hold the lock of `key` (a blob, a layer, a subject): one thread at a time works on it. The lock is
+        forgotten when nobody holds or waits for it, so a long run keeps none for the blobs it has finished."""
         with self._lock:
-            lock = self._key_locks.get(key)
-            if lock is None:
-                lock = self._key_locks[key] = threading.Lock()
-            return lock
+            entry = self._key_locks.get(key)
+            if entry is None:
+                entry = self._key_locks[key] = [threading.Lock(), 0]
+            entry[1] += 1
+        try:
+            with entry[0]:
+                yield
+        finally:
+            with self._lock:
+                entry[1] -= 1
+                if not entry[1]:
+                    del self._key_locks[key]
 
 
 def _platform_text(text):
