@@ -187,13 +187,18 @@ def info(uri, ctx):
         return _json_item(payload) if as_json else format_info(payload), len(image.layers)
 
     results, payloads = _run(uri, ctx, one)
+    # Written item by item: joining hundreds of reports into one string first would double the memory they take.
     if as_json:
-        items = [payloads.get(r.reference) or _json_item({'schema': JSON_SCHEMA, 'image': r.reference,
-                                                          'reference': r.reference, 'error': r.error})
-                 for r in results]
-        _emit(('[\n%s\n]' % ',\n'.join(items) if items else '[]') + '\n')
+        for number, r in enumerate(results):
+            item = payloads.pop(r.reference, None) or _json_item({'schema': JSON_SCHEMA, 'image': r.reference,
+                                                                  'reference': r.reference, 'error': r.error})
+            sys.stdout.write(('[\n' if number == 0 else ',\n') + item)
+        _emit('\n]\n' if results else '[]\n')
     else:
-        _emit('\n'.join(payloads[r.reference] for r in results if r.reference in payloads))
+        texts = (payloads.pop(r.reference) for r in results if r.reference in payloads)
+        for number, text in enumerate(texts):
+            sys.stdout.write(text if number == 0 else '\n' + text)
+        sys.stdout.flush()
     return all(r.ok for r in results)
 
 
