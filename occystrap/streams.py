@@ -303,9 +303,7 @@ def decompressing_reader(raw):
 # glibc's mallopt parameters (malloc.h), and what tune_allocator sets them to.
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
-_M_ARENA_MAX = -8
 ALLOCATOR_KEEP = 4 * 1024 * 1024
-ALLOCATOR_ARENAS = 1
 _allocator_tuned = False
 
 
@@ -316,19 +314,14 @@ def tune_allocator():
     glibc's defaults return free memory at the top of a heap to the kernel once ~2 MiB are free, so the next buffer
     faults in fresh zeroed pages: 40,000 page faults in the 24-layer pull. Serving allocations up to 4 MiB from the
     heaps and trimming only beyond 4 MiB free halves them, for ~3% less CPU and up to ~14 MB more peak memory
-    (docs/performance.md).
-
-    All threads share one heap (ALLOCATOR_ARENAS): glibc gives threads that meet in malloc heaps of their own (up
-    to 8 per core), each keeping its own freed buffers, so peak memory grew with the threads a run had started. With
-    one, the 24-layer pull at -j 8 peaked at 67-74 MB instead of 88-97 MB, and no slower: most allocations happen
-    under the GIL anyway. Done once per process (tuning.apply(), from the command line), only on the glibc releases
-    of tuning.GLIBC_VERSIONS, and never over the user's own MALLOC_* settings.
+    (docs/performance.md). Done once per process (tuning.apply(), from the command line), only on the glibc
+    releases of tuning.GLIBC_VERSIONS, and never over the user's own MALLOC_* settings.
     """
     global _allocator_tuned
     if _allocator_tuned:
         return
     _allocator_tuned = True
-    if any(os.environ.get(name) for name in ('MALLOC_TRIM_THRESHOLD_', 'MALLOC_MMAP_THRESHOLD_', 'MALLOC_ARENA_MAX')):
+    if os.environ.get('MALLOC_TRIM_THRESHOLD_') or os.environ.get('MALLOC_MMAP_THRESHOLD_'):
         return
     from occystrap import tuning
     if not tuning.in_range(tuning.glibc_version(), tuning.GLIBC_VERSIONS):
@@ -338,7 +331,6 @@ def tune_allocator():
         libc = ctypes.CDLL(None)
         libc.mallopt(_M_MMAP_THRESHOLD, ALLOCATOR_KEEP)
         libc.mallopt(_M_TRIM_THRESHOLD, ALLOCATOR_KEEP)
-        libc.mallopt(_M_ARENA_MAX, ALLOCATOR_ARENAS)
     except (AttributeError, ValueError, OSError):   # not glibc, or no mallopt: the defaults stay
         return
 
