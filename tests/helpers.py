@@ -12,11 +12,24 @@ import json
 import os
 import stat
 import subprocess
+import sys
 import tarfile
 import threading
 
 from occystrap.model import Blob, Image, Layer
 from tools.loopback import LoopbackServer
+
+
+def run_occystrap(*args, check=True, env=None, timeout=240):
+    """Run the command as a user would, in an environment without proxy or OCCYSTRAP_ variables (plus `env`);
+    with `check`, a non-zero exit fails the test showing stderr. Returns the CompletedProcess (text)."""
+    clean = {k: v for k, v in os.environ.items() if not k.lower().endswith('_proxy') and not k.startswith('OCCYSTRAP_')}
+    clean.update(env or {})
+    result = subprocess.run([sys.executable, '-m', 'occystrap', *args], capture_output=True, text=True, env=clean,
+                            stdin=subprocess.DEVNULL, timeout=timeout)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
 
 
 def sha256(data):

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from tests.helpers import ScriptedServer, multi_platform_layout, sha256
+from tests.helpers import ScriptedServer, multi_platform_layout, run_occystrap, sha256
 from tests.services import skopeo_copy, skopeo_inspect
 
 pytestmark = pytest.mark.integration
@@ -20,12 +20,7 @@ INDEX_TYPE = 'application/vnd.oci.image.index.v1+json'
 
 
 def occystrap(*args, check=True):
-    env = {k: v for k, v in os.environ.items() if not k.lower().endswith('_proxy') and not k.startswith('OCCYSTRAP_')}
-    result = subprocess.run([sys.executable, '-m', 'occystrap', *args], capture_output=True, text=True, env=env,
-                            stdin=subprocess.DEVNULL, timeout=240)
-    if check:
-        assert result.returncode == 0, result.stderr
-    return result
+    return run_occystrap(*args, check=check)
 
 
 @pytest.fixture(params=['plain', 'tls'])

@@ -5,12 +5,10 @@ Requests are counted in the real registry's own access log.
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
-from tests.helpers import multi_platform_layout, sha256
+from tests.helpers import multi_platform_layout, run_occystrap, sha256
 from tests.services import build_oci_layout, seed_image, skopeo_copy, skopeo_inspect
 from tools.delayproxy import start_proxy_thread
 
@@ -20,12 +18,7 @@ WRITES = ('PUT', 'POST', 'PATCH', 'DELETE')
 
 
 def occystrap(*args, check=True):
-    env = {k: v for k, v in os.environ.items() if not k.lower().endswith('_proxy') and not k.startswith('OCCYSTRAP_')}
-    result = subprocess.run([sys.executable, '-m', 'occystrap', *args], capture_output=True, text=True, env=env,
-                            stdin=subprocess.DEVNULL, timeout=240)
-    if check:
-        assert result.returncode == 0, result.stderr
-    return result
+    return run_occystrap(*args, check=check)
 
 
 def catalog(registry):

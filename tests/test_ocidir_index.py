@@ -10,11 +10,10 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 
-from tests.helpers import ScriptedServer, multi_platform_layout, sha256, tree_digests
+from tests.helpers import ScriptedServer, multi_platform_layout, run_occystrap, sha256, tree_digests
 from tests.services import skopeo_copy, skopeo_inspect
 
 pytestmark = pytest.mark.integration
@@ -24,12 +23,7 @@ MANIFEST_TYPE = 'application/vnd.oci.image.manifest.v1+json'
 
 
 def occystrap(*args, check=True):
-    env = {k: v for k, v in os.environ.items() if not k.lower().endswith('_proxy') and not k.startswith('OCCYSTRAP_')}
-    result = subprocess.run([sys.executable, '-m', 'occystrap', *args], capture_output=True, text=True, env=env,
-                            stdin=subprocess.DEVNULL, timeout=240)
-    if check:
-        assert result.returncode == 0, result.stderr
-    return result
+    return run_occystrap(*args, check=check)
 
 
 def summary(result):

@@ -8,14 +8,11 @@ HTTP requests and skopeo.
 """
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
 from tests.helpers import (OCI_INDEX, OCI_MANIFEST, http_push_artifact, http_put_manifest, multi_platform_layout,
-                           sha256)
+                           run_occystrap, sha256)
 from tests.services import Registry, build_oci_layout, seed_image, skopeo_copy, skopeo_inspect
 from tools.delayproxy import FaultProxy, answer, huge
 from tools.referrers_standin import ReferrersStandIn
@@ -29,13 +26,7 @@ COSIGN_LAYER = 'application/vnd.dev.cosign.simplesigning.v1+json'
 
 
 def occystrap(*args, check=True, env=None):
-    clean = {k: v for k, v in os.environ.items() if not k.lower().endswith('_proxy') and not k.startswith('OCCYSTRAP_')}
-    clean.update(env or {})
-    result = subprocess.run([sys.executable, '-m', 'occystrap', *args], capture_output=True, text=True, env=clean,
-                            stdin=subprocess.DEVNULL, timeout=240)
-    if check:
-        assert result.returncode == 0, result.stderr
-    return result
+    return run_occystrap(*args, check=check, env=env)
 
 
 def results(result):

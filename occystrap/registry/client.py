@@ -491,15 +491,21 @@ class RegistryClient:
             if not isinstance(page, list):
                 raise RegistryError('registry %s answered %s without a list of %s' % (self.host, what, key))
             found.extend(page)
-            following = response.links.get('next', {}).get('url')
-            url = self._follow(response, following, what, 'paginated') if following else None
+            url = self._next_page(response, what, seen)
             params = None
-            if url in seen:
-                raise RegistryError('registry %s paginates %s in a loop' % (self.host, what))
-            if len(seen) >= MAX_PAGES:
-                raise RegistryError('registry %s paginates %s beyond %d pages' % (self.host, what, MAX_PAGES))
-            seen.add(url)
         return found
+
+    def _next_page(self, response, what, seen):
+        """The URL of the page after `response` (its Link rel="next", checked as a redirect would be), or None;
+        `seen` (the pages asked for so far) catches loops and more than MAX_PAGES pages."""
+        following = response.links.get('next', {}).get('url')
+        url = self._follow(response, following, what, 'paginated') if following else None
+        if url in seen:
+            raise RegistryError('registry %s paginates %s in a loop' % (self.host, what))
+        if len(seen) >= MAX_PAGES:
+            raise RegistryError('registry %s paginates %s beyond %d pages' % (self.host, what, MAX_PAGES))
+        seen.add(url)
+        return url
 
     # --- writing
 
@@ -761,14 +767,8 @@ class RegistryClient:
             found.extend(entries)
             if most is not None and len(found) > most:
                 raise RegistryError('registry %s lists more than %d referrers for %s' % (self.host, most, what))
-            following = response.links.get('next', {}).get('url')
-            url = self._follow(response, following, what, 'paginated') if following else None
+            url = self._next_page(response, what, seen)
             params = None
-            if url in seen:
-                raise RegistryError('registry %s paginates %s in a loop' % (self.host, what))
-            if len(seen) >= MAX_PAGES:
-                raise RegistryError('registry %s paginates %s beyond %d pages' % (self.host, what, MAX_PAGES))
-            seen.add(url)
         return found
 
 
