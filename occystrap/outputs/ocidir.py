@@ -268,7 +268,22 @@ def _fsync_directory(path):
         os.close(fd)
 
 
-class OCIDirOutput(ImageOutput):
+class LayoutForms:
+    """What a layout stores for what a mirror copies (mirror.Copier asks), for ocidir:// and tar://?format=oci."""
+
+    recompresses = False      # layers are stored as they came: --compression does not apply to layouts
+    keeps_manifest = staticmethod(keeps_manifest)
+
+    def stored_form(self, copy, tag_child=False):
+        """The model.ImageIndex this layout stores for `copy` (Docker types made OCI), and a warning or None."""
+        return stored_form(copy, tag_child)
+
+    def stored_manifest(self, manifest):
+        """The oci.Manifest this layout stores for an image manifest (a Docker one made OCI)."""
+        return manifest if keeps_manifest(manifest.media_type) else oci_manifest(manifest)
+
+
+class OCIDirOutput(LayoutForms, ImageOutput):
     """Images into an OCI image layout directory; see the module docstring."""
 
     def __init__(self, uri, ctx, **run):
@@ -526,17 +541,6 @@ class OCIDirOutput(ImageOutput):
     # --- whole indexes (mirror.Copier: holds_indexes) -----------------------------------------------------------
 
     holds_indexes = True      # write_index / write_child / put_index: a whole OCI index keeps its digest here
-    recompresses = False      # layers are stored as they came: --compression does not apply to layouts
-
-    keeps_manifest = staticmethod(keeps_manifest)
-
-    def stored_form(self, copy, tag_child=False):
-        """The model.ImageIndex this layout stores for `copy` (Docker types made OCI), and a warning or None."""
-        return stored_form(copy, tag_child)
-
-    def stored_manifest(self, manifest):
-        """The oci.Manifest this layout stores for an image manifest (a Docker one made OCI)."""
-        return manifest if keeps_manifest(manifest.media_type) else oci_manifest(manifest)
 
     def existing_digest(self, ref):
         """The digest index.json names `ref`'s ref name by now (its blob present, of its size), or None: read from

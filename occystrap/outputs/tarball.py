@@ -58,9 +58,9 @@ from occystrap import oci, streams, uris
 from occystrap.errors import CorruptImageError, OccystrapError, UsageError
 from occystrap.inputs.layout import split_reference
 from occystrap.oci import MEDIA_OCI_CONFIG, MEDIA_OCI_LAYER_TAR, MEDIA_OCI_MANIFEST, blob_path
-from occystrap.outputs.ocidir import (LAYOUT_MARKER, LayoutCounters, RefNames, check_ref_for_run, digest_change,
-                                      image_manifest, index_entry, keeps_manifest, layer_descriptor, merge_entries,
-                                      new_index_document, oci_manifest, stored_form)
+from occystrap.outputs.ocidir import (LAYOUT_MARKER, LayoutCounters, LayoutForms, RefNames, check_ref_for_run,
+                                      digest_change, image_manifest, index_entry, layer_descriptor, merge_entries,
+                                      new_index_document, stored_form)
 from occystrap.pipeline import ImageOutput, Written, layer_cost
 
 FIXED_MTIME = 0
@@ -228,7 +228,7 @@ def _umask():
     return mask
 
 
-class TarballOutput(ImageOutput):
+class TarballOutput(LayoutForms, ImageOutput):
     """Images into one tarball file (`tar:///path.tar`)."""
 
     @classmethod
@@ -648,16 +648,7 @@ class TarballOutput(ImageOutput):
             self._descriptors = merge_entries(self._descriptors, [index_entry(descriptor, ref)])
         return descriptor
 
-    # --- format=oci: whole indexes (mirror.Copier), as ocidir:// holds them -----------------------------------
-
-    recompresses = False      # blobs are stored as they came
-    keeps_manifest = staticmethod(keeps_manifest)
-
-    def stored_form(self, copy, tag_child=False):
-        return stored_form(copy, tag_child)
-
-    def stored_manifest(self, manifest):
-        return manifest if keeps_manifest(manifest.media_type) else oci_manifest(manifest)
+    # --- format=oci: whole indexes (mirror.Copier), as ocidir:// holds them (LayoutForms) ----------------------
 
     def existing_digest(self, ref):
         """None: the tarball is written whole by every run, so nothing in it is ever left unchanged."""
