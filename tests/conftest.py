@@ -59,6 +59,15 @@ def tls_registry(tmp_path_factory):
         yield reg
 
 
+@pytest.fixture(params=['plain', 'tls'])
+def reg(request):
+    """The session's plain or TLS registry, with the flags occystrap needs to reach it."""
+    registry = request.getfixturevalue('registry' if request.param == 'plain' else 'tls_registry')
+    registry.flags = ['--ca-cert', str(registry.ca_path)] if registry.tls else []
+    registry.query = '' if registry.tls else '?insecure=true'
+    return registry
+
+
 @pytest.fixture(scope='session')
 def basic_auth_registry(tmp_path_factory):
     """An HTTPS registry that demands htpasswd Basic auth as ``username``/``password``."""

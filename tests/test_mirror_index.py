@@ -23,15 +23,6 @@ def occystrap(*args, check=True):
     return run_occystrap(*args, check=check)
 
 
-@pytest.fixture(params=['plain', 'tls'])
-def reg(request):
-    """The session's plain or TLS registry, with the flags occystrap needs to reach it."""
-    registry = request.getfixturevalue('registry' if request.param == 'plain' else 'tls_registry')
-    registry.flags = ['--ca-cert', str(registry.ca_path)] if registry.tls else []
-    registry.query = '' if registry.tls else '?insecure=true'
-    return registry
-
-
 @pytest.fixture
 def seeded(reg, repo_name, tmp_path):
     """(registry, source URI, index bytes, index document): a two-platform index with an attestation."""

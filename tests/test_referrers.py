@@ -33,15 +33,6 @@ def results(result):
     return json.loads(result.stdout)['results']
 
 
-@pytest.fixture(params=['plain', 'tls'])
-def reg(request):
-    """The session's plain or TLS registry, with the flags occystrap needs to reach it."""
-    registry = request.getfixturevalue('registry' if request.param == 'plain' else 'tls_registry')
-    registry.flags = ['--ca-cert', str(registry.ca_path)] if registry.tls else []
-    registry.query = '' if registry.tls else '?insecure=true'
-    return registry
-
-
 def descriptor(client, name, reference):
     """The descriptor of what `reference` names in `name` (read with a plain GET), for a `subject` field."""
     answer = client.get('/v2/%s/manifests/%s' % (name, reference),

@@ -438,11 +438,7 @@ class _FaultHandler(http.server.BaseHTTPRequestHandler):
         # Without Content-Length, http.client re-frames a generator body as chunked, as the client sent it.
         headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP | {'host', 'expect'}}
         headers['Host'] = owner.target_netloc
-        if owner.upstream_tls is not None:
-            upstream = http.client.HTTPSConnection(owner.target_host, owner.target_port, timeout=60,
-                                                   context=owner.upstream_tls)
-        else:
-            upstream = http.client.HTTPConnection(owner.target_host, owner.target_port, timeout=60)
+        upstream = self.upstream_connection()
         try:
             try:
                 upstream.request(method, self.path, body=body, headers=headers)
@@ -454,6 +450,14 @@ class _FaultHandler(http.server.BaseHTTPRequestHandler):
             self._relay(response, method)
         finally:
             upstream.close()
+
+    def upstream_connection(self):
+        """A new http.client connection to the server this proxy stands in front of (TLS when it speaks TLS)."""
+        owner = self.server.owner
+        if owner.upstream_tls is not None:
+            return http.client.HTTPSConnection(owner.target_host, owner.target_port, timeout=60,
+                                               context=owner.upstream_tls)
+        return http.client.HTTPConnection(owner.target_host, owner.target_port, timeout=60)
 
     def _request_body(self):
         length = self.headers.get('Content-Length')

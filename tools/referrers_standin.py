@@ -23,7 +23,6 @@ registries it fronts in tests have none. ``listed`` maps (repository, subject) t
 """
 
 import hashlib
-import http.client
 import json
 import re
 import urllib.parse
@@ -129,11 +128,7 @@ class _ReferrersHandler(_FaultHandler):
                    if k.lower() not in HOP_BY_HOP | {'host', 'expect', 'content-length', 'transfer-encoding'}}
         headers['Host'] = owner.target_netloc
         headers['Content-Length'] = str(len(body))
-        if owner.upstream_tls is not None:
-            upstream = http.client.HTTPSConnection(owner.target_host, owner.target_port, timeout=60,
-                                                   context=owner.upstream_tls)
-        else:
-            upstream = http.client.HTTPConnection(owner.target_host, owner.target_port, timeout=60)
+        upstream = self.upstream_connection()
         try:
             try:
                 upstream.request('PUT', self.path, body=body, headers=headers)
